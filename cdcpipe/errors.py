@@ -1,0 +1,107 @@
+"""Error hierarchy for cdcpipe.
+
+Every error carries the coordinates needed to find the offending data again (file, offset, table id)
+and says whether retrying the same operation can help (``retriable``). Retry policy is decided by
+class and by ``retriable``, never by message text. Stages add their own subclasses here.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+
+class CdcpipeError(Exception):
+    """Base class of all cdcpipe errors.
+
+    ``retriable`` is True when the same operation may succeed later without any change to the input
+    (for example a segment that is still being written, or a network failure).
+    """
+
+    retriable: bool = False
+
+    def __init__(self, message: str, *, retriable: bool | None = None) -> None:
+        super().__init__(message)
+        if retriable is not None:
+            self.retriable = retriable
+
+
+class SegmentError(CdcpipeError):
+    """A commit log segment cannot be framed: bad header, bad sync marker or CRC, truncation,
+    undecompressable or undecryptable section.
+
+    ``offset`` is a physical file offset (for a damaged section: the offset of its sync marker).
+    """
+
+    def __init__(self, path: str, offset: int, reason: str, *, retriable: bool = False) -> None:
+        super().__init__(f"{path}@{offset}: {reason}", retriable=retriable)
+        self.path = path
+        self.offset = offset
+        self.reason = reason
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, SegmentError)
+            and type(other) is type(self)
+            and (self.path, self.offset, self.reason) == (other.path, other.offset, other.reason)
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.offset, self.reason))
+
+
+class SegmentHeaderError(SegmentError):
+    """The descriptor header is unreadable, so nothing in the segment can be read."""
+
+
+class EncryptionKeyError(SegmentError):
+    """An encrypted segment names a key that is not configured or cannot be loaded."""
+
+
+class MutationDecodeError(CdcpipeError):
+    """A CRC-valid entry could not be decoded as a mutation.
+
+    ``segment`` is the segment path or id, ``position`` the entry's position (see
+    ``cdcpipe.capture.segment.Position``), ``table_id`` the table of the PartitionUpdate being
+    decoded when the error occurred (None if it happened before one was identified).
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        segment: str = "",
+        position: int = -1,
+        table_id: uuid.UUID | None = None,
+        retriable: bool = False,
+    ) -> None:
+        where = f"{segment}@{position}" if segment else f"@{position}"
+        table = f" table {table_id}" if table_id is not None else ""
+        super().__init__(f"{where}{table}: {reason}", retriable=retriable)
+        self.reason = reason
+        self.segment = segment
+        self.position = position
+        self.table_id = table_id
+
+
+class SchemaError(CdcpipeError):
+    """A schema source is invalid (unparsable CQL, inconsistent system_schema rows, unknown type)."""
+
+
+class UnknownTableError(MutationDecodeError):
+    """A mutation names a table id that no schema source knows.
+
+    Retriable: the schema may be refreshed (the table may have been created after the last load).
+    """
+
+    retriable = True
+
+    def __init__(
+        self, table_id: uuid.UUID, *, segment: str = "", position: int = -1, column: str | None = None
+    ) -> None:
+        what = f"unknown column {column!r}" if column is not None else "unknown table id"
+        super().__init__(what, segment=segment, position=position, table_id=table_id, retriable=True)
+        self.column = column
+
+
+class ConfigError(CdcpipeError):
+    """Settings are missing or invalid; the message names each setting and how to set it."""
