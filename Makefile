@@ -1,0 +1,70 @@
+# cdcpipe — two commands on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+.ONESHELL:
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STACK  := deploy/local/stack
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test install tools stack-up stack-down stack-status lint unit integration clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cdcpipe needs Python >= 3.11, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+# System tools the test suite needs besides the stack's own (the stack installs Java, Maven and PostgreSQL).
+tools:
+	if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
+		if [ "$$(id -u)" = 0 ]; then
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker-compose >/dev/null
+		else
+			echo "make: install the Debian package docker-compose (or the docker compose plugin) to validate compose.yaml" >&2; exit 1
+		fi
+	fi
+
+stack-up:
+	$(STACK) up
+
+stack-down:
+	$(STACK) down
+
+stack-status:
+	$(STACK) status
+
+lint: install
+	$(BIN)/ruff check cdcpipe tests
+	$(BIN)/mypy
+
+unit: install
+	$(BIN)/pytest tests/unit -q
+
+integration: install tools stack-up
+	eval "$$($(STACK) env)"
+	$(BIN)/pytest tests/integration -q
+
+# The whole suite: lint, unit tests, and integration tests against the real local stack.
+test: install tools stack-up lint
+	eval "$$($(STACK) env)"
+	$(BIN)/pytest -q -p no:cacheprovider
+
+# Bring up the stack and show what runs.
+run: install stack-up
+	eval "$$($(STACK) env)"
+	$(STACK) status
+	echo
+	$(BIN)/cdcpipe check
+	echo
+	echo "The stack is up. Configure a shell for cdcpipe with:  eval \"\$$($(STACK) env)\""
+	echo "Stop it with: $(STACK) down   (add --purge to delete its data)"
+
+clean:
+	$(STACK) down --purge || true
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from cdcpipe.cli import main
+
+sys.exit(main())

@@ -1,0 +1,74 @@
+"""The ``cdcpipe`` command line (also ``python -m cdcpipe``).
+
+Every subcommand reads settings the same way (environment, then ``--config FILE``) and turns a bad setting
+into one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+
+from cdcpipe import __version__
+from cdcpipe.config import Settings, load_settings
+from cdcpipe.errors import CdcpipeError, ConfigError
+
+EXIT_CONFIG = 2
+
+
+def _cmd_config(args: argparse.Namespace, settings: Settings) -> int:
+    data = settings.redacted()
+    if args.format == "json":
+        print(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        print(yaml.safe_dump(data, sort_keys=True), end="")
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from cdcpipe.ops import check
+
+    probes = check(settings, args.services)
+    for p in probes:
+        print(f"{p.service:<10} {'ok' if p.ok else 'FAILED':<7} {p.seconds:6.2f}s  {p.detail}")
+    return 0 if all(p.ok for p in probes) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdcpipe", description="Cassandra CDC to PostgreSQL through Kafka.")
+    parser.add_argument("--version", action="version", version=f"cdcpipe {__version__}")
+    parser.add_argument("--config", type=Path, help="YAML settings file (environment variables override it)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    cfg = sub.add_parser("config", help="print the effective settings (secrets hidden)")
+    cfg.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    cfg.set_defaults(func=_cmd_config)
+
+    chk = sub.add_parser("check", help="check that Cassandra, Kafka and PostgreSQL are reachable")
+    chk.add_argument("services", nargs="*", choices=["cassandra", "kafka", "postgres", []], default=[],
+                     help="services to check (default: all)")
+    chk.set_defaults(func=_cmd_check)
+
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    func: Callable[[argparse.Namespace, Settings], int] = args.func
+    try:
+        settings = load_settings(args.config)
+        return func(args, settings)
+    except ConfigError as exc:
+        print(f"cdcpipe: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except CdcpipeError as exc:
+        print(f"cdcpipe: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
