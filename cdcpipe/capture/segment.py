@@ -371,10 +371,8 @@ class SegmentReader:
 
     def _unpack_section(self, raw: bytes, plain_len: int) -> bytes:
         try:
-            if self._decompress is not None:
-                out = self._decompress(raw, plain_len)
-            else:
-                out = self._decrypt_section(raw)
+            decode = self._decompress
+            out = decode(raw, plain_len) if decode is not None else self._decrypt_section(raw)
         except _SectionFailure:
             raise
         except Exception as exc:  # decompressor libraries raise assorted types

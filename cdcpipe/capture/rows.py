@@ -1,0 +1,321 @@
+"""Wire primitives and row-level decoding of serialized PartitionUpdates (messaging 10-13).
+
+Rows, cells, clustering prefixes and range tombstone markers as written by Cassandra's
+``UnfilteredSerializer`` in the on-wire (commit log) form: reference §7.6-§7.12. Values are kept as
+raw bytes; ``cdcpipe.capture.values`` decodes them on demand.
+
+Internal decoding functions raise ``WireError`` (or IndexError/struct.error on truncation); the
+mutation decoder turns those into ``MutationDecodeError`` with coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from cdcpipe.capture.values import CqlType
+
+NO_TIMESTAMP = -(1 << 63)
+_M64 = (1 << 64) - 1
+_M32 = 0xFFFFFFFF
+_2_63 = 1 << 63
+_2_64 = 1 << 64
+TIMESTAMP_EPOCH = 1442880000000000
+DELETION_TIME_EPOCH = 1442880000
+
+# UnfilteredSerializer flags
+END_OF_PARTITION, IS_MARKER, HAS_TIMESTAMP, HAS_TTL = 0x01, 0x02, 0x04, 0x08
+HAS_DELETION, HAS_ALL_COLUMNS, HAS_COMPLEX_DELETION, EXTENSION_FLAG = 0x10, 0x20, 0x40, 0x80
+IS_STATIC, HAS_SHADOWABLE_DELETION = 0x01, 0x02
+# Cell flags
+IS_DELETED, IS_EXPIRING, HAS_EMPTY_VALUE, USE_ROW_TIMESTAMP, USE_ROW_TTL = 0x01, 0x02, 0x04, 0x08, 0x10
+
+# ClusteringPrefix.Kind ordinals
+EXCL_END_BOUND, INCL_START_BOUND, EXCL_END_INCL_START_BOUNDARY = 0, 1, 2
+INCL_END_EXCL_START_BOUNDARY, INCL_END_BOUND, EXCL_START_BOUND = 5, 6, 7
+BOUND_KIND_NAMES = {0: "EXCL_END_BOUND", 1: "INCL_START_BOUND", 2: "EXCL_END_INCL_START_BOUNDARY",
+                    5: "INCL_END_EXCL_START_BOUNDARY", 6: "INCL_END_BOUND", 7: "EXCL_START_BOUND"}
+
+# number of extra bytes of a vint, by first byte (= count of leading one bits)
+_EXTRA = bytes((8 - (b ^ 0xFF).bit_length()) for b in range(256))
+_MASK = bytes(0xFF >> n for n in range(9))
+
+
+class WireError(ValueError):
+    """Malformed serialized data (the message says what and where)."""
+
+
+def uvint(buf: bytes, p: int) -> tuple[int, int]:
+    """Decode an unsigned Cassandra vint at ``p``: (value as unsigned 64-bit, next offset)."""
+    b = buf[p]
+    if b < 0x80:
+        return b, p + 1
+    n = _EXTRA[b]
+    end = p + 1 + n
+    if end > len(buf):
+        raise WireError(f"truncated vint at {p}")
+    return ((b & _MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:end], "big"), end
+
+
+def take(buf: bytes, p: int, n: int) -> tuple[bytes, int]:
+    """``n`` bytes at ``p`` (checked)."""
+    end = p + n
+    if end > len(buf) or n < 0:
+        raise WireError(f"value of {n} bytes at {p} overruns the mutation")
+    return buf[p:end], end
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionTime:
+    """``marked_for_delete_at`` in microseconds; ``local_deletion_time`` in seconds since the epoch."""
+
+    marked_for_delete_at: int
+    local_deletion_time: int
+
+
+@dataclass(frozen=True, slots=True)
+class Liveness:
+    """Primary-key liveness of a row. ``ttl`` 0 = not expiring; ``local_expiration_time`` in seconds."""
+
+    timestamp: int
+    ttl: int = 0
+    local_expiration_time: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One cell. ``value`` is raw serialized bytes (b"" when empty or a tombstone). For a tombstone
+    ``local_deletion_time`` is the deletion time, for an expiring cell the expiry time. ``path`` is
+    set for cells of non-frozen collections/UDTs (list: timeuuid, set: element, map: key, UDT: field
+    index as 2 bytes)."""
+
+    column: str
+    value: bytes
+    timestamp: int
+    ttl: int = 0
+    local_deletion_time: int | None = None
+    deleted: bool = False
+    path: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A row (or the static row, with an empty clustering). Clustering values are raw bytes
+    (b"" empty, None null). ``complex_deletions`` maps a column name to its collection deletion."""
+
+    clustering: tuple[bytes | None, ...]
+    liveness: Liveness | None
+    deletion: DeletionTime | None
+    cells: tuple[Cell, ...]
+    complex_deletions: tuple[tuple[str, DeletionTime], ...] = ()
+    shadowable: bool = False
+    static: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RangeTombstoneMarker:
+    """A bound or boundary of a range tombstone. ``kind`` is the ClusteringPrefix.Kind ordinal;
+    ``close_deletion`` ends the range before the marker, ``open_deletion`` starts the one after it
+    (a boundary has both)."""
+
+    kind: int
+    bound: tuple[bytes | None, ...]
+    close_deletion: DeletionTime | None
+    open_deletion: DeletionTime | None
+
+    @property
+    def kind_name(self) -> str:
+        return BOUND_KIND_NAMES.get(self.kind, str(self.kind))
+
+
+class ColumnSpec(NamedTuple):
+    """A header column resolved against the schema (internal to decoding)."""
+
+    name: str
+    type: CqlType
+    fixed: int  # value length if fixed, else -1
+    complex: bool
+    dropped_time: int | None  # cells at or before this timestamp belong to a dropped column
+
+
+class RowReader:
+    """Decodes the unfiltereds of one PartitionUpdate, given its EncodingStats and column headers."""
+
+    __slots__ = ("buf", "clustering_fixed", "ldt_unsigned", "min_ldt", "min_ts", "min_ttl")
+
+    def __init__(self, buf: bytes, min_ts: int, min_ldt: int, min_ttl: int, ldt_unsigned: bool,
+                 clustering_fixed: tuple[int, ...]) -> None:
+        self.buf = buf
+        self.min_ts, self.min_ldt, self.min_ttl = min_ts, min_ldt, min_ttl
+        self.ldt_unsigned = ldt_unsigned
+        self.clustering_fixed = clustering_fixed
+
+    # --- deltas (§7.6)
+    def timestamp(self, p: int) -> tuple[int, int]:
+        u, p = uvint(self.buf, p)
+        ts = u + self.min_ts
+        if ts >= _2_63:
+            ts -= _2_64
+        return ts, p
+
+    def ldt(self, p: int) -> tuple[int, int]:
+        """Local deletion time: signed int32 up to messaging 12, unsigned uint32 in messaging 13."""
+        u, p = uvint(self.buf, p)
+        v = (u + self.min_ldt) & _M32
+        if self.ldt_unsigned or v < 0x80000000:
+            return v, p
+        return v - (1 << 32), p
+
+    def ttl(self, p: int) -> tuple[int, int]:
+        u, p = uvint(self.buf, p)
+        v = (u + self.min_ttl) & _M32
+        return (v - (1 << 32) if v >= 0x80000000 else v), p
+
+    def deletion_time(self, p: int) -> tuple[DeletionTime, int]:
+        ts, p = self.timestamp(p)
+        ldt, p = self.ldt(p)
+        return DeletionTime(ts, ldt), p
+
+    # --- clustering (§7.8)
+    def clustering(self, p: int, count: int) -> tuple[tuple[bytes | None, ...], int]:
+        buf = self.buf
+        fixed = self.clustering_fixed
+        values: list[bytes | None] = []
+        header = 0
+        for i in range(count):
+            j = i & 31
+            if j == 0:
+                header, p = uvint(buf, p)
+            bits = (header >> (2 * j)) & 3
+            if bits & 1:
+                values.append(b"")
+            elif bits & 2:
+                values.append(None)
+            else:
+                n = fixed[i]
+                if n < 0:
+                    n, p = uvint(buf, p)
+                v, p = take(buf, p, n)
+                values.append(v)
+        return tuple(values), p
+
+    # --- range tombstone marker (§7.12)
+    def marker(self, p: int) -> tuple[RangeTombstoneMarker, int]:
+        buf = self.buf
+        kind = buf[p]
+        size = (buf[p + 1] << 8) | buf[p + 2]
+        if kind not in BOUND_KIND_NAMES or size > len(self.clustering_fixed):
+            raise WireError(f"bad range tombstone bound kind {kind} / size {size} at {p}")
+        bound, p = self.clustering(p + 3, size)
+        first, p = self.deletion_time(p)
+        if kind in (EXCL_END_INCL_START_BOUNDARY, INCL_END_EXCL_START_BOUNDARY):
+            second, p = self.deletion_time(p)
+            return RangeTombstoneMarker(kind, bound, first, second), p
+        if kind in (INCL_START_BOUND, EXCL_START_BOUND):
+            return RangeTombstoneMarker(kind, bound, None, first), p
+        return RangeTombstoneMarker(kind, bound, first, None), p
+
+    # --- row (§7.7, §7.9-§7.11)
+    def row(self, p: int, flags: int, ext: int, columns: tuple[ColumnSpec, ...], static: bool) -> tuple[Row, int]:
+        buf = self.buf
+        if static:
+            clustering: tuple[bytes | None, ...] = ()
+        else:
+            clustering, p = self.clustering(p, len(self.clustering_fixed))
+        liveness: Liveness | None = None
+        row_ts, row_ttl, row_ldt = NO_TIMESTAMP, 0, None
+        if flags & HAS_TIMESTAMP:
+            row_ts, p = self.timestamp(p)
+            if flags & HAS_TTL:
+                row_ttl, p = self.ttl(p)
+                row_ldt, p = self.ldt(p)
+            liveness = Liveness(row_ts, row_ttl, row_ldt)
+        deletion = None
+        if flags & HAS_DELETION:
+            deletion, p = self.deletion_time(p)
+        if not flags & HAS_ALL_COLUMNS:
+            columns, p = self._subset(p, columns)
+        cells: list[Cell] = []
+        complex_deletions: list[tuple[str, DeletionTime]] = []
+        has_complex_deletion = flags & HAS_COMPLEX_DELETION
+        for col in columns:
+            if not col.complex:
+                cell, p = self._cell(p, col, row_ts, row_ttl, row_ldt, False)
+                if col.dropped_time is None or cell.timestamp > col.dropped_time:
+                    cells.append(cell)
+                continue
+            if has_complex_deletion:
+                dt, p = self.deletion_time(p)
+                if dt.marked_for_delete_at != NO_TIMESTAMP and (
+                        col.dropped_time is None or dt.marked_for_delete_at > col.dropped_time):
+                    complex_deletions.append((col.name, dt))
+            count, p = uvint(buf, p)
+            if count > len(buf):
+                raise WireError(f"bad cell count {count} at {p}")
+            for _ in range(count):
+                cell, p = self._cell(p, col, row_ts, row_ttl, row_ldt, True)
+                if col.dropped_time is None or cell.timestamp > col.dropped_time:
+                    cells.append(cell)
+        row = Row(clustering, liveness, deletion, tuple(cells), tuple(complex_deletions),
+                  bool(ext & HAS_SHADOWABLE_DELETION), static)
+        return row, p
+
+    def _subset(self, p: int, columns: tuple[ColumnSpec, ...]) -> tuple[tuple[ColumnSpec, ...], int]:
+        v, p = uvint(self.buf, p)
+        n = len(columns)
+        if v == 0:
+            return columns, p
+        if n < 64:
+            if v >> n:
+                raise WireError(f"column subset bitmap {v:#x} exceeds {n} columns")
+            return tuple(c for i, c in enumerate(columns) if not (v >> i) & 1), p
+        if v > n:
+            raise WireError(f"column subset: {v} missing of {n}")
+        present = n - v
+        idx: list[int] = []
+        if present < n // 2:
+            for _ in range(present):
+                i, p = uvint(self.buf, p)
+                idx.append(i)
+        else:
+            missing = set()
+            for _ in range(v):
+                i, p = uvint(self.buf, p)
+                missing.add(i)
+            idx = [i for i in range(n) if i not in missing]
+        if any(i >= n for i in idx):
+            raise WireError("column subset index out of range")
+        return tuple(columns[i] for i in idx), p
+
+    def _cell(self, p: int, col: ColumnSpec, row_ts: int, row_ttl: int, row_ldt: int | None,
+              complex_cell: bool) -> tuple[Cell, int]:
+        buf = self.buf
+        flags = buf[p]
+        p += 1
+        if flags & USE_ROW_TIMESTAMP:
+            ts = row_ts
+        else:
+            u, p = uvint(buf, p)
+            ts = u + self.min_ts
+            if ts >= _2_63:
+                ts -= _2_64
+        ttl, ldt = 0, None
+        if flags & USE_ROW_TTL:
+            ttl, ldt = row_ttl, row_ldt
+        else:
+            if flags & (IS_DELETED | IS_EXPIRING):
+                ldt, p = self.ldt(p)
+            if flags & IS_EXPIRING:
+                ttl, p = self.ttl(p)
+        path = None
+        if complex_cell:
+            n, p = uvint(buf, p)
+            path, p = take(buf, p, n)
+        if flags & HAS_EMPTY_VALUE:
+            value = b""
+        else:
+            n = -1 if complex_cell else col.fixed
+            if n < 0:
+                n, p = uvint(buf, p)
+            value, p = take(buf, p, n)
+        return Cell(col.name, value, ts, ttl, ldt, bool(flags & IS_DELETED), path), p

@@ -1,0 +1,468 @@
+"""Table schema model and the table id -> schema registry used to decode mutations.
+
+Sources: a CQL file of CREATE KEYSPACE / CREATE TYPE / CREATE TABLE statements (``WITH id = <uuid>``
+gives the table id the commit log uses), or a live cluster's ``system_schema`` tables read with
+cassandra-driver. See reference §9 for how the commit log refers to tables and columns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from cdcpipe.capture.values import CqlType, identifier, parse_cql_type
+from cdcpipe.errors import SchemaError
+
+log = logging.getLogger(__name__)
+
+PARTITION_KEY, CLUSTERING, STATIC, REGULAR = "partition_key", "clustering", "static", "regular"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """A column of a table. ``position`` is the index within the partition key or clustering
+    (-1 otherwise); ``reversed`` is True for a DESC clustering column."""
+
+    name: str
+    type: CqlType
+    kind: str
+    position: int = -1
+    reversed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DroppedColumn:
+    """A dropped column: still needed to decode older data. Cells with a timestamp at or before
+    ``dropped_time`` (microseconds) belong to the dropped column and are obsolete."""
+
+    name: str
+    type: CqlType
+    dropped_time: int
+    kind: str = REGULAR
+
+
+@dataclass(frozen=True, slots=True)
+class TableSchema:
+    """Schema of one table (or materialized view), as needed to decode its PartitionUpdates."""
+
+    keyspace: str
+    table: str
+    table_id: uuid.UUID
+    partition_key: tuple[Column, ...]
+    clustering: tuple[Column, ...] = ()
+    static: tuple[Column, ...] = ()
+    regular: tuple[Column, ...] = ()
+    dropped: tuple[DroppedColumn, ...] = ()
+    cdc: bool = False
+    _by_name: dict[bytes, Column | DroppedColumn] = field(
+        init=False, repr=False, compare=False, hash=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        by_name: dict[bytes, Column | DroppedColumn] = {d.name.encode(): d for d in self.dropped}
+        for col in (*self.partition_key, *self.clustering, *self.static, *self.regular):
+            by_name[col.name.encode()] = col
+        object.__setattr__(self, "_by_name", by_name)
+
+    @property
+    def name(self) -> str:
+        return f"{self.keyspace}.{self.table}"
+
+    def column(self, name: bytes) -> Column | DroppedColumn | None:
+        """Look a column up by its UTF-8 name as written in a PartitionUpdate header: current columns
+        first, then dropped ones (as Cassandra does)."""
+        return self._by_name.get(name)
+
+    def partition_key_values(self, key: bytes) -> tuple[bytes, ...]:
+        """Split raw partition key bytes into per-column values (CompositeType for several columns).
+        Raises ValueError."""
+        if len(self.partition_key) == 1:
+            return (key,)
+        out: list[bytes] = []
+        p = 0
+        for _ in self.partition_key:
+            if p + 2 > len(key):
+                raise ValueError("truncated composite partition key")
+            n = int.from_bytes(key[p:p + 2], "big")
+            if p + 2 + n + 1 > len(key):
+                raise ValueError("truncated composite partition key")
+            out.append(key[p + 2:p + 2 + n])
+            p += 3 + n
+        if p != len(key):
+            raise ValueError("trailing bytes in composite partition key")
+        return tuple(out)
+
+
+def system_table_id(keyspace: str, table: str) -> uuid.UUID:
+    """Deterministic id of a system table: Java ``UUID.nameUUIDFromBytes(keyspace ++ table)``."""
+    return uuid.UUID(bytes=hashlib.md5((keyspace + table).encode(), usedforsecurity=False).digest(), version=3)
+
+
+class SchemaSource(Protocol):
+    """Where table schemas come from (I/O seam)."""
+
+    def load(self) -> list[TableSchema]:
+        """Return every table schema; raise SchemaError (or CdcpipeError with retriable=True)."""
+        ...
+
+
+class SchemaRegistry:
+    """table id -> TableSchema, cached; refreshed from the source when an unknown table id or column
+    is asked for, at most once per ``min_refresh_interval`` seconds. An id still unknown after a
+    refresh is logged once and remembered (``unknown``)."""
+
+    def __init__(self, source: SchemaSource | None = None, tables: Iterable[TableSchema] = (), *,
+                 min_refresh_interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._source = source
+        self._tables: dict[uuid.UUID, TableSchema] = {t.table_id: t for t in tables}
+        self._interval = min_refresh_interval
+        self._clock = clock
+        self._last_refresh: float | None = None
+        self.unknown: set[uuid.UUID] = set()
+        if source is not None and not self._tables:
+            self.refresh()
+
+    def __len__(self) -> int:
+        return len(self._tables)
+
+    def tables(self) -> list[TableSchema]:
+        return list(self._tables.values())
+
+    def refresh(self) -> bool:
+        """Reload from the source (no rate limit). Returns False if there is no source."""
+        if self._source is None:
+            return False
+        self._last_refresh = self._clock()
+        self._tables = {t.table_id: t for t in self._source.load()}
+        self.unknown -= self._tables.keys()
+        return True
+
+    def _maybe_refresh(self) -> None:
+        now = self._clock()
+        if self._last_refresh is None or now - self._last_refresh >= self._interval:
+            self.refresh()
+
+    def get(self, table_id: uuid.UUID, missing_column: bytes | None = None) -> TableSchema | None:
+        """The schema for ``table_id``, refreshing (rate-limited) if the id is unknown or the known
+        schema lacks ``missing_column``. None if the table stays unknown."""
+        table = self._tables.get(table_id)
+        if table is not None and (missing_column is None or table.column(missing_column) is not None):
+            return table
+        if table_id in self.unknown and missing_column is None:
+            return None
+        self._maybe_refresh()
+        table = self._tables.get(table_id)
+        if table is None and table_id not in self.unknown:
+            self.unknown.add(table_id)
+            log.warning("unknown table id %s (not in schema)", table_id)
+        return table
+
+
+# ------------------------------------------------------------------------------------------ CQL file
+
+_CQL_TOKEN = re.compile(
+    r"""\s+|--[^\n]*|//[^\n]*|/\*.*?\*/
+    |(?P<q>"(?:[^"]|"")*")|(?P<s>'(?:[^']|'')*')|(?P<d>\$\$.*?\$\$)
+    |(?P<u>[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})
+    |(?P<w>[A-Za-z0-9_]+(?:\.[0-9]+)?)|(?P<p>[(){}<>,.;=:\[\]+-])""",
+    re.VERBOSE | re.DOTALL)
+
+
+def _cql_statements(text: str) -> list[list[str]]:
+    statements: list[list[str]] = [[]]
+    pos = 0
+    while pos < len(text):
+        m = _CQL_TOKEN.match(text, pos)
+        if m is None:
+            raise SchemaError(f"cannot tokenize CQL at offset {pos}: {text[pos:pos + 30]!r}")
+        pos = m.end()
+        tok = m.group(m.lastgroup) if m.lastgroup else None
+        if tok is None:
+            continue
+        if tok == ";":
+            statements.append([])
+        else:
+            statements[-1].append(tok)
+    return [s for s in statements if s]
+
+
+class _Stmt:
+    def __init__(self, tokens: list[str]) -> None:
+        self.t, self.i = tokens, 0
+
+    def peek(self, ahead: int = 0) -> str:
+        j = self.i + ahead
+        return self.t[j] if j < len(self.t) else ""
+
+    def kw(self, *words: str) -> bool:
+        """Consume the keywords if they follow (case-insensitive)."""
+        for k, w in enumerate(words):
+            tok = self.peek(k)
+            if tok.startswith('"') or tok.lower() != w:
+                return False
+        self.i += len(words)
+        return True
+
+    def next(self) -> str:
+        if self.i >= len(self.t):
+            raise SchemaError(f"unexpected end of statement: {' '.join(self.t)[:200]}")
+        self.i += 1
+        return self.t[self.i - 1]
+
+    def expect(self, tok: str) -> None:
+        got = self.next()
+        if got != tok:
+            raise SchemaError(f"expected {tok!r}, got {got!r} in: {' '.join(self.t)[:200]}")
+
+    def name(self, default_keyspace: str) -> tuple[str, str]:
+        first = identifier(self.next())
+        if self.peek() == ".":
+            self.next()
+            return first, identifier(self.next())
+        if not default_keyspace:
+            raise SchemaError(f"no keyspace for {first!r} (use a qualified name or USE)")
+        return default_keyspace, first
+
+    def type_tokens(self) -> str:
+        """Tokens of a type up to a top-level ',' or ')' (or STATIC / PRIMARY KEY)."""
+        depth, out = 0, list[str]()
+        while True:
+            tok = self.peek()
+            if tok == "" or (depth == 0 and (tok in (",", ")") or tok.lower() in ("static", "primary"))):
+                return " ".join(out)
+            depth += {"<": 1, ">": -1}.get(tok, 0)
+            out.append(self.next())
+
+
+def parse_cql_schema(text: str) -> list[TableSchema]:
+    """Parse CREATE KEYSPACE / CREATE TYPE / CREATE TABLE / USE statements; other statements are
+    ignored. Tables need ``WITH id = <uuid>`` unless they are in a system keyspace (deterministic id).
+    Raises SchemaError."""
+    keyspace = ""
+    udts: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]] = {}
+    tables: list[TableSchema] = []
+    for tokens in _cql_statements(text):
+        st = _Stmt(tokens)
+        if st.kw("use"):
+            keyspace = identifier(st.next())
+        elif st.kw("create", "type"):
+            st.kw("if", "not", "exists")
+            ks, name = st.name(keyspace)
+            st.expect("(")
+            names, types = [], []
+            while True:
+                names.append(identifier(st.next()))
+                types.append(st.type_tokens())
+                if st.next() == ")":
+                    break
+            udts[(ks, name)] = (tuple(names), tuple(types))
+        elif st.kw("create", "table") or st.kw("create", "columnfamily"):
+            tables.append(_create_table(st, keyspace, udts))
+    return tables
+
+
+def _create_table(st: _Stmt, keyspace: str,
+                  udts: dict[tuple[str, str], tuple[tuple[str, ...], tuple[str, ...]]]) -> TableSchema:
+    st.kw("if", "not", "exists")
+    ks, table = st.name(keyspace)
+    st.expect("(")
+    defs: list[tuple[str, CqlType, bool]] = []
+    pk: list[str] = []
+    ck: list[str] = []
+    while True:
+        if st.kw("primary", "key"):
+            st.expect("(")
+            if st.peek() == "(":
+                st.next()
+                while True:
+                    pk.append(identifier(st.next()))
+                    if st.next() == ")":
+                        break
+            else:
+                pk.append(identifier(st.next()))
+            while st.next() == ",":
+                ck.append(identifier(st.next()))
+        else:
+            col = identifier(st.next())
+            ctype = parse_cql_type(st.type_tokens(), ks, lambda k, n: udts.get((k, n)))
+            is_static = st.kw("static")
+            if st.kw("primary", "key"):
+                pk = [col]
+            defs.append((col, ctype, is_static))
+        sep = st.next()
+        if sep == ")":
+            break
+        if sep != ",":
+            raise SchemaError(f"unexpected {sep!r} in CREATE TABLE {ks}.{table}")
+    table_id: uuid.UUID | None = None
+    order: dict[str, bool] = {}
+    cdc = False
+    if st.kw("with"):
+        while st.i < len(st.t):
+            if st.kw("clustering", "order", "by"):
+                st.expect("(")
+                while True:
+                    col = identifier(st.next())
+                    order[col] = st.next().lower() == "desc"
+                    if st.next() == ")":
+                        break
+            elif st.kw("compact", "storage"):
+                raise SchemaError(f"{ks}.{table}: COMPACT STORAGE tables are not supported")
+            else:
+                opt = st.next().lower()
+                st.expect("=")
+                value = st.next()
+                if opt == "id":
+                    try:
+                        table_id = uuid.UUID(value.strip("'"))
+                    except ValueError as exc:
+                        raise SchemaError(f"{ks}.{table}: bad id {value!r}") from exc
+                elif opt == "cdc":
+                    cdc = value.lower() == "true"
+                elif value in ("{", "("):
+                    _skip_group(st, value)
+            if not st.kw("and"):
+                break
+    if table_id is None:
+        if not ks.startswith("system"):
+            raise SchemaError(f"{ks}.{table}: no table id (add WITH id = <uuid>)")
+        table_id = system_table_id(ks, table)
+    types = {name: t for name, t, _ in defs}
+    for name in (*pk, *ck):
+        if name not in types:
+            raise SchemaError(f"{ks}.{table}: primary key column {name!r} is not defined")
+    if not pk:
+        raise SchemaError(f"{ks}.{table}: no primary key")
+    return TableSchema(
+        keyspace=ks, table=table, table_id=table_id, cdc=cdc,
+        partition_key=tuple(Column(n, types[n], PARTITION_KEY, i) for i, n in enumerate(pk)),
+        clustering=tuple(Column(n, types[n], CLUSTERING, i, order.get(n, False)) for i, n in enumerate(ck)),
+        static=tuple(Column(n, t, STATIC) for n, t, s in defs if s),
+        regular=tuple(Column(n, t, REGULAR) for n, t, s in defs if not s and n not in pk and n not in ck),
+    )
+
+
+def _skip_group(st: _Stmt, opening: str) -> None:
+    closing = {"{": "}", "(": ")"}
+    stack = [closing[opening]]
+    while stack:
+        tok = st.next()
+        if tok in closing:
+            stack.append(closing[tok])
+        elif tok == stack[-1]:
+            stack.pop()
+
+
+@dataclass(frozen=True, slots=True)
+class CqlFileSchemaSource:
+    """Schema from a CQL file (re-read on every refresh)."""
+
+    path: Path
+
+    def load(self) -> list[TableSchema]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SchemaError(f"cannot read {self.path}: {exc}") from exc
+        return parse_cql_schema(text)
+
+
+# ------------------------------------------------------------------------------------------ live
+
+class CqlSession(Protocol):
+    """The part of ``cassandra.cluster.Session`` used here."""
+
+    def execute(self, query: str) -> Iterable[Any]: ...
+
+
+def _get(row: Any, name: str, default: Any = None) -> Any:
+    if isinstance(row, dict):
+        return row.get(name, default)
+    return getattr(row, name, default)
+
+
+def schema_from_rows(tables: Iterable[Any], columns: Iterable[Any], types: Iterable[Any],
+                     dropped: Iterable[Any], views: Iterable[Any] = ()) -> list[TableSchema]:
+    """Build schemas from ``system_schema`` rows (tables, columns, types, dropped_columns, views).
+    Rows may be dicts or named tuples. Raises SchemaError."""
+    udts = {(_get(r, "keyspace_name"), _get(r, "type_name")):
+            (tuple(_get(r, "field_names") or ()), tuple(_get(r, "field_types") or ())) for r in types}
+    cols: dict[tuple[str, str], list[Any]] = {}
+    for r in columns:
+        cols.setdefault((_get(r, "keyspace_name"), _get(r, "table_name")), []).append(r)
+    drops: dict[tuple[str, str], list[Any]] = {}
+    for r in dropped:
+        drops.setdefault((_get(r, "keyspace_name"), _get(r, "table_name")), []).append(r)
+    out: list[TableSchema] = []
+    entries = [(r, _get(r, "table_name")) for r in tables] + [(r, _get(r, "view_name")) for r in views]
+    for row, name in entries:
+        ks = _get(row, "keyspace_name")
+
+        def resolve(k: str, n: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+            return udts.get((k, n))
+
+        by_kind: dict[str, list[Column]] = {PARTITION_KEY: [], CLUSTERING: [], STATIC: [], REGULAR: []}
+        for c in cols.get((ks, name), []):
+            kind = _get(c, "kind")
+            if kind not in by_kind:
+                raise SchemaError(f"{ks}.{name}: column kind {kind!r}")
+            ctype = parse_cql_type(_get(c, "type"), ks, resolve)
+            by_kind[kind].append(Column(_get(c, "column_name"), ctype, kind, _get(c, "position", -1),
+                                        _get(c, "clustering_order") == "desc"))
+        dropped_cols = []
+        for d in drops.get((ks, name), []):
+            when = _get(d, "dropped_time")
+            micros = int(when.timestamp() * 1_000_000) if hasattr(when, "timestamp") else int(when or 0) * 1000
+            dropped_cols.append(DroppedColumn(_get(d, "column_name"), parse_cql_type(_get(d, "type"), ks, resolve),
+                                              micros, _get(d, "kind") or REGULAR))
+        key = lambda c: c.position  # noqa: E731
+        out.append(TableSchema(
+            keyspace=ks, table=name, table_id=_get(row, "id"), cdc=bool(_get(row, "cdc")),
+            partition_key=tuple(sorted(by_kind[PARTITION_KEY], key=key)),
+            clustering=tuple(sorted(by_kind[CLUSTERING], key=key)),
+            static=tuple(sorted(by_kind[STATIC], key=lambda c: c.name)),
+            regular=tuple(sorted(by_kind[REGULAR], key=lambda c: c.name)),
+            dropped=tuple(dropped_cols)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSchemaSource:
+    """Schema read live from ``system_schema`` through a cassandra-driver session (blocking)."""
+
+    session: CqlSession
+
+    def load(self) -> list[TableSchema]:
+        try:
+            q = self.session.execute
+            return schema_from_rows(
+                q("SELECT * FROM system_schema.tables"), q("SELECT * FROM system_schema.columns"),
+                q("SELECT * FROM system_schema.types"), q("SELECT * FROM system_schema.dropped_columns"),
+                q("SELECT * FROM system_schema.views"))
+        except SchemaError:
+            raise
+        except Exception as exc:  # driver errors: connection, timeout, ...
+            raise SchemaError(f"cannot read system_schema: {exc}", retriable=True) from exc
+
+
+def connect_system_schema(hosts: str) -> SystemSchemaSource:
+    """Connect with cassandra-driver to ``host[:port],...`` (port of the first host is used for all)."""
+    from cassandra.cluster import Cluster
+
+    points, port = [], 9042
+    for i, item in enumerate(h.strip() for h in hosts.split(",") if h.strip()):
+        host, _, p = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
+        points.append(host)
+        if i == 0 and p:
+            port = int(p)
+    try:
+        session = Cluster(contact_points=points or ["127.0.0.1"], port=port).connect()
+    except Exception as exc:
+        raise SchemaError(f"cannot connect to Cassandra at {hosts}: {exc}", retriable=True) from exc
+    return SystemSchemaSource(session)
