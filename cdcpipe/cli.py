@@ -39,6 +39,18 @@ def _cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(p.ok for p in probes) else 1
 
 
+def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cdcpipe.capture import dump
+
+    parser = sub.add_parser("dump", help="print the mutations in commit-log segments as JSON lines")
+    dump.add_arguments(parser)
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        return dump.run(args)
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdcpipe", description="Cassandra CDC to PostgreSQL through Kafka.")
     parser.add_argument("--version", action="version", version=f"cdcpipe {__version__}")
@@ -53,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     chk.add_argument("services", nargs="*", choices=["cassandra", "kafka", "postgres", []], default=[],
                      help="services to check (default: all)")
     chk.set_defaults(func=_cmd_check)
+
+    _add_dump(sub)
+    # (subcommands of the capture and apply processes are added below this line)
 
     return parser
 
