@@ -113,6 +113,7 @@ class ReadStats:
     entries: int = 0
     errors: int = 0
     skipped_sections: int = 0
+    section_spans: list[tuple[int, int]] = field(default_factory=list)  # (marker offset, next) in the file
     error_list: list[SegmentError] = field(default_factory=list)
 
 
@@ -318,7 +319,8 @@ class SegmentReader:
         ``limit`` (the CDC index offset), in order, interleaved with SegmentError values for damage.
 
         Stops at the end of data (zero marker, end of file), at ``limit``, or at a legacy
-        end-of-segment entry (size 0)."""
+        end-of-segment entry (size 0). ``stats`` is reset when the pass starts."""
+        self.stats = ReadStats()
         data = self._data
         total = len(data)
         seg_id = self.descriptor.segment_id
@@ -343,9 +345,11 @@ class SegmentReader:
                 phys = logical = found
                 continue
             self.stats.sections += 1
+            self.stats.section_spans.append((phys, nxt))
             if self.plain:
                 base, logical_end = phys + 8, nxt
                 if logical_end <= start:
+                    self.stats.skipped_sections += 1
                     phys = logical = nxt
                     continue
                 payload: bytes | memoryview = memoryview(data)[base:nxt]
@@ -356,6 +360,7 @@ class SegmentReader:
                     yield self._error(phys, f"negative section length {plain_len}")
                     return
                 if logical_end <= start:
+                    self.stats.skipped_sections += 1
                     phys, logical = nxt, logical_end
                     continue
                 try:
