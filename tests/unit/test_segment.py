@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -129,7 +130,7 @@ def test_resume_and_limit(testdata: Path, name: str) -> None:
     entries = entries_of(reader)
     seg = reader.descriptor.segment_id
     assert all(e.position.segment_id == seg for e in entries)
-    assert all(a.position.offset <= b.start for a, b in zip(entries, entries[1:], strict=False))
+    assert all(a.position.offset <= b.start for a, b in itertools.pairwise(entries))
     for k in (0, 1, len(entries) // 2, len(entries) - 2):
         # resuming from an entry's position continues with the next entry
         assert entries_of(reader, start=entries[k].position.offset) == entries[k + 1:]
