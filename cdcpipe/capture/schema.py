@@ -113,18 +113,23 @@ class SchemaSource(Protocol):
 
 
 class SchemaRegistry:
-    """table id -> TableSchema, cached; refreshed from the source when an unknown table id or column
-    is asked for, at most once per ``min_refresh_interval`` seconds. An id still unknown after a
-    refresh is logged once and remembered (``unknown``)."""
+    """table id -> TableSchema, cached.
+
+    An unknown table id or column triggers a reload from the source, at most once per
+    ``min_refresh_interval`` seconds. An id still unknown after a reload is logged once and
+    remembered in ``unknown``; it triggers another reload only after ``unknown_recheck_interval``
+    seconds (system tables, which have no schema, appear in every segment)."""
 
     def __init__(self, source: SchemaSource | None = None, tables: Iterable[TableSchema] = (), *,
-                 min_refresh_interval: float = 5.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 min_refresh_interval: float = 5.0, unknown_recheck_interval: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._source = source
         self._tables: dict[uuid.UUID, TableSchema] = {t.table_id: t for t in tables}
         self._interval = min_refresh_interval
+        self._recheck = unknown_recheck_interval
         self._clock = clock
         self._last_refresh: float | None = None
-        self.unknown: set[uuid.UUID] = set()
+        self.unknown: dict[uuid.UUID, float] = {}
         if source is not None and not self._tables:
             self.refresh()
 
@@ -140,27 +145,35 @@ class SchemaRegistry:
             return False
         self._last_refresh = self._clock()
         self._tables = {t.table_id: t for t in self._source.load()}
-        self.unknown -= self._tables.keys()
+        for table_id in self._tables.keys() & self.unknown.keys():
+            del self.unknown[table_id]
         return True
 
-    def _maybe_refresh(self) -> None:
+    def _maybe_refresh(self) -> bool:
         now = self._clock()
-        if self._last_refresh is None or now - self._last_refresh >= self._interval:
-            self.refresh()
+        if self._last_refresh is not None and now - self._last_refresh < self._interval:
+            return False
+        return self.refresh()
 
     def get(self, table_id: uuid.UUID, missing_column: bytes | None = None) -> TableSchema | None:
-        """The schema for ``table_id``, refreshing (rate-limited) if the id is unknown or the known
-        schema lacks ``missing_column``. None if the table stays unknown."""
+        """The schema for ``table_id``, reloading (rate-limited) if the id is unknown or the known
+        schema lacks ``missing_column``. None if the table is (still) unknown."""
         table = self._tables.get(table_id)
         if table is not None and (missing_column is None or table.column(missing_column) is not None):
             return table
-        if table_id in self.unknown and missing_column is None:
+        marked = self.unknown.get(table_id)
+        if marked is not None and self._clock() - marked < self._recheck:
             return None
-        self._maybe_refresh()
+        if not self._maybe_refresh():
+            if table is None and self._source is None and table_id not in self.unknown:
+                log.warning("unknown table id %s (not in schema)", table_id)
+                self.unknown[table_id] = self._clock()
+            return table
         table = self._tables.get(table_id)
-        if table is None and table_id not in self.unknown:
-            self.unknown.add(table_id)
-            log.warning("unknown table id %s (not in schema)", table_id)
+        if table is None:
+            if table_id not in self.unknown:
+                log.warning("unknown table id %s (not in schema)", table_id)
+            self.unknown[table_id] = self._clock()
         return table
 
 

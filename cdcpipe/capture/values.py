@@ -213,10 +213,11 @@ class _TypeParser:
 
 
 def _custom(class_name: str) -> CqlType:
-    short = class_name.rsplit(".", 1)[-1]
-    if short.startswith("ReversedType(") and short.endswith(")"):
-        return _custom(class_name[class_name.index("(") + 1:-1])
-    native = _MARSHAL.get(short)
+    outer, paren, inner = class_name.partition("(")
+    short = outer.rsplit(".", 1)[-1]
+    if paren and short == "ReversedType" and inner.endswith(")"):
+        return _custom(inner[:-1])
+    native = _MARSHAL.get(short) if not paren else None
     return CqlType(native) if native is not None else CqlType("custom", custom_class=class_name)
 
 
