@@ -98,6 +98,7 @@ class MutationDecoder:
         self._schemas = schemas
         self._headers: dict[tuple[int, tuple[bytes, ...]], tuple[TableSchema, tuple[ColumnSpec, ...]]] = {}
         self._clusterings: dict[int, tuple[TableSchema, tuple[int, ...]]] = {}
+        self._ids: dict[bytes, uuid.UUID] = {}
 
     def decode(self, data: bytes, messaging_version: int, position: Position | None = None,
                segment: str = "") -> Mutation:
@@ -115,7 +116,12 @@ class MutationDecoder:
             for _ in range(count):
                 if p + 16 > len(data):
                     raise WireError("truncated table id")
-                table_id = uuid.UUID(bytes=bytes(data[p:p + 16]))
+                raw_id = data[p:p + 16]
+                table_id = self._ids.get(raw_id)
+                if table_id is None:
+                    table_id = uuid.UUID(bytes=bytes(raw_id))
+                    if len(self._ids) < 65536:
+                        self._ids[raw_id] = table_id
                 table = self._schemas.get(table_id)
                 if table is None:
                     raise UnknownTableError(table_id, segment=segment, position=_offset(position))
