@@ -105,3 +105,60 @@ class UnknownTableError(MutationDecodeError):
 
 class ConfigError(CdcpipeError):
     """Settings are missing or invalid; the message names each setting and how to set it."""
+
+
+class EventDecodeError(CdcpipeError):
+    """A Kafka message is not a decodable change event (bad magic, unknown schema fingerprint, bad body).
+
+    Retriable when the schema fingerprint is unknown: the schemas topic may not have been read far enough.
+    ``topic``/``partition``/``offset`` are filled in by the consumer that knows them.
+    """
+
+    def __init__(self, reason: str, *, topic: str = "", partition: int = -1, offset: int = -1,
+                 retriable: bool = False) -> None:
+        where = f"{topic}[{partition}]@{offset}: " if topic else ""
+        super().__init__(f"{where}{reason}", retriable=retriable)
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+
+
+class CdcIndexError(CdcpipeError):
+    """A ``_cdc.idx`` file is unreadable or malformed (``path``); retriable: Cassandra rewrites it in place."""
+
+    def __init__(self, path: str, reason: str, *, retriable: bool = True) -> None:
+        super().__init__(f"{path}: {reason}", retriable=retriable)
+        self.path = path
+        self.reason = reason
+
+
+class KafkaProduceError(CdcpipeError):
+    """Producing or committing a Kafka transaction failed.
+
+    ``topic``/``partition`` name the record that failed (empty/-1 for a transaction-level failure), ``position``
+    the commit-log position the transaction would have committed.  ``retriable`` follows librdkafka's verdict
+    (``KafkaError.retriable()``); a fenced or fatal producer is not retriable: the process must restart.
+    """
+
+    def __init__(self, reason: str, *, topic: str = "", partition: int = -1, position: str = "",
+                 retriable: bool = False) -> None:
+        where = f"{topic}[{partition}]" if topic else "transaction"
+        at = f" (position {position})" if position else ""
+        super().__init__(f"{where}{at}: {reason}", retriable=retriable)
+        self.reason = reason
+        self.topic = topic
+        self.partition = partition
+        self.position = position
+
+
+class CheckpointError(CdcpipeError):
+    """The capture checkpoint cannot be read from ``topic`` (or a stored record there is malformed)."""
+
+    def __init__(self, topic: str, reason: str, *, partition: int = -1, offset: int = -1,
+                 retriable: bool = True) -> None:
+        super().__init__(f"{topic}[{partition}]@{offset}: {reason}", retriable=retriable)
+        self.topic = topic
+        self.reason = reason
+        self.partition = partition
+        self.offset = offset

@@ -77,6 +77,8 @@ class Cell:
     ``path`` is the element's identity: a list's time-UUID, a set's element, a map's key, a UDT's field name.
     A tombstone has ``deleted`` True and ``value`` None; ``local_deletion_time`` then holds its deletion time.
     An expiring cell has ``ttl`` > 0 and ``expires_at``.
+    ``raw`` is the value's serialized bytes (b"" for a tombstone or a set element) and ``raw_path`` the
+    path's: merge rule 6 (equal timestamps: the greater value *bytes* win) needs them; capture always sets them.
     """
 
     value: Any
@@ -86,6 +88,8 @@ class Cell:
     deleted: bool = False
     local_deletion_time: int | None = None
     path: Any = None
+    raw: bytes | None = None
+    raw_path: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)
