@@ -445,6 +445,11 @@ def schema_from_rows(tables: Iterable[Any], columns: Iterable[Any], types: Itera
     return out
 
 
+# dropped_time as milliseconds: system tables carry drop times the driver cannot turn into a datetime
+_DROPPED_COLUMNS = ("SELECT keyspace_name, table_name, column_name, kind, type, "
+                    "blobAsBigint(timestampAsBlob(dropped_time)) AS dropped_time FROM system_schema.dropped_columns")
+
+
 @dataclass(frozen=True, slots=True)
 class SystemSchemaSource:
     """Schema read live from ``system_schema`` through a cassandra-driver session (blocking)."""
@@ -456,7 +461,7 @@ class SystemSchemaSource:
             q = self.session.execute
             return schema_from_rows(
                 q("SELECT * FROM system_schema.tables"), q("SELECT * FROM system_schema.columns"),
-                q("SELECT * FROM system_schema.types"), q("SELECT * FROM system_schema.dropped_columns"),
+                q("SELECT * FROM system_schema.types"), q(_DROPPED_COLUMNS),
                 q("SELECT * FROM system_schema.views"))
         except SchemaError:
             raise
@@ -475,7 +480,7 @@ def connect_system_schema(hosts: str) -> SystemSchemaSource:
         if i == 0 and p:
             port = int(p)
     try:
-        session = Cluster(contact_points=points or ["127.0.0.1"], port=port).connect()
+        session = Cluster(contact_points=points or ["127.0.0.1"], port=port, protocol_version=5).connect()
     except Exception as exc:
         raise SchemaError(f"cannot connect to Cassandra at {hosts}: {exc}", retriable=True) from exc
     return SystemSchemaSource(session)
