@@ -1,0 +1,197 @@
+"""Following cdc_raw: which segments hold CDC data, how far each is durable, and reading their entries in order.
+
+Cassandra hard-links every commit-log segment into cdc_raw when it is created and, once the segment holds CDC data,
+rewrites ``<segment>_cdc.idx`` on every sync with the durable offset (a second line ``COMPLETED`` once the segment
+is closed).  Reference: ``cassandra-commitlog-format.md`` §10.
+
+Contract of :class:`SegmentFollower`
+    - Only segments with both a ``.log`` and a ``_cdc.idx`` are read, strictly in segment-id order: the follower
+      does not read segment N+1 before N is COMPLETED and read to its end, so positions only grow.
+    - Nothing past the durable offset is read; an empty or half-written idx (Cassandra truncates, then writes)
+      is read as "no news" and retried at the next poll.
+    - Resuming from a checkpoint ``Position(s, o)`` skips segments below ``s`` and, in ``s``, the entries that end
+      at or before ``o`` (``SegmentReader.read(start=o)``): no entry is read twice, none skipped.
+    - Blocking (file I/O, CRCs): call :meth:`SegmentFollower.poll` from a worker thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor
+from cdcpipe.errors import SegmentError, SegmentHeaderError
+
+_LOG = re.compile(r"^CommitLog-(\d+)-(\d+)\.log$")
+_HEADER_PEEK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class IndexState:
+    """One segment in cdc_raw.  ``offset`` is None while its idx is empty or unreadable."""
+
+    segment_id: int
+    log: Path
+    idx: Path
+    offset: int | None
+    completed: bool
+
+
+def read_index(idx: Path) -> tuple[int | None, bool]:
+    """(durable offset, completed) of a ``_cdc.idx``; (None, False) while it is empty, half-written or gone."""
+    try:
+        text = idx.read_text(encoding="ascii", errors="replace")
+    except OSError:
+        return None, False
+    lines = text.split("\n")
+    first = lines[0].strip()
+    if not first.isdigit():
+        return None, False
+    return int(first), len(lines) > 1 and lines[1].strip() == "COMPLETED"
+
+
+def scan(cdc_raw: Path) -> list[IndexState]:
+    """Every segment of cdc_raw that has an idx file, by segment id."""
+    out: list[IndexState] = []
+    try:
+        names = os.listdir(cdc_raw)
+    except FileNotFoundError:
+        return out
+    present = set(names)
+    for name in names:
+        m = _LOG.match(name)
+        if m is None:
+            continue
+        idx_name = name[:-4] + "_cdc.idx"
+        if idx_name not in present:
+            continue
+        offset, completed = read_index(cdc_raw / idx_name)
+        out.append(IndexState(int(m.group(2)), cdc_raw / name, cdc_raw / idx_name, offset, completed))
+    out.sort(key=lambda s: s.segment_id)
+    return out
+
+
+def disk_usage(cdc_raw: Path) -> int:
+    """Bytes of the files in cdc_raw (allocated size: segments are pre-sized and sparse)."""
+    total = 0
+    with os.scandir(cdc_raw) as it:
+        for e in it:
+            try:
+                st = e.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            total += getattr(st, "st_blocks", 0) * 512 or st.st_size
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """An entry read from ``path`` (with the messaging version it was written with) or a framing error."""
+
+    path: str
+    messaging_version: int
+    entry: Entry | None = None
+    error: SegmentError | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentEnd:
+    """Segment ``segment_id`` is COMPLETED and read to ``position``; once that position is committed the segment
+    may be deleted."""
+
+    segment_id: int
+    position: Position
+    state: IndexState
+
+
+@dataclass(slots=True)
+class Chunk:
+    """What one poll read: items in log order, then (at most one) finished segment."""
+
+    items: list[Item] = field(default_factory=list)
+    end: SegmentEnd | None = None
+
+
+class SegmentFollower:
+    """Reads the CDC segments of ``cdc_raw`` in order from ``start`` (exclusive; None = the oldest segment)."""
+
+    def __init__(self, cdc_raw: Path, start: Position | None, keys: KeyProvider | None = None) -> None:
+        self.cdc_raw = cdc_raw
+        self.keys = keys
+        self.position = start  # the last position read (the next entry starts at or after it)
+        self._cache: tuple[int, bytes] | None = None  # bytes of the current COMPLETED segment
+        self._ended = -1  # segments up to this id were reported ended
+
+    def pending(self) -> list[IndexState]:
+        """Segments with data not yet read (for lag and health)."""
+        return [s for s in scan(self.cdc_raw) if self.position is None or s.segment_id >= self.position.segment_id]
+
+    def poll(self, max_items: int) -> Chunk:
+        """Read up to ``max_items`` new entries of the oldest unfinished segment; report it as ended when it is
+        COMPLETED and read to its end."""
+        chunk = Chunk()
+        for state in scan(self.cdc_raw):
+            pos = self.position
+            if state.segment_id <= self._ended or (pos is not None and state.segment_id < pos.segment_id):
+                continue
+            if state.offset is None:
+                return chunk  # idx being rewritten: wait, never skip ahead of it
+            start = pos.offset if pos is not None and pos.segment_id == state.segment_id else 0
+            if start < state.offset or pos is None or pos.segment_id != state.segment_id:
+                try:
+                    if not self._read(state, start, max_items, chunk):
+                        return chunk
+                except SegmentHeaderError as exc:
+                    if exc.retriable:
+                        return chunk
+                    chunk.items.append(Item(str(state.log), 0, error=exc))  # unreadable: reported, then passed
+                    self.position = Position(state.segment_id, state.offset)
+            if state.completed:
+                self._cache = None
+                self._ended = state.segment_id
+                chunk.end = SegmentEnd(state.segment_id, Position(state.segment_id, state.offset), state)
+            return chunk
+        return chunk
+
+    def _read(self, state: IndexState, start: int, max_items: int, chunk: Chunk) -> bool:
+        """Append entries from ``start``; True when everything up to the durable offset was read."""
+        assert state.offset is not None
+        data = self._bytes(state)
+        reader = SegmentReader(state.log, keys=self.keys, data=data)
+        mv = reader.descriptor.messaging_version or 0
+        path = str(state.log)
+        got = 0
+        for item in reader.read(start=start, limit=state.offset):
+            if isinstance(item, SegmentError):
+                chunk.items.append(Item(path, mv, error=item))
+                continue
+            chunk.items.append(Item(path, mv, entry=item))
+            self.position = item.position
+            got += 1
+            if got >= max_items:
+                return False
+        self.position = Position(state.segment_id, state.offset)
+        return True
+
+    def _bytes(self, state: IndexState) -> bytes:
+        """The segment's bytes up to what is durable (the whole file once COMPLETED, cached)."""
+        if self._cache is not None and self._cache[0] == state.segment_id:
+            return self._cache[1]
+        assert state.offset is not None
+        try:
+            with open(state.log, "rb") as f:
+                head = f.read(_HEADER_PEEK)
+                desc = parse_descriptor(head, str(state.log))
+                plain = desc.compression is None and desc.cipher is None
+                if plain and not state.completed:
+                    want = state.offset + 8
+                    data = head[:want] if want <= len(head) else head + f.read(want - len(head))
+                else:
+                    data = head + f.read()
+        except OSError as exc:
+            raise SegmentHeaderError(str(state.log), 0, f"cannot read: {exc}", retriable=True) from exc
+        if state.completed:
+            self._cache = (state.segment_id, data)
+        return data
