@@ -1,0 +1,446 @@
+"""Cassandra's merge rules on the state of rows and partitions (``../shared/reference/cassandra-merge-rules.md``).
+
+Pure: no I/O, no clock.  The state kept per row and per partition is what §11 of the reference says a mirror must
+keep: the winning version of every cell and collection element (ts, TTL, expiry or deletion time, tombstone flag,
+serialized value bytes), the row marker, and the row, complex, range and partition deletions.
+
+Every state forms a join-semilattice: :meth:`Changes.join` is commutative, associative and idempotent, and
+:meth:`Changes.normalized` drops everything a deletion shadows (rule 13 allows deleting before or after
+reconciling), giving one canonical form.  So the merged state of a set of events does not depend on their order,
+their duplicates or how they were cut into batches: ``collapse(a + b) == collapse(a).join(collapse(b))`` after
+normalizing.
+
+Keys are bytes: a partition is Cassandra's partition key bytes, a clustering is :func:`clustering_bytes` of its
+values; clustering order (for range tombstones) is decided on the serialized values by :func:`order_key`.
+"""
+
+from __future__ import annotations
+
+import struct
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cdcpipe.capture.schema import Column, TableSchema
+from cdcpipe.capture.values import CqlType
+from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op
+from cdcpipe.typemap import serialize
+
+NO_DELETION = -(2**63)  # Long.MIN_VALUE: no write can carry it, so "ts <= NO_DELETION" never holds
+_UNSET: Any = object()
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """One version of a cell, collection element or row marker.
+
+    ``ldt`` is the expiry for an expiring cell or marker and the local deletion time for a tombstone; None for
+    a plain live cell.  ``obj`` caches the typed value when it is known (not part of equality).
+    """
+
+    ts: int
+    ldt: int | None = None
+    ttl: int = 0
+    tombstone: bool = False
+    value: bytes = b""
+    obj: Any = field(default=_UNSET, compare=False, repr=False)
+
+    @property
+    def order(self) -> tuple[int, bool, bool, int, bytes]:
+        """Rule 7's total order: ts; has an ldt; is a tombstone; ldt; value bytes (unsigned)."""
+        return (self.ts, self.ldt is not None, self.tombstone, self.ldt if self.ldt is not None else 0, self.value)
+
+    def live(self, now: int) -> bool:
+        """Rule 20: live iff not a tombstone and (not expiring or ``now`` < expiry)."""
+        return not self.tombstone and (self.ldt is None or now < self.ldt)
+
+
+def newer(a: Version | None, b: Version | None) -> Version | None:
+    """The reconciled version (rules 2–7, and rule 17 for markers)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if a.order >= b.order else b
+
+
+def later(a: Deletion | None, b: Deletion | None) -> Deletion | None:
+    """Deletions of one scope merge by maximum (rule 9)."""
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return a if (a.timestamp, a.local_deletion_time) >= (b.timestamp, b.local_deletion_time) else b
+
+
+def _dts(d: Deletion | None) -> int:
+    return NO_DELETION if d is None else d.timestamp
+
+
+@dataclass(frozen=True, slots=True)
+class ComplexState:
+    """A non-frozen collection or UDT column: its complex deletion and its elements by path bytes."""
+
+    deletion: Deletion | None = None
+    elements: Mapping[bytes, Version] = field(default_factory=dict)
+
+    def join(self, other: ComplexState) -> ComplexState:
+        elements = dict(self.elements)
+        for path, v in other.elements.items():
+            elements[path] = newer(elements.get(path), v)  # type: ignore[assignment]
+        return ComplexState(later(self.deletion, other.deletion), elements)
+
+
+@dataclass(frozen=True, slots=True)
+class RowState:
+    """One clustering row (or the static row, which never has a marker or a row deletion: rule 31)."""
+
+    marker: Version | None = None
+    deletion: Deletion | None = None
+    cells: Mapping[str, Version] = field(default_factory=dict)
+    complex: Mapping[str, ComplexState] = field(default_factory=dict)
+
+    def join(self, other: RowState) -> RowState:
+        cells = dict(self.cells)
+        for name, v in other.cells.items():
+            cells[name] = newer(cells.get(name), v)  # type: ignore[assignment]
+        complex_ = dict(self.complex)
+        for name, c in other.complex.items():
+            mine = complex_.get(name)
+            complex_[name] = c if mine is None else mine.join(c)
+        return RowState(newer(self.marker, other.marker), later(self.deletion, other.deletion), cells, complex_)
+
+    def normalized(self, floor: int) -> RowState | None:
+        """Drop what deletions shadow (rules 8 and 10); ``floor`` is the partition-level deletion covering the
+        row.  None when nothing is left to remember."""
+        deletion = self.deletion if _dts(self.deletion) > floor else None
+        d = max(floor, _dts(deletion))
+        marker = self.marker if self.marker is not None and self.marker.ts > d else None
+        cells = {n: v for n, v in self.cells.items() if v.ts > d}
+        complex_: dict[str, ComplexState] = {}
+        for name, c in self.complex.items():
+            cdel = c.deletion if _dts(c.deletion) > d else None
+            dc = max(d, _dts(cdel))
+            elements = {p: v for p, v in c.elements.items() if v.ts > dc}
+            if cdel is not None or elements:
+                complex_[name] = ComplexState(cdel, elements)
+        if marker is None and deletion is None and not cells and not complex_:
+            return None
+        return RowState(marker, deletion, cells, complex_)
+
+
+@dataclass(frozen=True, slots=True)
+class RangeTombstone:
+    """A clustering-range deletion; bounds are serialized clustering prefixes (rule 12)."""
+
+    start: tuple[bytes, ...]
+    start_inclusive: bool
+    end: tuple[bytes, ...]
+    end_inclusive: bool
+    deletion: Deletion
+
+    @property
+    def bounds(self) -> tuple[tuple[bytes, ...], bool, tuple[bytes, ...], bool]:
+        return (self.start, self.start_inclusive, self.end, self.end_inclusive)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionState:
+    """Partition-level state: the partition deletion, range tombstones and the static row."""
+
+    deletion: Deletion | None = None
+    ranges: tuple[RangeTombstone, ...] = ()
+    static: RowState = field(default_factory=RowState)
+
+    def join(self, other: PartitionState) -> PartitionState:
+        by_bounds = {r.bounds: r for r in self.ranges}
+        for r in other.ranges:
+            mine = by_bounds.get(r.bounds)
+            if mine is None or later(mine.deletion, r.deletion) is r.deletion:
+                by_bounds[r.bounds] = r
+        return PartitionState(later(self.deletion, other.deletion), _sorted_ranges(by_bounds.values()),
+                              self.static.join(other.static))
+
+    def normalized(self) -> PartitionState | None:
+        pd = _dts(self.deletion)
+        ranges = _sorted_ranges(r for r in self.ranges if r.deletion.timestamp > pd)
+        static = self.static.normalized(pd) or RowState()
+        if self.deletion is None and not ranges and static == RowState():
+            return None
+        return PartitionState(self.deletion, ranges, static)
+
+    def floor(self, table: TableSchema, clustering: tuple[bytes, ...]) -> int:
+        """D for a clustering row before its own deletion: partition deletion and covering ranges (rule 10)."""
+        d = _dts(self.deletion)
+        if self.ranges:
+            keys = clustering_keys(table.clustering, clustering)
+            for r in self.ranges:
+                if r.deletion.timestamp > d and covers(table.clustering, r, keys):
+                    d = r.deletion.timestamp
+        return d
+
+
+def _sorted_ranges(ranges: Iterable[RangeTombstone]) -> tuple[RangeTombstone, ...]:
+    return tuple(sorted(ranges, key=lambda r: (r.bounds, r.deletion.timestamp, r.deletion.local_deletion_time)))
+
+
+RowKey = tuple[bytes, bytes]
+"""(partition key bytes, clustering bytes)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """Merged state of some rows and partitions of one table.
+
+    ``wide`` names the partitions whose partition-level state changed in a way that reaches rows not listed in
+    ``rows`` (a partition or range deletion, a static cell): the writer must revisit every row of those.
+    """
+
+    partitions: Mapping[bytes, PartitionState] = field(default_factory=dict)
+    rows: Mapping[RowKey, RowState] = field(default_factory=dict)
+    wide: frozenset[bytes] = frozenset()
+
+    def join(self, other: Changes) -> Changes:
+        partitions = dict(self.partitions)
+        for key, p in other.partitions.items():
+            mine = partitions.get(key)
+            partitions[key] = p if mine is None else mine.join(p)
+        rows = dict(self.rows)
+        for row_key, r in other.rows.items():
+            mine_r = rows.get(row_key)
+            rows[row_key] = r if mine_r is None else mine_r.join(r)
+        return Changes(partitions, rows, self.wide | other.wide)
+
+    def normalized(self, table: TableSchema) -> Changes:
+        """The canonical form: shadowed data dropped, empty states removed."""
+        partitions: dict[bytes, PartitionState] = {}
+        for key, p in self.partitions.items():
+            np_ = p.normalized()
+            if np_ is not None:
+                partitions[key] = np_
+        rows: dict[RowKey, RowState] = {}
+        for (pk, ck), r in self.rows.items():
+            part = partitions.get(pk)
+            floor = part.floor(table, split_clustering(ck)) if part is not None else NO_DELETION
+            nr = r.normalized(floor)
+            if nr is not None:
+                rows[(pk, ck)] = nr
+        return Changes(partitions, rows, self.wide)
+
+
+# ---------------------------------------------------------------------------------------------- from events
+
+
+def collapse(table: TableSchema, events: Iterable[ChangeEvent]) -> Changes:
+    """The merged, normalized state of ``events`` (any order, any duplicates) of one table."""
+    partitions: dict[bytes, PartitionState] = {}
+    rows: dict[RowKey, RowState] = {}
+    wide: set[bytes] = set()
+    for ev in events:
+        pk = partition_bytes(table, ev.partition_key)
+        part_delta, row_delta = event_state(table, ev)
+        if part_delta is not None:
+            mine = partitions.get(pk)
+            partitions[pk] = part_delta if mine is None else mine.join(part_delta)
+            wide.add(pk)
+        if row_delta is not None:
+            key = (pk, clustering_bytes(table, ev.clustering))
+            mine_r = rows.get(key)
+            rows[key] = row_delta if mine_r is None else mine_r.join(row_delta)
+    return Changes(partitions, rows, frozenset(wide)).normalized(table)
+
+
+def event_state(table: TableSchema, ev: ChangeEvent) -> tuple[PartitionState | None, RowState | None]:
+    """What one event writes: a partition-level delta and/or a row delta."""
+    if ev.op is Op.PARTITION_DELETE:
+        return PartitionState(deletion=ev.deletion), None
+    if ev.op is Op.RANGE_DELETE:
+        assert ev.range_start is not None and ev.range_end is not None and ev.deletion is not None
+        rt = RangeTombstone(_bound_bytes(table, ev.range_start), ev.range_start.inclusive or not ev.range_start.values,
+                            _bound_bytes(table, ev.range_end), ev.range_end.inclusive or not ev.range_end.values,
+                            ev.deletion)
+        return PartitionState(ranges=(rt,)), None
+    columns = {c.name: c for c in (*table.static, *table.regular)}
+    static_changes = [c for c in ev.columns if c.static or (c.name in columns and columns[c.name].kind == "static")]
+    regular_changes = [c for c in ev.columns if c not in static_changes]
+    part = None
+    if static_changes:
+        part = PartitionState(static=_row_from_columns(columns, static_changes, None, None))
+    row = None
+    table_has_clustering = bool(table.clustering)
+    if ev.op is Op.ROW_DELETE or regular_changes or ev.deletion is not None or (
+            ev.liveness is not None and not (ev.static and table_has_clustering)):
+        marker = None if ev.static and table_has_clustering else ev.liveness
+        row = _row_from_columns(columns, regular_changes, marker, ev.deletion)
+    return part, row
+
+
+def _row_from_columns(columns: Mapping[str, Column], changes: Sequence[ColumnChange], liveness: Liveness | None,
+                      deletion: Deletion | None) -> RowState:
+    cells: dict[str, Version] = {}
+    complex_: dict[str, ComplexState] = {}
+    for change in changes:
+        col = columns.get(change.name)
+        if col is None:
+            raise ValueError(f"unknown column {change.name!r}")
+        if col.type.multi_cell:
+            elements: dict[bytes, Version] = {}
+            for cell in change.cells:
+                path = cell.raw_path if cell.raw_path is not None else path_bytes(col.type, cell.path)
+                elements[path] = newer(elements.get(path), _version(_element_type(col.type, cell.path), cell,
+                                                                    element_of=col.type))  # type: ignore[assignment]
+            old = complex_.get(change.name)
+            new = ComplexState(change.complex_deletion, elements)
+            complex_[change.name] = new if old is None else old.join(new)
+        else:
+            for cell in change.cells:
+                cells[change.name] = newer(cells.get(change.name), _version(col.type, cell))  # type: ignore[assignment]
+    marker = None
+    if liveness is not None:
+        ldt = liveness.expires_at if liveness.ttl > 0 else None
+        if liveness.ttl > 0 and ldt is None:
+            ldt = liveness.timestamp // 1_000_000 + liveness.ttl
+        marker = Version(liveness.timestamp, ldt, liveness.ttl)
+    return RowState(marker, deletion, cells, complex_)
+
+
+def _version(t: CqlType | None, cell: Cell, element_of: CqlType | None = None) -> Version:
+    if cell.deleted:
+        return Version(cell.timestamp, cell.local_deletion_time or 0, 0, True)
+    ldt = None
+    if cell.ttl > 0:
+        ldt = cell.expires_at if cell.expires_at is not None else cell.timestamp // 1_000_000 + cell.ttl
+    if element_of is not None and element_of.name == "set":
+        return Version(cell.timestamp, ldt, cell.ttl, False, b"", None)
+    assert t is not None
+    value = cell.raw if cell.raw is not None else b"" if cell.value is None else serialize(t, cell.value)
+    return Version(cell.timestamp, ldt, cell.ttl, False, value, cell.value)
+
+
+def _element_type(t: CqlType, path: Any) -> CqlType | None:
+    if t.name == "list":
+        return t.params[0]
+    if t.name == "set":
+        return None
+    if t.name == "map":
+        return t.params[1]
+    return t.params[_field_index(t, path)]
+
+
+def _field_index(t: CqlType, path: Any) -> int:
+    if isinstance(path, int):
+        return path
+    if isinstance(path, bytes | bytearray):
+        return int.from_bytes(path, "big")
+    return t.field_names.index(path)
+
+
+def path_bytes(t: CqlType, path: Any) -> bytes:
+    """The cell path of a collection element or UDT field (rule 24), as Cassandra stores it."""
+    if t.name == "list":
+        return path.bytes if isinstance(path, uuid.UUID) else bytes(path)
+    if t.name in ("set", "map"):
+        return serialize(t.params[0], path)
+    return _field_index(t, path).to_bytes(2, "big")
+
+
+# ---------------------------------------------------------------------------------------------- keys
+
+
+def partition_bytes(table: TableSchema, values: Sequence[Any]) -> bytes:
+    """Cassandra's partition key bytes: the value, or CompositeType (2-byte length, value, 0) per column."""
+    cols = table.partition_key
+    if len(cols) == 1:
+        return serialize(cols[0].type, values[0])
+    out = bytearray()
+    for col, v in zip(cols, values, strict=True):
+        raw = serialize(col.type, v)
+        out += len(raw).to_bytes(2, "big") + raw + b"\x00"
+    return bytes(out)
+
+
+def clustering_bytes(table: TableSchema, values: Sequence[Any]) -> bytes:
+    """A clustering as bytes: each value serialized, prefixed with its 4-byte length."""
+    out = bytearray()
+    for col, v in zip(table.clustering, values, strict=False):
+        raw = serialize(col.type, v)
+        out += len(raw).to_bytes(4, "big") + raw
+    return bytes(out)
+
+
+def split_clustering(data: bytes) -> tuple[bytes, ...]:
+    """Inverse of :func:`clustering_bytes`, giving serialized values."""
+    out: list[bytes] = []
+    p = 0
+    while p < len(data):
+        n = int.from_bytes(data[p:p + 4], "big")
+        out.append(data[p + 4:p + 4 + n])
+        p += 4 + n
+    return tuple(out)
+
+
+def _bound_bytes(table: TableSchema, bound: Bound) -> tuple[bytes, ...]:
+    return tuple(serialize(col.type, v) for col, v in zip(table.clustering, bound.values, strict=False))
+
+
+_SIGNED_INTS = frozenset({"tinyint", "smallint", "int", "bigint", "counter", "timestamp", "time", "varint"})
+
+
+def order_key(t: CqlType, raw: bytes) -> Any:
+    """A sort key for one serialized clustering value in the type's ascending order (an empty value first).
+
+    Numbers, timestamps and times by value; date by its unsigned day number; text and blobs by unsigned
+    bytes; timeuuid by time then signed low bytes; other values (frozen collections, custom types) by
+    unsigned bytes, an approximation of their comparators documented in ADR 0002."""
+    if not raw:
+        return (0,)
+    name = t.name
+    if name in _SIGNED_INTS:
+        return (1, int.from_bytes(raw, "big", signed=True))
+    if name == "date":
+        return (1, int.from_bytes(raw, "big"))
+    if name in ("float", "double"):
+        return (1, struct.unpack(">f" if name == "float" else ">d", raw)[0])
+    if name == "decimal":
+        from cdcpipe.typemap import deserialize
+
+        return (1, deserialize(t, raw))
+    if name == "boolean":
+        return (1, raw[0] != 0)
+    if name in ("uuid", "timeuuid") and len(raw) == 16:
+        u = uuid.UUID(bytes=raw)
+        if u.version == 1:
+            low = tuple(b - 256 if b > 127 else b for b in raw[8:])
+            return (1, 1, u.time, low) if name == "timeuuid" else (1, 1, u.time, raw)
+        return (1, u.version or 0, 0, raw)
+    return (1, raw)
+
+
+def clustering_keys(columns: Sequence[Column], values: Sequence[bytes]) -> tuple[Any, ...]:
+    return tuple(order_key(c.type, v) for c, v in zip(columns, values, strict=False))
+
+
+def _compare_prefix(columns: Sequence[Column], a: Sequence[Any], b: Sequence[Any]) -> int:
+    for col, x, y in zip(columns, a, b, strict=False):
+        if x != y:
+            less = x < y
+            if col.reversed:
+                less = not less
+            return -1 if less else 1
+    return 0
+
+
+def covers(columns: Sequence[Column], rt: RangeTombstone, keys: Sequence[Any]) -> bool:
+    """Whether range tombstone ``rt`` covers the clustering with order keys ``keys`` (rule 12)."""
+    if rt.start:
+        start = clustering_keys(columns, rt.start)
+        c = _compare_prefix(columns, keys[:len(start)], start)
+        if c < 0 or (c == 0 and not rt.start_inclusive):
+            return False
+    if rt.end:
+        end = clustering_keys(columns, rt.end)
+        c = _compare_prefix(columns, keys[:len(end)], end)
+        if c > 0 or (c == 0 and not rt.end_inclusive):
+            return False
+    return True

@@ -1,0 +1,157 @@
+"""What ``SELECT *`` returns for a merged row at a given instant (reference rules 15, 20, 27, 29, 32).
+
+Pure: the caller passes ``now`` (seconds since the epoch).  A row's view is its typed column values (the same
+Python types cassandra-driver returns), whether Cassandra would return the row at all, when its content next
+changes by expiry, and — for a row Cassandra no longer returns — until when its tombstones must be remembered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cdcpipe.apply.merge import _UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
+from cdcpipe.capture.schema import Column, TableSchema
+from cdcpipe.capture.values import CqlType
+from cdcpipe.typemap import deserialize
+
+
+@dataclass(frozen=True, slots=True)
+class RowView:
+    """``values`` maps every non-key column to its typed value (None = null); ``visible`` is rule 15.
+
+    ``expires_at``: the earliest expiry (seconds) among the row's live expiring data and its partition's live
+    expiring static cells, None if nothing expires.  ``purge_after``: for an invisible row, the instant after
+    which its tombstones may be forgotten (latest deletion time + grace, rule 38); None for a visible row.
+    """
+
+    visible: bool
+    values: Mapping[str, Any]
+    expires_at: int | None
+    purge_after: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class StaticView:
+    """The partition's live static values, their next expiry, and when the partition state may be forgotten."""
+
+    values: Mapping[str, Any]
+    live: bool
+    expires_at: int | None
+    purge_after: int | None
+
+
+def _value(t: CqlType, v: Version) -> Any:
+    return v.obj if v.obj is not _UNSET else deserialize(t, v.value)
+
+
+def _min(a: int | None, b: int | None) -> int | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    return min(a, b)
+
+
+def _dead_time(v: Version) -> int:
+    """When a non-live version died: a tombstone's deletion time, an expired cell's write time (rule 38)."""
+    if v.tombstone:
+        return v.ldt or 0
+    return (v.ldt or 0) - v.ttl
+
+
+class _Acc:
+    __slots__ = ("expires", "last_death", "live")
+
+    def __init__(self) -> None:
+        self.live = False
+        self.expires: int | None = None
+        self.last_death = 0
+
+    def see(self, v: Version, now: int) -> bool:
+        if v.live(now):
+            self.live = True
+            if v.ldt is not None:
+                self.expires = _min(self.expires, v.ldt)
+            return True
+        self.last_death = max(self.last_death, _dead_time(v))
+        return False
+
+
+def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Acc) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for col in columns:
+        if col.type.multi_cell:
+            c = row.complex.get(col.name)
+            values[col.name] = None if c is None else _complex_value(col.type, c, now, acc)
+            if c is not None and c.deletion is not None:
+                acc.last_death = max(acc.last_death, c.deletion.local_deletion_time)
+        else:
+            v = row.cells.get(col.name)
+            values[col.name] = _value(col.type, v) if v is not None and acc.see(v, now) else None
+    return values
+
+
+def _complex_value(t: CqlType, c: ComplexState, now: int, acc: _Acc) -> Any:
+    live = [(p, v) for p, v in c.elements.items() if acc.see(v, now)]
+    if not live:
+        return None  # rule 27: no live element reads as null
+    if t.name == "list":
+        live.sort(key=lambda pv: order_key(_TIMEUUID, pv[0]))
+        return [_value(t.params[0], v) for _, v in live]
+    if t.name == "set":
+        live.sort(key=lambda pv: order_key(t.params[0], pv[0]))
+        return [deserialize(t.params[0], p) for p, _ in live]
+    if t.name == "map":
+        live.sort(key=lambda pv: order_key(t.params[0], pv[0]))
+        return [(deserialize(t.params[0], p), _value(t.params[1], v)) for p, v in live]
+    out: dict[str, Any] = {}
+    for p, v in sorted(live):
+        idx = int.from_bytes(p, "big")
+        if idx < len(t.params):
+            out[t.field_names[idx]] = _value(t.params[idx], v)
+    return out
+
+
+_TIMEUUID = CqlType("timeuuid")
+
+
+def static_view(table: TableSchema, part: PartitionState | None, now: int, grace: int) -> StaticView:
+    """Live static values (rules 31 and 32) of a normalized partition state."""
+    if part is None:
+        return StaticView({c.name: None for c in table.static}, False, None, None)
+    acc = _Acc()
+    values = _columns_view(table.static, part.static, now, acc)
+    deaths = [acc.last_death]
+    if part.deletion is not None:
+        deaths.append(part.deletion.local_deletion_time)
+    deaths += [r.deletion.local_deletion_time for r in part.ranges]
+    purge = None if acc.live else max(deaths) + grace
+    return StaticView(values, acc.live, acc.expires, purge)
+
+
+def row_view(table: TableSchema, row: RowState, statics: StaticView, now: int, grace: int) -> RowView:
+    """The view of a normalized row (its partition's :func:`static_view` given)."""
+    acc = _Acc()
+    values = _columns_view(table.regular, row, now, acc)
+    if row.marker is not None:
+        acc.see(row.marker, now)
+    if row.deletion is not None:
+        acc.last_death = max(acc.last_death, row.deletion.local_deletion_time)
+    values.update(statics.values)
+    if acc.live:
+        return RowView(True, values, _min(acc.expires, statics.expires_at), None)
+    return RowView(False, values, None, acc.last_death + grace)
+
+
+def key_values(table: TableSchema, partition: bytes, clustering: bytes) -> dict[str, Any]:
+    """Typed primary key values from the key bytes."""
+    out: dict[str, Any] = {}
+    cols = table.partition_key
+    parts = table.partition_key_values(partition)
+    for col, raw in zip(cols, parts, strict=True):
+        out[col.name] = deserialize(col.type, raw)
+    for col, raw in zip(table.clustering, split_clustering(clustering), strict=False):
+        out[col.name] = deserialize(col.type, raw)
+    return out
