@@ -51,6 +51,29 @@ def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
+def _add_capture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("capture", help="stream this node's CDC segments to Kafka as Avro change events")
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import asyncio
+
+        from cdcpipe.capture import pipeline
+        from cdcpipe.observability import configure_logging
+        from cdcpipe.runtime import Health, OpsServer
+
+        obs = settings.observability
+        configure_logging(obs.log_level, obs.log_format)
+        health = Health()
+        server = OpsServer(health, obs.http_host, obs.http_port).start()
+        try:
+            asyncio.run(pipeline.run(settings, health))
+        finally:
+            server.close()
+        return 0
+
+    parser.set_defaults(func=run)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdcpipe", description="Cassandra CDC to PostgreSQL through Kafka.")
     parser.add_argument("--version", action="version", version=f"cdcpipe {__version__}")
@@ -68,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_dump(sub)
     # (subcommands of the capture and apply processes are added below this line)
+    _add_capture(sub)
 
     return parser
 

@@ -107,6 +107,24 @@ class CaptureSettings(_Section):
     keystore: Path | None = None
     keystore_password: SecretStr | None = None
     key_password: SecretStr | None = None
+    # which tables: every table with cdc = true, narrowed by ``keyspace.table`` / ``keyspace.*`` patterns
+    include_tables: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    exclude_tables: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cluster: str | None = None  # default: system.local cluster_name
+    datacenter: str | None = None  # default: system.local data_center
+    batch_max_events: int = Field(default=5000, gt=0)  # one Kafka transaction holds at most this many events
+    flush_ms: int = Field(default=100, gt=0, le=10_000)  # ... and is committed at least this often
+    topic_partitions: int = Field(default=6, gt=0)
+    topic_replication: int = Field(default=1, gt=0)
+    cdc_total_space: int = Field(default=4096 * 1024 * 1024, gt=0)  # bytes; Cassandra's cdc_total_space
+    shutdown_timeout_s: float = Field(default=8.0, gt=0)
+
+    @field_validator("include_tables", "exclude_tables", mode="before")
+    @classmethod
+    def _split_tables(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [t.strip() for t in value.split(",") if t.strip()]
+        return value
 
 
 class ApplySettings(_Section):

@@ -1,0 +1,171 @@
+"""The capture process: the only place that wires the stages.
+
+    cdc_index.SegmentFollower → batches.BatchBuilder (segment → mutation → events → avro)   [worker thread]
+        → bounded queue → ship: EventProducer.commit (events + position, one transaction)   [worker thread]
+        → SegmentCollector.collect (delete what the committed position covers)
+
+One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if one fails the others are
+cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
+position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
+commits the batches already read, and :func:`run` returns — well within 10 s (``capture.shutdown_timeout_s``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+
+import structlog
+
+from cdcpipe.capture import metrics
+from cdcpipe.capture.batches import Batch, BatchBuilder, FreshSchemas, TableFilter
+from cdcpipe.capture.cdc_index import SegmentFollower
+from cdcpipe.capture.checkpoint import read_checkpoint
+from cdcpipe.capture.events import Origin
+from cdcpipe.capture.producer import EventProducer, positions_topic
+from cdcpipe.capture.schema import SchemaRegistry, SystemSchemaSource, connect_system_schema
+from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
+from cdcpipe.capture.segment_gc import SegmentCollector
+from cdcpipe.config import Settings
+from cdcpipe.runtime import Health
+
+log = structlog.get_logger(__name__)
+_QUEUE_BATCHES = 4
+
+
+def _origin(source: SystemSchemaSource, settings: Settings) -> Origin:
+    row = next(iter(source.session.execute("SELECT cluster_name, data_center, host_id FROM system.local")))
+    c = settings.capture
+    return Origin(c.cluster or row.cluster_name, c.datacenter or row.data_center, c.node_id or str(row.host_id))
+
+
+def _keys(settings: Settings) -> KeyProvider | None:
+    c = settings.capture
+    if c.encryption_key is not None:
+        return StaticKeyProvider.from_hex(c.encryption_key.get_secret_value())
+    if c.keystore is not None and c.keystore_password is not None:
+        kp = c.key_password.get_secret_value() if c.key_password is not None else None
+        return StaticKeyProvider.from_keystore(c.keystore, c.keystore_password.get_secret_value(), kp)
+    return None
+
+
+class Capture:
+    """One capture process; build it with :meth:`open` (blocking set-up), then ``await run(stop)``."""
+
+    def __init__(self, settings: Settings, health: Health, producer: EventProducer, builder: BatchBuilder,
+                 collector: SegmentCollector, start: Position | None) -> None:
+        self.settings, self.health, self.producer = settings, health, producer
+        self.builder, self.collector = builder, collector
+        self.committed = start
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(_QUEUE_BATCHES)
+
+    @classmethod
+    def open(cls, settings: Settings, health: Health) -> Capture:
+        c = settings.capture
+        cdc_raw = settings.require("capture.cdc_raw_dir")
+        source = connect_system_schema(",".join(settings.cassandra.hosts))
+        origin = _origin(source, settings)
+        producer = EventProducer(settings.kafka, origin.node, partitions=c.topic_partitions,
+                                 replication=c.topic_replication)
+        producer.start()  # fences a previous instance: the checkpoint read next is final
+        health.ok("kafka")
+        start = read_checkpoint(settings.kafka, positions_topic(settings.kafka.topic_prefix), origin.node)
+        log.info("capture starting", node=origin.node, cluster=origin.cluster, datacenter=origin.datacenter,
+                 position=str(start) if start else None, cdc_raw=str(cdc_raw))
+        schemas = FreshSchemas(SchemaRegistry(source))
+        builder = BatchBuilder(SegmentFollower(cdc_raw, start, _keys(settings)), schemas,
+                               TableFilter(c.include_tables, c.exclude_tables), origin, settings.kafka.topic_prefix,
+                               producer.ensure_topic)
+        return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, c.cdc_total_space), start)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(stop), name="read")
+                tg.create_task(self._ship(), name="ship")
+                tg.create_task(self._watch(stop), name="watch")
+        finally:
+            await asyncio.to_thread(self.producer.close)
+        log.info("capture stopped", position=str(self.committed) if self.committed else None)
+
+    async def _read(self, stop: asyncio.Event) -> None:
+        c = self.settings.capture
+        try:
+            while not stop.is_set():
+                batch = await asyncio.to_thread(self.builder.next, c.batch_max_events)
+                self.health.ok("reading")
+                if batch.position is None:
+                    if self._queue.empty():
+                        metrics.LAG_SECONDS.set(0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), c.poll_interval_ms / 1000)
+                    continue
+                await self._queue.put(batch)
+        finally:
+            await self._queue.put(None)
+
+    async def _ship(self) -> None:
+        c = self.settings.capture
+        pending, since = Batch(), 0.0
+        while True:
+            timeout = None if pending.position is None else max(0.0, since + c.flush_ms / 1000 - time.monotonic())
+            try:
+                item = await asyncio.wait_for(self._queue.get(), timeout)
+            except TimeoutError:
+                item = Batch()
+            if item is None:
+                if pending.position is not None:
+                    await self._commit(pending)
+                return
+            if pending.position is None:
+                since = time.monotonic()
+            pending.extend(item)
+            due = time.monotonic() >= since + c.flush_ms / 1000
+            if pending.position is not None and (due or len(pending.records) >= c.batch_max_events):
+                await self._commit(pending)
+                pending = Batch()
+
+    async def _commit(self, batch: Batch) -> None:
+        assert batch.position is not None
+        try:
+            await asyncio.to_thread(self.producer.commit, batch.records, list(batch.schemas.values()),
+                                    batch.position)
+        except Exception as exc:
+            self.health.fail("kafka", str(exc))
+            raise
+        self.health.ok("kafka")
+        self.committed = batch.position
+        for (ks, table, op), n in batch.counts.items():
+            metrics.EVENTS_PRODUCED.labels(ks, table, op).inc(n)
+        metrics.POSITION_SEGMENT.set(batch.position.segment_id)
+        metrics.POSITION_OFFSET.set(batch.position.offset)
+        if batch.newest_micros:
+            metrics.LAG_SECONDS.set(max(0.0, time.time() - batch.newest_micros / 1e6))
+        if batch.records:
+            log.debug("transaction committed", position=str(batch.position), events=len(batch.records))
+        if batch.end is not None:
+            await asyncio.to_thread(self.collector.collect, batch.position)
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                await asyncio.to_thread(self.collector.usage)
+                if self.committed is not None:
+                    await asyncio.to_thread(self.collector.collect, self.committed)
+            except OSError as exc:
+                self.health.fail("reading", f"cdc_raw: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def run(settings: Settings, health: Health, stop: asyncio.Event | None = None) -> None:
+    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    health.fail("reading", "starting")
+    capture = await asyncio.to_thread(Capture.open, settings, health)
+    await capture.run(stop)

@@ -1,0 +1,181 @@
+"""The transactional Kafka producer of capture: events and the capture position in one transaction.
+
+Contract
+    - :meth:`EventProducer.start` creates the positions and schemas topics if missing and calls
+      ``init_transactions``, which fences any earlier instance with the same ``transactional.id`` (one per topic
+      prefix and node) and aborts its open transaction — so a checkpoint read *after* ``start`` with
+      ``read_committed`` is final.
+    - :meth:`EventProducer.commit` runs one transaction: the schemas not yet published by this process (to the
+      compacted ``<prefix>.schemas``, keyed by fingerprint), the records, and the position record (compacted
+      ``<prefix>.capture-positions``, keyed by node).  Either all of it becomes visible to ``read_committed``
+      consumers or none; on an abortable error the transaction is aborted and retried with the same records.
+    - Table topics ``<prefix>.<keyspace>.<table>`` are created on first use (:meth:`ensure_topic`).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from cdcpipe.avro import EventSchema
+from cdcpipe.capture import metrics
+from cdcpipe.capture.segment import Position
+from cdcpipe.config import KafkaSettings
+from cdcpipe.errors import KafkaProduceError
+
+log = structlog.get_logger(__name__)
+_TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+COMPACTED = {"cleanup.policy": "compact"}
+_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One message to produce."""
+
+    topic: str
+    key: bytes
+    value: bytes
+
+
+def table_topic(prefix: str, keyspace: str, table: str) -> str:
+    return _TOPIC_CHARS.sub("_", f"{prefix}.{keyspace}.{table}")
+
+
+def positions_topic(prefix: str) -> str:
+    return f"{prefix}.capture-positions"
+
+
+def schemas_topic(prefix: str) -> str:
+    return f"{prefix}.schemas"
+
+
+def dead_letter_topic(prefix: str) -> str:
+    return f"{prefix}.capture-dlq"
+
+
+def position_value(node: str, position: Position) -> bytes:
+    return json.dumps({"node": node, "segment_id": position.segment_id, "offset": position.offset,
+                       "committed_at_ms": int(time.time() * 1000)}, sort_keys=True).encode()
+
+
+class EventProducer:
+    """One transactional producer per capture process (not thread-safe: one transaction at a time)."""
+
+    def __init__(self, kafka: KafkaSettings, node: str, *, partitions: int, replication: int,
+                 timeout_s: float = 30.0) -> None:
+        self.prefix = kafka.topic_prefix
+        self.node = node
+        self.partitions = partitions
+        self.replication = replication
+        self.timeout_s = timeout_s
+        base = kafka.client_config()
+        self._admin = AdminClient(base)
+        conf: dict[str, Any] = {
+            **base, "transactional.id": f"cdcpipe-capture.{self.prefix}.{node}", "enable.idempotence": True,
+            "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
+            "partitioner": "murmur2_random",
+        }
+        self._producer = Producer(conf)
+        self._topics: set[str] = set()
+        self._published: set[bytes] = set()
+        self._delivery_error: KafkaProduceError | None = None
+
+    def start(self) -> None:
+        """Create the bookkeeping topics and fence earlier instances (blocking)."""
+        self.ensure_topic(positions_topic(self.prefix), partitions=1, config=COMPACTED)
+        self.ensure_topic(schemas_topic(self.prefix), partitions=1, config=COMPACTED)
+        self.ensure_topic(dead_letter_topic(self.prefix), partitions=1)
+        try:
+            self._producer.init_transactions(self.timeout_s)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise KafkaProduceError(f"init_transactions: {err.str()}", retriable=err.retriable()) from exc
+
+    def ensure_topic(self, topic: str, *, partitions: int | None = None, config: dict[str, str] | None = None) -> None:
+        """Create ``topic`` unless it exists (blocking; cached)."""
+        if topic in self._topics:
+            return
+        new = NewTopic(topic, num_partitions=partitions or self.partitions, replication_factor=self.replication,
+                       config=config or {})
+        future = self._admin.create_topics([new], operation_timeout=self.timeout_s)[topic]
+        try:
+            future.result(timeout=self.timeout_s)
+            log.info("topic created", topic=topic)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaProduceError(f"create topic: {err.str()}", topic=topic, retriable=err.retriable()) from exc
+        self._topics.add(topic)
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        if err is not None and self._delivery_error is None:
+            self._delivery_error = KafkaProduceError(err.str(), topic=msg.topic(), partition=msg.partition(),
+                                                     retriable=err.retriable())
+
+    def commit(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+        """Produce ``schemas`` (those not yet published), ``records`` and ``position`` in one transaction.
+
+        Retries abortable and retriable failures with the same content; raises KafkaProduceError when the
+        producer is fenced or fatally failed (the process must restart and resume from the checkpoint)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                self._transaction(records, schemas, position)
+                for s in schemas:
+                    self._published.add(s.fingerprint)
+                metrics.TRANSACTIONS.labels("committed").inc()
+                return
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                metrics.TRANSACTIONS.labels("failed").inc()
+                log.warning("transaction failed", position=str(position), error=err.str(), attempt=attempt,
+                            abortable=err.txn_requires_abort(), retriable=err.retriable(), fatal=err.fatal())
+                if err.fatal() or not (err.txn_requires_abort() or err.retriable()) or attempt == _ATTEMPTS:
+                    raise KafkaProduceError(err.str(), position=str(position), retriable=False) from exc
+                if err.txn_requires_abort():
+                    self._abort()
+                time.sleep(min(2.0, 0.1 * 2 ** attempt))
+        raise AssertionError("unreachable")
+
+    def _transaction(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+        p = self._producer
+        self._delivery_error = None
+        p.begin_transaction()
+        for s in schemas:
+            if s.fingerprint not in self._published:
+                p.produce(schemas_topic(self.prefix), key=s.fingerprint, value=s.to_json().encode(),
+                          on_delivery=self._on_delivery)
+        for r in records:
+            self._produce(r)
+        p.produce(positions_topic(self.prefix), key=self.node.encode(), value=position_value(self.node, position),
+                  on_delivery=self._on_delivery)
+        p.commit_transaction(self.timeout_s)
+        if self._delivery_error is not None:  # cannot happen after a successful commit; kept as a guard
+            raise self._delivery_error
+
+    def _produce(self, r: Record) -> None:
+        while True:
+            try:
+                self._producer.produce(r.topic, key=r.key, value=r.value, on_delivery=self._on_delivery)
+                return
+            except BufferError:  # local queue full: let it drain
+                self._producer.poll(0.05)
+
+    def _abort(self) -> None:
+        try:
+            self._producer.abort_transaction(self.timeout_s)
+        except KafkaException as exc:
+            err: KafkaError = exc.args[0]
+            raise KafkaProduceError(f"abort_transaction: {err.str()}", retriable=False) from exc
+
+    def close(self) -> None:
+        """Deliver what is queued (nothing outside a transaction is ever queued) and release the client."""
+        self._producer.flush(self.timeout_s)
