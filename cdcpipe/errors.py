@@ -162,3 +162,44 @@ class CheckpointError(CdcpipeError):
         self.reason = reason
         self.partition = partition
         self.offset = offset
+
+
+class ApplyError(CdcpipeError):
+    """Applying change events to PostgreSQL failed.  ``table`` is ``keyspace.table``; ``topic``/``partition``/
+    ``offset`` locate the event (offset -1: the whole batch); ``sqlstate`` is PostgreSQL's code, if any."""
+
+    def __init__(self, reason: str, *, table: str = "", topic: str = "", partition: int = -1, offset: int = -1,
+                 sqlstate: str | None = None, retriable: bool = False) -> None:
+        where = f"{topic}[{partition}]@{offset} " if topic else ""
+        super().__init__(f"{where}{table}: {reason}", retriable=retriable)
+        self.reason = reason
+        self.table = table
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.sqlstate = sqlstate
+
+
+class UnsupportedTableError(ApplyError):
+    """A table apply refuses to mirror (counter tables): fatal, the operator must exclude the table."""
+
+
+# SQLSTATE classes where the same statement may succeed later: connection exception, transaction rollback
+# (serialization failure, deadlock), insufficient resources, operator intervention (shutdown, restart),
+# system error.  Everything else (data exception 22, integrity constraint 23, ...) is permanent.
+RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+
+
+def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", partition: int = -1,
+                   offset: int = -1) -> ApplyError:
+    """An :class:`ApplyError` for an exception raised by asyncpg, classified by SQLSTATE class: a lost
+    connection (no SQLSTATE, ``OSError`` or asyncpg's connection errors) is retriable."""
+    from asyncpg.exceptions import InterfaceError
+
+    sqlstate = getattr(exc, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        retriable = sqlstate[:2] in RETRIABLE_SQLSTATE_CLASSES
+    else:  # no SQLSTATE: the connection broke (socket error, closed connection, timeout)
+        retriable = isinstance(exc, OSError | TimeoutError | InterfaceError)
+    return ApplyError(f"{type(exc).__name__}: {exc}", table=table, topic=topic, partition=partition, offset=offset,
+                      sqlstate=sqlstate if isinstance(sqlstate, str) else None, retriable=retriable)

@@ -315,7 +315,8 @@ def _version(t: CqlType | None, cell: Cell, element_of: CqlType | None = None) -
         return Version(cell.timestamp, ldt, cell.ttl, False, b"", None)
     assert t is not None
     value = cell.raw if cell.raw is not None else b"" if cell.value is None else serialize(t, cell.value)
-    return Version(cell.timestamp, ldt, cell.ttl, False, value, cell.value)
+    # a value the decoder could not type (None with raw bytes) is re-read from the bytes when viewed
+    return Version(cell.timestamp, ldt, cell.ttl, False, value, _UNSET if cell.value is None else cell.value)
 
 
 def _element_type(t: CqlType, path: Any) -> CqlType | None:

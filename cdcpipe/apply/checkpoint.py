@@ -1,0 +1,55 @@
+"""Apply's checkpoints: per (consumer group, topic, partition) the Kafka offset of the next event to apply.
+
+The row is written in the same PostgreSQL transaction as the batch it follows (:mod:`cdcpipe.apply.writer`), so
+PostgreSQL's content and its checkpoint never disagree.  Kafka's committed offsets are only a hint: on assignment
+the consumer seeks to the PostgreSQL checkpoint (:func:`load`).  The writer locks the row (``FOR UPDATE``) and skips
+events below ``next_offset``, so a batch applied by another worker during a rebalance is never applied twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+DDL = (
+    "CREATE TABLE IF NOT EXISTS cdcpipe_checkpoints (group_id text NOT NULL, topic text NOT NULL, "
+    "partition integer NOT NULL, next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+    "PRIMARY KEY (group_id, topic, partition))"
+)
+
+UPSERT = (
+    "INSERT INTO cdcpipe_checkpoints (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4) "
+    "ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now() "
+    "WHERE cdcpipe_checkpoints.next_offset <= EXCLUDED.next_offset"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """After a batch commits, ``next_offset`` is the first offset of ``topic[partition]`` not yet applied."""
+
+    group: str
+    topic: str
+    partition: int
+    next_offset: int
+
+
+class Executor(Protocol):
+    """The part of an asyncpg connection or pool this module uses."""
+
+    async def execute(self, query: str, *args: Any) -> str: ...
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]: ...
+
+
+async def ensure(db: Executor) -> None:
+    await db.execute(DDL)
+
+
+async def load(db: Executor, group: str, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+    """The stored ``next_offset`` of each of ``partitions`` that has one."""
+    rows = await db.fetch(
+        "SELECT partition, next_offset FROM cdcpipe_checkpoints WHERE group_id = $1 AND topic = $2 "
+        "AND partition = ANY($3::int[])", group, topic, list(partitions))
+    return {int(r["partition"]): int(r["next_offset"]) for r in rows}

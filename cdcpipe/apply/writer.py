@@ -1,0 +1,273 @@
+"""Writes batches of change events of one table to PostgreSQL, in one transaction per batch.
+
+Steps of :meth:`BatchWriter.write`, all on one connection inside one transaction:
+
+1. one statement locks and reads the checkpoint row and the stored state of every key the batch touches (its
+   rows, and every row of a partition whose partition-level state changes), from the table, its shadow table
+   and its partition store;
+2. events below the stored checkpoint are dropped (another worker applied them), the rest are collapsed
+   (:func:`cdcpipe.apply.merge.collapse`), joined with the stored state and viewed at ``now``;
+3. visible rows are COPYed into a temporary staging table on this connection and merged into the target table
+   with one ``INSERT … ON CONFLICT DO UPDATE``; rows that stopped being visible are deleted, and their tombstones
+   kept in the shadow table (set-based statements over arrays: no per-row round trip);
+4. the checkpoint row ``(group, topic, partition, next_offset)`` is upserted; then the transaction commits.
+
+A failure raises :class:`cdcpipe.errors.ApplyError` (``retriable`` by SQLSTATE class); nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdcpipe.apply import checkpoint as ckpt
+from cdcpipe.apply import merge, view
+from cdcpipe.apply.checkpoint import Checkpoint
+from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
+from cdcpipe.apply.tables import Layout, ident, instant, layout
+from cdcpipe.capture.schema import TableSchema
+from cdcpipe.errors import ApplyError, postgres_error
+from cdcpipe.model import ChangeEvent
+
+_LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
+
+
+@dataclass(frozen=True, slots=True)
+class Positioned:
+    """An event with the Kafka offset it was read at."""
+
+    event: ChangeEvent
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class WriteResult:
+    """What one committed batch did: events applied and skipped (below the checkpoint), rows written to the
+    target, rows removed from it, rows whose state the batch did not change (duplicates and stale events)."""
+
+    applied: int
+    already_applied: int
+    upserted: int
+    removed: int
+    unchanged: int
+
+
+class BatchWriter:
+    """Writes batches through an asyncpg pool (``pool.acquire()``); one instance serves every table.
+
+    ``grace_s`` is how long tombstones of rows Cassandra no longer returns are remembered (reference rule 38).
+    ``clock`` gives seconds since the epoch (tests pin it).
+    """
+
+    def __init__(self, pool: Any, *, grace_s: int = 864_000, schema_prefix: str = "",
+                 clock: Callable[[], float] = time.time) -> None:
+        self._pool = pool
+        self._grace = grace_s
+        self._prefix = schema_prefix
+        self._clock = clock
+        self._layouts: dict[TableSchema, Layout] = {}
+
+    async def prepare(self, table: TableSchema) -> Layout:
+        """Create (or add columns to) the table's PostgreSQL tables once per table schema version."""
+        found = self._layouts.get(table)
+        if found is not None:
+            return found
+        lay = layout(table, self._prefix)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_DDL)
+                await ckpt.ensure(conn)
+                for stmt in lay.ddl():
+                    await conn.execute(stmt)
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
+        self._layouts[table] = lay
+        return lay
+
+    async def write(self, table: TableSchema, events: Sequence[Positioned], checkpoint: Checkpoint | None,
+                    *, extra_keys: Iterable[merge.RowKey] = ()) -> WriteResult:
+        """Apply ``events`` (of one topic partition, in offset order) and store ``checkpoint`` atomically.
+        ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry)."""
+        lay = await self.prepare(table)
+        coords = {"table": table.name, "topic": checkpoint.topic if checkpoint else "",
+                  "partition": checkpoint.partition if checkpoint else -1}
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
+        except ApplyError:
+            raise
+        except Exception as exc:
+            raise postgres_error(exc, **coords) from exc  # type: ignore[arg-type]
+
+    async def _write(self, conn: Any, lay: Layout, events: Sequence[Positioned], cp: Checkpoint | None,
+                     extra: list[merge.RowKey], now: int) -> WriteResult:
+        table = lay.table
+        batch = merge.collapse(table, (p.event for p in events))
+        row_keys = set(batch.rows) | set(extra)
+        parts = {p for p, _ in row_keys} | set(batch.partitions)
+        stored = await conn.fetch(
+            _read_sql(lay), cp.group if cp else "", cp.topic if cp else "", cp.partition if cp else -1,
+            list(parts), list({c for _, c in row_keys}), list(batch.wide))
+        next_offset = next((int(r["m"]) for r in stored if r["src"] == "K"), None)
+        skipped = 0
+        if next_offset is not None and events and events[0].offset < next_offset:
+            kept = [p for p in events if p.offset >= next_offset]
+            skipped = len(events) - len(kept)
+            batch = merge.collapse(table, (p.event for p in kept))
+        origin: dict[merge.RowKey, str] = {}
+        old_rows: dict[merge.RowKey, merge.RowState] = {}
+        old_parts: dict[bytes, merge.PartitionState] = {}
+        for r in stored:
+            if r["src"] == "P":
+                old_parts[r["p"]] = decode_partition(r["m"])
+            elif r["src"] in ("T", "S"):
+                key = (bytes(r["p"]), bytes(r["c"]))
+                if key in row_keys or key[0] in batch.wide:
+                    origin[key] = r["src"]
+                    old_rows[key] = decode_row(r["m"])
+        merged = merge.Changes(old_parts, old_rows).join(batch).normalized(table)
+        statics: dict[bytes, view.StaticView] = {}
+        records: list[tuple[Any, ...]] = []
+        shadow: list[tuple[bytes, bytes, str, datetime.datetime | None]] = []
+        drop_target: list[merge.RowKey] = []
+        drop_shadow: list[merge.RowKey] = []
+        unchanged = 0
+        converters = lay.converters()
+        stamp = instant(now)
+        forced = set(extra)
+        for key in row_keys | set(origin):
+            p, c = key
+            row = merged.rows.get(key)
+            was = origin.get(key)
+            if row is not None and was is not None and row == old_rows[key] and p not in batch.wide \
+                    and key not in forced:
+                unchanged += 1
+                continue
+            dest = None
+            if row is not None:
+                sv = statics.get(p)
+                if sv is None:
+                    sv = statics[p] = view.static_view(table, merged.partitions.get(p), now, self._grace)
+                rv = view.row_view(table, row, sv, now, self._grace)
+                if rv.visible:
+                    dest = "T"
+                    records.append(_record(lay, converters, key, rv, row, stamp))
+                else:
+                    dest = "S"
+                    shadow.append((p, c, encode_row(row), instant(rv.purge_after)))
+            if was == "T" and dest != "T":
+                drop_target.append(key)
+            if was == "S" and dest != "S":
+                drop_shadow.append(key)
+        await self._store(conn, lay, records, shadow, drop_target, drop_shadow)
+        await self._store_partitions(conn, lay, batch, merged, old_parts, now)
+        if cp is not None and events:
+            await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
+        return WriteResult(len(events) - skipped, skipped, len(records), len(drop_target), unchanged)
+
+    async def _store(self, conn: Any, lay: Layout, records: list[tuple[Any, ...]],
+                     shadow: list[tuple[bytes, bytes, str, datetime.datetime | None]],
+                     drop_target: list[merge.RowKey], drop_shadow: list[merge.RowKey]) -> None:
+        if records:
+            await conn.execute(lay.staging_ddl())
+            await conn.copy_records_to_table(lay.staging, records=records, columns=list(lay.record_columns))
+            await conn.execute(lay.upsert_sql())
+        for target, keys in ((lay.target, drop_target), (lay.shadow, drop_shadow)):
+            if keys:
+                await conn.execute(
+                    f"DELETE FROM {target} t USING unnest($1::bytea[], $2::bytea[]) AS d(p, c) "
+                    "WHERE t._cdc_partition = d.p AND t._cdc_clustering = d.c",
+                    [k[0] for k in keys], [k[1] for k in keys])
+        if shadow:
+            await conn.execute(
+                f"INSERT INTO {lay.shadow} SELECT p, c, m::jsonb, x FROM unnest($1::bytea[], $2::bytea[], "
+                "$3::text[], $4::timestamptz[]) AS s(p, c, m, x) ON CONFLICT (_cdc_partition, _cdc_clustering) "
+                "DO UPDATE SET _cdc_meta = EXCLUDED._cdc_meta, _cdc_purge_after = EXCLUDED._cdc_purge_after",
+                *map(list, zip(*shadow, strict=True)))
+
+    async def _store_partitions(self, conn: Any, lay: Layout, batch: merge.Changes, merged: merge.Changes,
+                                old: dict[bytes, merge.PartitionState], now: int) -> None:
+        upserts: list[tuple[bytes, str, datetime.datetime | None]] = []
+        drops: list[bytes] = []
+        for p in batch.partitions:
+            part = merged.partitions.get(p)
+            if part is None:
+                if p in old:
+                    drops.append(p)
+            elif part != old.get(p):
+                sv = view.static_view(lay.table, part, now, self._grace)
+                upserts.append((p, encode_partition(part), instant(sv.purge_after)))
+        if upserts:
+            await conn.execute(
+                f"INSERT INTO {lay.partitions} SELECT p, m::jsonb, x FROM unnest($1::bytea[], $2::text[], "
+                "$3::timestamptz[]) AS s(p, m, x) ON CONFLICT (_cdc_partition) DO UPDATE SET "
+                "_cdc_meta = EXCLUDED._cdc_meta, _cdc_purge_after = EXCLUDED._cdc_purge_after",
+                *map(list, zip(*upserts, strict=True)))
+        if drops:
+            await conn.execute(f"DELETE FROM {lay.partitions} WHERE _cdc_partition = ANY($1::bytea[])", drops)
+
+    async def expire(self, table: TableSchema, limit: int = 5000) -> int:
+        """Re-view up to ``limit`` rows whose content changed by TTL expiry since they were written; returns
+        how many.  Rows that expired completely move to the shadow table."""
+        lay = await self.prepare(table)
+        try:
+            rows = await self._pool.fetch(
+                f"SELECT _cdc_partition, _cdc_clustering FROM {lay.target} WHERE _cdc_expires_at <= $1 LIMIT $2",
+                instant(int(self._clock())), limit)
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
+        if rows:
+            await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows])
+        return len(rows)
+
+    async def purge(self, table: TableSchema) -> int:
+        """Forget shadow rows and partition states whose grace period is over (reference rule 38)."""
+        lay = await self.prepare(table)
+        stamp = instant(int(self._clock()))
+        total = 0
+        try:
+            for target in (lay.shadow, lay.partitions):
+                status = await self._pool.execute(f"DELETE FROM {target} WHERE _cdc_purge_after < $1", stamp)
+                total += int(status.split()[-1])
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
+        return total
+
+
+def _read_sql(lay: Layout) -> str:
+    """$1-$3: checkpoint coordinates; $4: partitions; $5: clusterings of listed rows; $6: partitions whose
+    every row is needed."""
+    rows_where = ("WHERE _cdc_partition = ANY($4::bytea[]) AND (_cdc_clustering = ANY($5::bytea[]) "
+                  "OR _cdc_partition = ANY($6::bytea[])) FOR UPDATE")
+    return (
+        "WITH k AS (SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1 AND topic = $2 "
+        "AND partition = $3 FOR UPDATE), "
+        f"t AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta::text AS m FROM {lay.target} {rows_where}), "
+        f"s AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta::text AS m FROM {lay.shadow} {rows_where}), "
+        f"q AS (SELECT _cdc_partition, _cdc_meta::text AS m FROM {lay.partitions} "
+        "WHERE _cdc_partition = ANY($4::bytea[]) FOR UPDATE) "
+        "SELECT 'K' AS src, NULL::bytea AS p, NULL::bytea AS c, next_offset::text AS m FROM k "
+        "UNION ALL SELECT 'T', _cdc_partition, _cdc_clustering, m FROM t "
+        "UNION ALL SELECT 'S', _cdc_partition, _cdc_clustering, m FROM s "
+        "UNION ALL SELECT 'P', _cdc_partition, NULL, m FROM q"
+    )
+
+
+def _record(lay: Layout, converters: list[Callable[[Any], tuple[Any, bool]]], key: merge.RowKey,
+            rv: view.RowView, row: merge.RowState, stamp: datetime.datetime | None) -> tuple[Any, ...]:
+    values = {**rv.values, **view.key_values(lay.table, key[0], key[1])}
+    out: list[Any] = []
+    inexact: list[str] = []
+    for col, conv in zip(lay.columns, converters, strict=True):
+        v, exact = conv(values.get(col.name))
+        out.append(v)
+        if not exact:
+            inexact.append(col.name)
+    out += [key[0], key[1], encode_row(row), inexact or None, instant(rv.expires_at), stamp]
+    return tuple(out)
+
+
+__all__ = ["BatchWriter", "Checkpoint", "Positioned", "WriteResult", "ident"]

@@ -1,0 +1,182 @@
+"""BatchWriter against the real PostgreSQL: content equals the merge model's SELECT for any batching, the
+checkpoint makes re-applying a batch a no-op, TTL expiry and grace purge, and permanent vs retriable errors."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cdcpipe.apply.checkpoint import Checkpoint
+from cdcpipe.apply.tables import ident
+from cdcpipe.apply.writer import BatchWriter, Positioned
+from cdcpipe.config import Settings
+from cdcpipe.errors import ApplyError, UnsupportedTableError
+from cdcpipe.model import Cell
+from tests.unit.mergekit import (
+    NOW,
+    TABLES,
+    delete_columns,
+    delete_partition,
+    delete_range,
+    delete_row,
+    elements,
+    insert,
+    list_path,
+    select,
+    update,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[Any]:
+    p = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
+    yield p
+    await p.close()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}_"
+
+
+@pytest.fixture
+async def cleanup(pool: Any, prefix: str) -> AsyncIterator[None]:
+    yield
+    schemas = await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%")
+    for s in schemas:
+        await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
+    await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def content(pool: Any, prefix: str, table: str) -> list[dict[str, Any]]:
+    t = TABLES[table]
+    cols = [c.name for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)]
+    order = ", ".join(ident(c.name) for c in (*t.partition_key, *t.clustering))
+    rows = await pool.fetch(f"SELECT {', '.join(ident(c) for c in cols)} FROM {ident(prefix + t.keyspace)}."
+                            f"{ident(t.table)} ORDER BY {order}")
+    return [dict(r) for r in rows]
+
+
+def as_pg(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model's typed SELECT rows as the PostgreSQL mirror shows them (maps as JSON text)."""
+    import json
+
+    from cdcpipe.typemap import to_pg
+
+    t = TABLES[table]
+    types = {c.name: c.type for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)}
+    out = []
+    for r in rows:
+        conv = {k: to_pg(types[k], v)[0] for k, v in r.items()}
+        out.append({k: json.loads(v) if types[k].name == "map" and v is not None else v for k, v in conv.items()})
+    return out
+
+
+def workload() -> list[Any]:
+    p1, p2 = list_path(), list_path()
+    return [
+        insert("kv", (1,), 10, v="a", n=1), update("kv", (1,), 12, n=-5), delete_columns("kv", (1,), 11, "v"),
+        insert("kv", (2,), 10, ttl=100, v="ttl"), update("kv", (3,), 5, v="x"), delete_row("kv", (3,), 6),
+        insert("t", (1, 1), 10, v="a", w="b"), insert("t", (1, 2), 10, v="c"), delete_row("t", (1, 1), 20),
+        update("t", (1, 1), 30, w="late"), delete_partition("t", (2,), 50), insert("t", (2, 1), 40, v="gone"),
+        insert("st", (1, 1), 10, s="S", v="x"), insert("st", (1, 2), 10, v="y"), update("st", (1,), 15, s="S2"),
+        insert("r", (1, 1, 1), 10, v=0), insert("r", (1, 1, 5), 10, v=0), insert("r", (1, 2, 1), 10, v=0),
+        delete_range("r", (1,), (1, 1), False, (1,), True, 20), insert("r", (1, 2, 8), 21, v=9),
+        insert("col", (1,), 10, s=["b", "a"], l=["x"], m={"k": 1}, fs=["z"]),
+        elements("col", (1,), 11, "l", (Cell("y", 11, path=p1), Cell("z", 11, path=p2))),
+        elements("col", (1,), 12, "m", (Cell(None, 12, deleted=True, local_deletion_time=NOW, path="k"),)),
+    ]
+
+
+async def apply_all(writer: BatchWriter, events: list[Any], rnd: random.Random, group: str) -> None:
+    by_table: dict[str, list[Any]] = {}
+    for e in events:
+        by_table.setdefault(e.source.table, []).append(e)
+    for name, evs in by_table.items():
+        offset = 0
+        while offset < len(evs):
+            size = rnd.randint(1, 4)
+            chunk = [Positioned(e, offset + i) for i, e in enumerate(evs[offset:offset + size])]
+            offset += len(chunk)
+            await writer.write(TABLES[name], chunk, Checkpoint(group, f"topic.{name}", 0, offset))
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_content_equals_model_for_any_order_and_batching(pool: Any, prefix: str, cleanup: None,
+                                                               seed: int) -> None:
+    rnd = random.Random(seed)
+    events = workload()
+    shuffled = events + [rnd.choice(events) for _ in range(8)]
+    rnd.shuffle(shuffled)
+    writer = BatchWriter(pool, schema_prefix=prefix, clock=Clock(NOW + 1))
+    await apply_all(writer, shuffled, rnd, prefix)
+    for table in ("kv", "t", "st", "r", "col"):
+        expected = as_pg(table, select(table, events, now=NOW + 1))
+        assert await content(pool, prefix, table) == expected, table
+
+
+async def test_checkpoint_makes_reapplying_a_no_op(pool: Any, prefix: str, cleanup: None) -> None:
+    writer = BatchWriter(pool, schema_prefix=prefix, clock=Clock(NOW + 1))
+    batch = [Positioned(update("kv", (1,), 10, n=1), 0), Positioned(update("kv", (1,), 11, n=2), 1)]
+    first = await writer.write(TABLES["kv"], batch, Checkpoint(prefix, "tp", 3, 2))
+    # a later event, then the same batch again (a redelivery after a crash before the Kafka commit)
+    later = [Positioned(delete_columns("kv", (1,), 12, "n"), 2)]
+    await writer.write(TABLES["kv"], later, Checkpoint(prefix, "tp", 3, 3))
+    again = await writer.write(TABLES["kv"], batch, Checkpoint(prefix, "tp", 3, 2))
+    assert (first.applied, again.applied, again.already_applied) == (2, 0, 2)
+    assert await content(pool, prefix, "kv") == []
+    assert await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id=$1 AND topic='tp' "
+                               "AND partition=3", prefix) == 3
+    shadow = await pool.fetchval(f"SELECT count(*) FROM {ident(prefix + 'ks')}.{ident('kv$shadow')}")
+    assert shadow == 1  # the tombstone is remembered
+
+
+async def test_expiry_and_purge(pool: Any, prefix: str, cleanup: None) -> None:
+    clock = Clock(NOW + 1)
+    writer = BatchWriter(pool, schema_prefix=prefix, clock=clock, grace_s=100)
+    await writer.write(TABLES["kv"], [Positioned(insert("kv", (1,), 10, ttl=60, v="a"), 0),
+                                      Positioned(insert("kv", (2,), 10, ttl=1000, v="b"), 1),
+                                      Positioned(update("kv", (2,), 11, ttl=30, n=7), 2)], None)
+    assert [r["k"] for r in await content(pool, prefix, "kv")] == [1, 2]
+    clock.now = NOW + 61
+    assert await writer.expire(TABLES["kv"]) == 2
+    assert await content(pool, prefix, "kv") == [{"k": 2, "v": "b", "n": None}]
+    # a late older write does not resurrect the expired cell (rule 21)
+    await writer.write(TABLES["kv"], [Positioned(update("kv", (1,), 9, v="old"), 3)], None)
+    assert [r["k"] for r in await content(pool, prefix, "kv")] == [2]
+    clock.now = NOW + 10_000
+    assert await writer.purge(TABLES["kv"]) == 1
+
+
+async def test_errors_are_classified(pool: Any, prefix: str, cleanup: None) -> None:
+    writer = BatchWriter(pool, schema_prefix=prefix, clock=Clock(NOW + 1))
+    from cdcpipe.capture.schema import parse_cql_schema
+
+    (texty,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int) WITH id = "
+                                "00000000-0000-0000-0000-0000000000aa;")
+    from cdcpipe.model import ChangeEvent, ColumnChange, Op, Source
+
+    src = Source("c", "dc", "n", "ks", "tx", texty.table_id, 1, 0)
+    bad = ChangeEvent(b"\x01" * 16, Op.UPSERT, 1, src, ("a\x00b",), columns=(ColumnChange("v", (Cell(1, 1),)),))
+    with pytest.raises(ApplyError) as info:
+        await writer.write(texty, [Positioned(bad, 7)], Checkpoint(prefix, "tx", 0, 8))
+    assert not info.value.retriable and info.value.sqlstate == "23502" and info.value.table == "ks.tx"
+    (counters,) = parse_cql_schema("CREATE TABLE ks.c (k int PRIMARY KEY, n counter) WITH id = "
+                                   "00000000-0000-0000-0000-0000000000ab;")
+    with pytest.raises(UnsupportedTableError, match="counter"):
+        await writer.prepare(counters)
