@@ -68,6 +68,7 @@ class EventReader:
         self.arrivals: list[float] = []
         self.keys: list[bytes] = []
         self.partitions: list[int] = []
+        self.raw: list[bytes] = []
 
     def _load_schemas(self) -> None:
         topic = f"{self.prefix}.schemas"
@@ -104,6 +105,7 @@ class EventReader:
             self.arrivals.append(time.time())
             self.keys.append(msg.key() or b"")
             self.partitions.append(msg.partition() or 0)
+            self.raw.append(value)
         return self.events
 
     def close(self) -> None:

@@ -3,11 +3,14 @@ the commit-log sync; SIGTERM exits 0 quickly."""
 
 from __future__ import annotations
 
+import io
+import json
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import fastavro
 import pytest
 from cassandra.cluster import Cluster, Session
 
@@ -114,6 +117,16 @@ def test_every_kind_of_write_becomes_its_event(session: Session, settings: Setti
                    if e.timestamp_micros == 9000]
         print(f"LATENCY last write -> committed event: {latency[0]:.3f}s")
         assert latency[0] < 2.0
+
+        # a plain fastavro consumer needs only the JSON published on <prefix>.schemas
+        i = next(i for i, e in enumerate(reader.events) if e.timestamp_micros == 2000)
+        raw = reader.raw[i]
+        schema = reader.schemas.get(raw[2:10])
+        assert schema is not None
+        plain = fastavro.parse_schema(json.loads(schema.to_json()))
+        rec = fastavro.schemaless_reader(io.BytesIO(raw[10:]), plain, None)
+        assert (rec["op"], rec["partition_key"], rec["timestamp_micros"]) == ("upsert", {"k": 1}, 2000)
+        assert rec["columns"]["v"]["cells"][0]["value"] == "b" and rec["columns"]["l"] is None
 
         rc, took = cap.terminate()
         assert rc == 0 and took < 10, (rc, took)
