@@ -117,7 +117,6 @@ class CaptureSettings(_Section):
     topic_partitions: int = Field(default=6, gt=0)
     topic_replication: int = Field(default=1, gt=0)
     cdc_total_space: int = Field(default=4096 * 1024 * 1024, gt=0)  # bytes; Cassandra's cdc_total_space
-    shutdown_timeout_s: float = Field(default=8.0, gt=0)
 
     @field_validator("include_tables", "exclude_tables", mode="before")
     @classmethod
@@ -127,10 +126,23 @@ class CaptureSettings(_Section):
         return value
 
 
+class ApplyBatchSettings(_Section):
+    """When apply closes a batch of one topic partition: ``max_rows`` events or ``max_wait_ms`` after its first."""
+
+    max_rows: int = Field(default=5000, gt=0)
+    max_wait_ms: int = Field(default=200, gt=0)
+
+
 class ApplySettings(_Section):
     """The apply worker pool."""
 
     group_id: str = "cdcpipe-apply"
+    batch: ApplyBatchSettings = Field(default_factory=ApplyBatchSettings)
+    tombstone_grace_s: int = Field(default=864_000, ge=0)
+    purge_interval_s: float = Field(default=60.0, gt=0)
+    concurrency: int = Field(default=4, gt=0)
+    dlq_topic: str | None = None  # default: <kafka.topic_prefix>.dlq
+    circuit_failures: int = Field(default=5, gt=0)
 
 
 class ObservabilitySettings(_Section):

@@ -7,7 +7,7 @@
 One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if one fails the others are
 cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
 position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
-commits the batches already read, and :func:`run` returns — well within 10 s (``capture.shutdown_timeout_s``).
+commits the batches already read, and :func:`run` returns — well within 10 s (the integration tests check it).
 """
 
 from __future__ import annotations

@@ -80,3 +80,18 @@ def test_segments_in_order_and_resume(tmp_path: Path, segment_builder: Callable[
 def test_log_without_idx_is_ignored(tmp_path: Path, segment_builder: Callable[..., bytes]) -> None:
     write(tmp_path, SEG1, segment_builder([entries(1, b"a")], segment_id=SEG1), None)
     assert scan(tmp_path) == [] and payloads(SegmentFollower(tmp_path, None)) == ([], None)
+
+
+def test_collector_deletes_only_completed_segments_covered_by_the_position(
+        tmp_path: Path, segment_builder: Callable[..., bytes]) -> None:
+    from cdcpipe.capture.segment_gc import SegmentCollector
+
+    ends1 = write(tmp_path, SEG1, segment_builder([entries(2, b"a")], segment_id=SEG1), "")
+    (tmp_path / f"CommitLog-7-{SEG1}_cdc.idx").write_text(f"{ends1[0]}\nCOMPLETED")
+    ends2 = write(tmp_path, SEG2, segment_builder([entries(2, b"b")], segment_id=SEG2), "")
+    (tmp_path / f"CommitLog-7-{SEG2}_cdc.idx").write_text(str(ends2[0]))
+    gc = SegmentCollector(tmp_path, total_space=10**9)
+    assert gc.collect(Position(SEG1, ends1[0] - 1)) == []  # not all of it committed yet
+    assert gc.collect(Position(SEG2, ends2[0])) == [SEG1]  # SEG2 is live: never deleted
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"CommitLog-7-{SEG2}.log", f"CommitLog-7-{SEG2}_cdc.idx"]
+    assert gc.usage() > 0
