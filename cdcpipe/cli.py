@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_dump(sub)
     # (subcommands of the capture and apply processes are added below this line)
+    app = sub.add_parser("apply", help="apply change events from Kafka to PostgreSQL (runs until SIGTERM)")
+    app.set_defaults(func=lambda args, settings: __import__("cdcpipe.apply.pipeline", fromlist=["main"]).main(settings))
     _add_capture(sub)
 
     return parser

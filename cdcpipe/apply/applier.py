@@ -1,0 +1,163 @@
+"""Applies one batch: decode, write with retries behind a circuit breaker, isolate poison events.
+
+Contract of :meth:`BatchApplier.apply`: when it returns, every record of the batch is either applied or stored
+as a dead letter, and PostgreSQL's checkpoint for the partition is the batch's ``next_offset``.  Transient
+failures (``retriable`` errors: lost connection, serialization failure, deadlock, restart) are retried forever
+with exponential backoff from 1 s to 60 s; the circuit opens (``/health`` 503) after ``threshold`` consecutive
+failures and closes on the next success.  A permanent failure splits the batch in halves, applied in order,
+until the poison records are alone; only those become dead letters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception, wait_exponential
+
+from cdcpipe.apply import metrics
+from cdcpipe.apply.batcher import Batch
+from cdcpipe.apply.checkpoint import Checkpoint
+from cdcpipe.apply.consumer import Record
+from cdcpipe.apply.deadletter import DeadLetter, DeadLetterer
+from cdcpipe.apply.decode import SchemaReader, decode_record
+from cdcpipe.apply.writer import BatchWriter, Positioned
+from cdcpipe.capture.schema import TableSchema
+from cdcpipe.errors import CdcpipeError, EventDecodeError, UnsupportedTableError
+from cdcpipe.model import ChangeEvent
+from cdcpipe.runtime import Health
+
+log = structlog.get_logger(__name__)
+
+
+class CircuitBreaker:
+    """Counts consecutive failures of one dependency; open (unhealthy) at ``threshold``."""
+
+    def __init__(self, health: Health, name: str, threshold: int) -> None:
+        self._health = health
+        self._name = name
+        self._threshold = threshold
+        self.failures = 0
+        health.ok(name)
+
+    @property
+    def open(self) -> bool:
+        return self.failures >= self._threshold
+
+    def failure(self, reason: str) -> None:
+        self.failures += 1
+        self._health.fail(self._name, f"{reason} (circuit {'open' if self.open else 'closed'}, "
+                                      f"{self.failures} consecutive failures)")
+
+    def success(self) -> None:
+        if self.failures:
+            self.failures = 0
+            self._health.ok(self._name)
+
+
+def _retriable(exc: BaseException) -> bool:
+    return isinstance(exc, CdcpipeError) and exc.retriable and not isinstance(exc, UnsupportedTableError)
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    record: Record
+    event: ChangeEvent
+
+
+class BatchApplier:
+    def __init__(self, writer: BatchWriter, reader: SchemaReader, dlq: DeadLetterer, group: str,
+                 breaker: CircuitBreaker, max_wait_s: float = 60.0) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._dlq = dlq
+        self._group = group
+        self._breaker = breaker
+        self._max_wait = max_wait_s
+        self.tables: dict[str, TableSchema] = {}
+
+    async def apply(self, batch: Batch) -> None:
+        run: list[_Item] = []
+        table: TableSchema | None = None
+        for rec in batch.records:
+            try:
+                event, t = await self._decode(rec)
+            except EventDecodeError as exc:
+                if run and table is not None:
+                    await self._isolate(table, run)
+                run, table = [], None
+                await self._dead_letter(DeadLetter(rec, "", exc, 0))
+                continue
+            if table is not None and t != table:
+                await self._isolate(table, run)
+                run = []
+            table = t
+            self.tables[t.name] = t
+            run.append(_Item(rec, event))
+        if run and table is not None:
+            await self._isolate(table, run)
+
+    async def _decode(self, rec: Record) -> tuple[ChangeEvent, TableSchema]:
+        try:
+            return decode_record(rec.value, self._reader)
+        except EventDecodeError as exc:
+            if not exc.retriable:
+                raise
+            await asyncio.to_thread(self._reader.catch_up)  # a schema published after our last read
+            return decode_record(rec.value, self._reader)
+
+    async def _isolate(self, table: TableSchema, items: list[_Item]) -> None:
+        try:
+            await self._write(table, items)
+        except CdcpipeError as exc:
+            if exc.retriable or isinstance(exc, UnsupportedTableError):
+                raise
+            if len(items) == 1:
+                await self._dead_letter(DeadLetter(items[0].record, table.name, exc, 0))
+                return
+            mid = len(items) // 2
+            await self._isolate(table, items[:mid])
+            await self._isolate(table, items[mid:])
+
+    async def _write(self, table: TableSchema, items: list[_Item]) -> None:
+        last = items[-1].record
+        cp = Checkpoint(self._group, last.topic, last.partition, last.offset + 1)
+        positioned = [Positioned(i.event, i.record.offset) for i in items]
+        started = time.monotonic()
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
+                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
+                                           before_sleep=lambda rs: self._failed(table, rs)):
+            with attempt:
+                result = await self._writer.write(table, positioned, cp)
+        self._breaker.success()
+        metrics.BATCH_SIZE.observe(len(items))
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        if result.already_applied:
+            metrics.DUPLICATES.labels(table.name, "already_applied").inc(result.already_applied)
+        if result.unchanged:
+            metrics.DUPLICATES.labels(table.name, "unchanged_row").inc(result.unchanged)
+        for i in items[result.already_applied:]:
+            metrics.EVENTS_APPLIED.labels(table.name, i.event.op.value).inc()
+        log.debug("batch applied", table=table.name, topic=last.topic, partition=last.partition,
+                  offset=last.offset, events=len(items), upserted=result.upserted, removed=result.removed)
+
+    def _failed(self, table: TableSchema, state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        metrics.RETRIES.labels(table.name).inc()
+        self._breaker.failure(f"{type(exc).__name__}: {exc}")
+        log.warning("batch write failed, retrying", table=table.name, attempt=state.attempt_number,
+                    error=str(exc))
+
+    async def _dead_letter(self, letter: DeadLetter) -> None:
+        r = letter.record
+        log.error("dead letter", table=letter.table, topic=r.topic, partition=r.partition, offset=r.offset,
+                  error_type=type(letter.error).__name__, error=str(letter.error))
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
+                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait)):
+            with attempt:
+                await asyncio.to_thread(self._dlq.send_blocking, letter)
+                await self._dlq.store(letter)
+        metrics.DLQ_EVENTS.labels(letter.table or "?").inc()

@@ -1,0 +1,138 @@
+"""The Kafka side of apply: a consumer-group member reading change-event topics with ``read_committed``.
+
+Contract: auto-commit is off; on every assignment the consumer seeks each partition to the checkpoint stored in
+PostgreSQL (``load_checkpoints``; Kafka's own committed offset is used only where PostgreSQL has none), so a crash
+anywhere never loses or repeats an applied batch.  Kafka offsets are committed (:meth:`EventConsumer.commit`)
+only after the PostgreSQL transaction that stored the same checkpoint committed.  Each assignment bumps the
+partition's ``generation``; records of an older generation are dropped by the pipeline (their partition moved).
+Every method here blocks: the pipeline calls them in a thread.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from cdcpipe.config import Settings
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One Kafka record of an event topic, as read."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    generation: int
+
+
+def events_pattern(prefix: str) -> str:
+    """The subscription regex of event topics ``<prefix>.<keyspace>.<table>`` (not ``.schemas`` or ``.dlq``)."""
+    return "^" + re.escape(prefix) + r"\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$"
+
+
+class EventConsumer:
+    """Wraps a confluent-kafka Consumer.  ``load_checkpoints(topic, partitions)`` returns PostgreSQL's
+    next offsets; it is called from the polling thread during a rebalance."""
+
+    def __init__(self, settings: Settings, load_checkpoints: Callable[[str, list[int]], dict[int, int]],
+                 on_revoke: Callable[[list[tuple[str, int]]], None] = lambda parts: None) -> None:
+        from confluent_kafka import Consumer
+
+        conf: dict[str, Any] = {
+            **settings.kafka.client_config(),
+            "group.id": settings.apply.group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "isolation.level": "read_committed",
+            "auto.offset.reset": "earliest",
+            "topic.metadata.refresh.interval.ms": 5000,
+        }
+        self._consumer = Consumer(conf)
+        self._load = load_checkpoints
+        self._on_revoke = on_revoke
+        self._lock = threading.Lock()
+        self.generations: dict[tuple[str, int], int] = {}
+        self._consumer.subscribe([events_pattern(settings.kafka.topic_prefix)], on_assign=self._assigned,
+                                 on_revoke=self._revoked)
+
+    def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        by_topic: dict[str, list[int]] = {}
+        for tp in partitions:
+            by_topic.setdefault(tp.topic, []).append(tp.partition)
+        stored: dict[tuple[str, int], int] = {}
+        for topic, parts in by_topic.items():
+            for p, off in self._load(topic, parts).items():
+                stored[(topic, p)] = off
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                self.generations[key] = self.generations.get(key, 0) + 1
+                if key in stored:
+                    tp.offset = stored[key]
+        consumer.assign(partitions)
+        log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]@{t.offset}" for t in partitions])
+
+    def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                self.generations[key] = self.generations.get(key, 0) + 1
+        self._on_revoke([(tp.topic, tp.partition) for tp in partitions])
+        consumer.unassign()
+        log.info("partitions revoked", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
+
+    def current(self, topic: str, partition: int, generation: int) -> bool:
+        with self._lock:
+            return self.generations.get((topic, partition)) == generation
+
+    def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        """Up to ``max_records`` records (errors are logged; partition EOFs skipped)."""
+        out = []
+        for m in self._consumer.consume(max_records, timeout=timeout_s):
+            err = m.error()
+            if err is not None:
+                if err.code() != -191:  # _PARTITION_EOF
+                    log.warning("kafka consumer error", error=str(err))
+                continue
+            topic, partition, offset = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+            with self._lock:
+                gen = self.generations.get((topic, partition), 0)
+            key = m.key()
+            out.append(Record(topic, partition, offset, bytes(key) if key is not None else None,
+                              bytes(m.value() or b""), gen))
+        return out
+
+    def commit(self, topic: str, partition: int, next_offset: int) -> None:
+        """Commit ``next_offset`` for one partition (synchronously)."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        try:
+            self._consumer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False)
+        except KafkaException as exc:  # not fatal: PostgreSQL holds the checkpoint that counts
+            log.warning("kafka offset commit failed", topic=topic, partition=partition, error=str(exc))
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """High watermark minus position, per assigned partition (from the client's cached statistics)."""
+        out = {}
+        for tp in self._consumer.assignment():
+            try:
+                _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                (pos,) = self._consumer.position([tp])
+                if pos.offset >= 0 and high >= 0:
+                    out[(tp.topic, tp.partition)] = max(0, high - pos.offset)
+            except Exception:  # watermarks unknown yet
+                continue
+        return out
+
+    def close(self) -> None:
+        self._consumer.close()

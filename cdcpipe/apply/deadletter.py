@@ -1,0 +1,79 @@
+"""Dead letters: events apply cannot apply, kept with their coordinates instead of being dropped.
+
+A poison event goes (1) to the Kafka topic ``<prefix>.dlq`` with its original key and bytes and headers naming
+the error type, message, table, topic, partition, offset and retry count (delivery awaited), then (2) into the
+table ``cdcpipe_dlq`` in the same PostgreSQL transaction that moves the partition's checkpoint past it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cdcpipe.apply import checkpoint as ckpt
+from cdcpipe.apply.checkpoint import Checkpoint
+from cdcpipe.apply.consumer import Record
+from cdcpipe.errors import KafkaProduceError, postgres_error
+
+DDL = (
+    "CREATE TABLE IF NOT EXISTS cdcpipe_dlq (id bigserial PRIMARY KEY, group_id text NOT NULL, topic text NOT NULL, "
+    "partition integer NOT NULL, kafka_offset bigint NOT NULL, table_name text, error_type text NOT NULL, "
+    "message text NOT NULL, retry_count integer NOT NULL, key bytea, value bytea, "
+    "created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (group_id, topic, partition, kafka_offset))"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    record: Record
+    table: str
+    error: BaseException
+    retries: int
+
+    def headers(self) -> list[tuple[str, bytes]]:
+        return [("error_type", type(self.error).__name__.encode()), ("error_message", str(self.error).encode()),
+                ("table", self.table.encode()), ("topic", self.record.topic.encode()),
+                ("partition", str(self.record.partition).encode()), ("offset", str(self.record.offset).encode()),
+                ("retry_count", str(self.retries).encode())]
+
+
+class DeadLetterer:
+    """``producer`` is a confluent-kafka Producer; :meth:`send_blocking` runs in a thread, :meth:`store` on the
+    loop."""
+
+    def __init__(self, pool: Any, producer: Any, topic: str, group: str) -> None:
+        self._pool = pool
+        self._producer = producer
+        self.topic = topic
+        self._group = group
+
+    async def ensure(self) -> None:
+        await self._pool.execute(DDL)
+
+    def send_blocking(self, letter: DeadLetter, timeout_s: float = 30.0) -> None:
+        errors: list[Any] = []
+        self._producer.produce(self.topic, key=letter.record.key, value=letter.record.value,
+                               headers=letter.headers(), on_delivery=lambda err, msg: errors.append(err))
+        remaining = self._producer.flush(timeout_s)
+        if remaining or not errors or errors[0] is not None:
+            raise KafkaProduceError(f"dead letter not delivered: {errors[0] if errors else 'timeout'}",
+                                    topic=self.topic, retriable=True)
+
+    async def store(self, letter: DeadLetter) -> None:
+        r = letter.record
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "INSERT INTO cdcpipe_dlq (group_id, topic, partition, kafka_offset, table_name, error_type, "
+                    "message, retry_count, key, value) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
+                    "ON CONFLICT (group_id, topic, partition, kafka_offset) DO NOTHING",
+                    self._group, r.topic, r.partition, r.offset, letter.table, type(letter.error).__name__,
+                    str(letter.error), letter.retries, r.key, r.value)
+                await conn.execute(ckpt.UPSERT, self._group, r.topic, r.partition, r.offset + 1)
+        except Exception as exc:
+            raise postgres_error(exc, table=letter.table, topic=r.topic, partition=r.partition,
+                                 offset=r.offset) from exc
+
+    def checkpoint_after(self, letter: DeadLetter) -> Checkpoint:
+        r = letter.record
+        return Checkpoint(self._group, r.topic, r.partition, r.offset + 1)

@@ -1,0 +1,18 @@
+"""Prometheus metrics of the apply process (names are used by the Grafana dashboard: keep them)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_APPLIED = Counter("cdcpipe_apply_events_applied_total", "Change events applied to PostgreSQL",
+                         ["table", "op"])
+DLQ_EVENTS = Counter("cdcpipe_apply_dlq_events_total", "Events sent to the dead-letter topic and table", ["table"])
+DUPLICATES = Counter("cdcpipe_apply_duplicates_total",
+                     "Events already applied (below the checkpoint) and rows a batch did not change "
+                     "(replica duplicates and stale events)", ["table", "kind"])
+BATCH_SIZE = Histogram("cdcpipe_apply_batch_events", "Events per committed batch",
+                       buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000))
+BATCH_SECONDS = Histogram("cdcpipe_apply_batch_seconds", "Wall time of one batch transaction",
+                          buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+RETRIES = Counter("cdcpipe_apply_retries_total", "Retried batch writes after a transient failure", ["table"])
+LAG = Gauge("cdcpipe_apply_consumer_lag", "High watermark minus the next offset to apply", ["topic", "partition"])

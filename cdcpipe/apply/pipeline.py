@@ -1,0 +1,139 @@
+"""Wires the apply process: consumer → decode → merge → batcher → writer → checkpoint (asyncio + uvloop).
+
+One TaskGroup: a poller (Kafka consume in a thread), a dispatcher (ready batches into a bounded queue), writers
+(``apply.concurrency`` of them), and a maintenance task (TTL expiry and grace purge every
+``apply.purge_interval_s``).  A task that dies stops the others and the process says why.  ``stop`` (SIGTERM,
+SIGINT) stops polling, applies what was read, commits, and returns 0 within 10 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import uuid
+
+import asyncpg
+import structlog
+
+from cdcpipe.apply import checkpoint, metrics
+from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
+from cdcpipe.apply.batcher import Batch, Batcher
+from cdcpipe.apply.consumer import EventConsumer
+from cdcpipe.apply.deadletter import DeadLetterer
+from cdcpipe.apply.decode import SchemaReader
+from cdcpipe.apply.writer import BatchWriter
+from cdcpipe.config import Settings
+from cdcpipe.runtime import Health
+
+log = structlog.get_logger(__name__)
+DRAIN_S = 8.0
+
+
+async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
+    from confluent_kafka import Consumer, Producer
+
+    cfg, group = settings.apply, settings.apply.group_id
+    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(),
+                                     min_size=settings.postgres.pool_min_size, max_size=settings.postgres.pool_max_size)
+    await checkpoint.ensure(pool)
+    kafka = settings.kafka.client_config()
+    dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
+                       cfg.dlq_topic or f"{settings.kafka.topic_prefix}.dlq", group)
+    await dlq.ensure()
+    reader = SchemaReader(Consumer({**kafka, "group.id": f"{group}-schemas-{uuid.uuid4().hex[:8]}",
+                                    "enable.auto.commit": False}), f"{settings.kafka.topic_prefix}.schemas")
+    await asyncio.to_thread(reader.catch_up)
+    loop = asyncio.get_running_loop()
+    batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
+
+    def revoked(parts: list[tuple[str, int]]) -> None:
+        loop.call_soon_threadsafe(batcher.drop, parts)
+    consumer = EventConsumer(
+        settings,
+        lambda topic, parts: asyncio.run_coroutine_threadsafe(checkpoint.load(pool, group, topic, parts),
+                                                              loop).result(60),
+        on_revoke=revoked)
+    writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
+    applier = BatchApplier(writer, reader, dlq, group, CircuitBreaker(health, "postgres", cfg.circuit_failures))
+    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
+    polling_done = asyncio.Event()
+
+    async def poll() -> None:
+        health.ok("kafka")
+        while not stop.is_set():
+            if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency * 2:
+                await asyncio.sleep(0.01)  # backpressure: writers are behind
+                continue
+            for rec in await asyncio.to_thread(consumer.poll, 2000, 0.1):
+                batcher.add(rec)
+        polling_done.set()
+
+    async def dispatch() -> None:
+        while True:
+            done = polling_done.is_set()
+            for batch in batcher.ready(force=done):
+                await queue.put(batch)
+            if done and batcher.idle:
+                break
+            await asyncio.sleep(min(0.02, cfg.batch.max_wait_ms / 4000))
+        for _ in range(cfg.concurrency):
+            await queue.put(None)
+
+    async def write() -> None:
+        while (batch := await queue.get()) is not None:
+            try:
+                if consumer.current(batch.topic, batch.partition, batch.generation):
+                    await applier.apply(batch)
+                    await asyncio.to_thread(consumer.commit, batch.topic, batch.partition, batch.next_offset)
+            finally:
+                batcher.done(batch.topic, batch.partition)
+
+    async def maintain() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), cfg.purge_interval_s)
+            for table in list(applier.tables.values()):
+                while await writer.expire(table) > 0 and not stop.is_set():
+                    pass
+                await writer.purge(table)
+            for (topic, partition), lag in (await asyncio.to_thread(consumer.lag)).items():
+                metrics.LAG.labels(topic, str(partition)).set(lag)
+
+    try:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(poll())
+            tasks.create_task(dispatch())
+            for _ in range(cfg.concurrency):
+                tasks.create_task(write())
+            tasks.create_task(maintain())
+    finally:
+        await asyncio.to_thread(consumer.close)
+        await pool.close()
+    log.info("apply stopped")
+    return 0
+
+
+def main(settings: Settings) -> int:
+    """``cdcpipe apply``: serve /metrics and /health, run until SIGTERM/SIGINT."""
+    import uvloop
+
+    from cdcpipe.observability import configure_logging
+    from cdcpipe.runtime import OpsServer
+
+    obs = settings.observability
+    configure_logging(obs.log_level, obs.log_format)
+    health = Health()
+    server = OpsServer(health, obs.http_host, obs.http_port).start()
+
+    async def supervised() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        return await run(settings, health, stop)
+
+    try:
+        return uvloop.run(supervised())
+    finally:
+        server.close()
