@@ -1,0 +1,125 @@
+"""The apply pipeline end to end against the real Kafka and PostgreSQL: Avro events produced to
+``<prefix>.<ks>.<table>`` land in PostgreSQL merged, poison events go to the dead-letter topic and table with their
+coordinates while their batch-mates apply, the checkpoint row follows, and SIGTERM-style stop exits 0 quickly."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cdcpipe import avro
+from cdcpipe.apply import pipeline
+from cdcpipe.apply.tables import ident
+from cdcpipe.capture.schema import TableSchema, parse_cql_schema
+from cdcpipe.config import Settings
+from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
+from cdcpipe.runtime import Health
+from cdcpipe.typemap import serialize
+
+pytestmark = pytest.mark.timeout(120)
+
+(TX,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int, n text) "
+                         "WITH id = 00000000-0000-0000-0000-0000000000cc;")
+_ids = iter(range(1, 10**6))
+
+
+def event(table: TableSchema, key: str, ts: int, insert: bool = False, **cols: Any) -> ChangeEvent:
+    types = {c.name: c.type for c in table.regular}
+    changes = tuple(
+        ColumnChange(n, (Cell(None, ts, deleted=True, local_deletion_time=1, raw=b"") if v is None
+                         else Cell(v, ts, raw=serialize(types[n], v)),))
+        for n, v in cols.items())
+    src = Source("c", "dc1", "n1", table.keyspace, table.table, table.table_id, 1, 0)
+    return ChangeEvent(next(_ids).to_bytes(16, "big"), Op.UPSERT, ts, src, (key,),
+                       liveness=Liveness(ts) if insert else None, columns=changes)
+
+
+def encode(schema: avro.EventSchema, ev: ChangeEvent) -> bytes:
+    return avro.encode(ev, schema, (serialize(TX.partition_key[0].type, ev.partition_key[0]),))
+
+
+async def wait_for(predicate: Any, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.3)
+
+
+async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
+    prefix = f"it{uuid.uuid4().hex[:8]}"
+    topic, schemas_topic, dlq_topic = f"{prefix}.ks.tx", f"{prefix}.schemas", f"{prefix}.dlq"
+    kafka = settings.kafka.client_config()
+    admin = AdminClient(kafka)
+    for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic, dlq_topic)]).values():
+        f.result(30)
+    schema = avro.table_schema(TX)
+    producer = Producer(kafka)
+    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    events = [event(TX, "a", 10, insert=True, v=1, n="x"), event(TX, "b", 10, insert=True, v=2),
+              event(TX, "a", 12, v=5), event(TX, "a", 11, v=4, n=None),  # older: v stays 5, n deleted at 11
+              event(TX, "bad\x00key", 10, insert=True, v=9),               # PostgreSQL rejects this key
+              event(TX, "b", 10, insert=True, v=2)]                        # a replica duplicate
+    payloads = [encode(schema, e) for e in events]
+    payloads.insert(2, b"not an avro event")                               # undecodable
+    for p in payloads:
+        producer.produce(topic, key=b"k", value=p)
+    assert producer.flush(30) == 0
+
+    cfg = settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
+        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
+        "apply": settings.apply.model_copy(update={
+            "group_id": prefix, "batch": settings.apply.batch.model_copy(
+                update={"max_wait_ms": 100})}),
+    })
+    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
+    health = Health()
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(cfg, health, stop))
+    target = f"{ident(prefix + '_ks')}.{ident('tx')}"
+    try:
+        async def done() -> bool:
+            if task.done():
+                task.result()
+            n = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+            return n == len(payloads)
+        await wait_for(done)
+        rows = await pool.fetch(f"SELECT k, v, n FROM {target} ORDER BY k")
+        assert [tuple(r) for r in rows] == [("a", 5, None), ("b", 2, None)]
+        dlq = await pool.fetch("SELECT topic, partition, kafka_offset, error_type, value FROM cdcpipe_dlq "
+                               "WHERE group_id = $1 ORDER BY kafka_offset", prefix)
+        assert [(r["topic"], r["partition"], r["kafka_offset"]) for r in dlq] == [(topic, 0, 2), (topic, 0, 5)]
+        assert dlq[0]["error_type"] == "EventDecodeError" and dlq[1]["error_type"] == "ApplyError"
+        assert bytes(dlq[0]["value"]) == b"not an avro event"
+        assert health.report()[0]
+        stop.set()
+        started = time.monotonic()
+        assert await asyncio.wait_for(task, 10) == 0
+        assert time.monotonic() - started < 10
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
+            await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
+        await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+        await pool.close()
+    reader = Consumer({**kafka, "group.id": prefix + "-check", "auto.offset.reset": "earliest"})
+    reader.subscribe([dlq_topic])
+    letters = []
+    deadline = time.monotonic() + 20
+    while len(letters) < 2 and time.monotonic() < deadline:
+        m = reader.poll(0.5)
+        if m is not None and m.error() is None:
+            letters.append(dict(m.headers() or []))
+    reader.close()
+    assert [h["offset"] for h in letters] == [b"2", b"5"]
+    assert letters[1]["table"] == b"ks.tx" and letters[1]["topic"] == topic.encode()
+    assert letters[1]["partition"] == b"0" and letters[1]["retry_count"] == b"0"
