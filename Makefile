@@ -40,7 +40,7 @@ stack-status:
 	$(STACK) status
 
 lint: install
-	$(BIN)/ruff check cdcpipe tests
+	$(BIN)/ruff check cdcpipe tests bench
 	$(BIN)/mypy
 
 unit: install
