@@ -1,0 +1,379 @@
+"""Helpers for apply robustness tests: events in the real Avro encoding produced with a transactional producer,
+``cdcpipe apply`` as a child process (kill -9, SIGTERM, /health, /metrics), a checkpoint audit trigger, and
+dumps of the mirror tables."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from cdcpipe import avro
+from cdcpipe.apply import merge
+from cdcpipe.apply.tables import ident
+from cdcpipe.capture.schema import TableSchema
+from cdcpipe.capture.values import CqlType
+from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange
+from cdcpipe.typemap import serialize
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+def _types(t: CqlType) -> tuple[CqlType | None, CqlType | None]:
+    """(value type, path type) of one cell of a column of type ``t``."""
+    if not t.multi_cell:
+        return t, None
+    if t.name == "list":
+        return t.params[0], CqlType("timeuuid")
+    if t.name == "set":
+        return None, t.params[0]
+    return t.params[1], t.params[0]
+
+
+def with_raw(table: TableSchema, ev: ChangeEvent) -> ChangeEvent:
+    """``ev`` with every cell's ``raw``/``raw_path`` filled as capture fills them from the commit log."""
+    types = {c.name: c.type for c in (*table.regular, *table.static)}
+    changes = []
+    for ch in ev.columns:
+        vt, pt = _types(types[ch.name])
+        cells = tuple(dataclasses.replace(
+            c, raw=b"" if c.deleted or vt is None or c.value is None else serialize(vt, c.value),
+            raw_path=serialize(pt, c.path) if pt is not None else None) for c in ch.cells)
+        changes.append(ColumnChange(ch.name, cells, ch.complex_deletion, ch.static))
+    return dataclasses.replace(ev, columns=tuple(changes))
+
+
+def encode(table: TableSchema, schema: avro.EventSchema, ev: ChangeEvent) -> tuple[bytes, bytes]:
+    """(Kafka key, value) of ``ev`` as capture produces it: keyed by the partition key bytes."""
+    ev = with_raw(table, ev)
+    raw_key = tuple(serialize(c.type, v) for c, v in zip(table.partition_key, ev.partition_key, strict=True))
+    raw_ck = tuple(serialize(c.type, v) for c, v in zip(table.clustering, ev.clustering, strict=False))
+
+    def raw_bound(b: Bound | None) -> tuple[bytes | None, ...]:
+        if b is None:
+            return ()
+        return tuple(serialize(c.type, v) for c, v in zip(table.clustering, b.values, strict=False))
+
+    bounds = (raw_bound(ev.range_start), raw_bound(ev.range_end)) if ev.range_start or ev.range_end else ()
+    return merge.partition_bytes(table, ev.partition_key), avro.encode(ev, schema, raw_key, raw_ck, bounds)
+
+
+def create_topics(kafka: dict[str, Any], topics: Iterable[str], partitions: int) -> None:
+    admin = AdminClient(kafka)
+    for f in admin.create_topics([NewTopic(t, partitions, 1) for t in topics]).values():
+        f.result(30)
+
+
+def publish_schemas(kafka: dict[str, Any], prefix: str, tables: Iterable[TableSchema]) -> None:
+    producer = Producer(kafka)
+    for t in tables:
+        s = avro.table_schema(t)
+        producer.produce(f"{prefix}.schemas", key=s.fingerprint, value=s.to_json())
+    assert producer.flush(30) == 0
+
+
+class TxProducer:
+    """A transactional producer: each :meth:`send` is one committed Kafka transaction, as capture sends."""
+
+    def __init__(self, kafka: dict[str, Any]) -> None:
+        self._p = Producer({**kafka, "transactional.id": f"it-apply-{uuid.uuid4().hex[:10]}"})
+        self._p.init_transactions(30)
+
+    def send(self, records: Iterable[tuple[str, bytes, bytes]]) -> None:
+        self._p.begin_transaction()
+        for topic, key, value in records:
+            self._p.produce(topic, key=key, value=value)
+        self._p.commit_transaction(30)
+
+
+def end_offsets(kafka: dict[str, Any], topics: Iterable[str]) -> dict[tuple[str, int], int]:
+    """Per topic partition: 1 + the offset of the last committed record (0 when empty).  With transactions the
+    high watermark is one more (the commit marker), so it is read from the records themselves."""
+    c = Consumer({**kafka, "group.id": f"it-end-{uuid.uuid4().hex[:8]}", "isolation.level": "read_committed",
+                  "enable.auto.commit": False, "enable.partition.eof": True})
+    out: dict[tuple[str, int], int] = {}
+    tps = []
+    for topic in topics:
+        meta = c.list_topics(topic, timeout=10).topics[topic]
+        for p in meta.partitions:
+            out[(topic, p)] = 0
+            tps.append(TopicPartition(topic, p, -2))
+    c.assign(tps)
+    pending = set(out)
+    deadline = time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        for m in c.consume(5000, timeout=0.5):
+            key = (str(m.topic()), int(m.partition() or 0))
+            if m.error() is not None:
+                pending.discard(key)
+            else:
+                out[key] = int(m.offset() or 0) + 1
+    c.close()
+    assert not pending, f"partitions not read to the end: {pending}"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- process
+
+class ApplyProcess:
+    """``cdcpipe apply`` as a child process (logs appended to ``log``), with its own ops HTTP port."""
+
+    def __init__(self, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
+                    "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **env}
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ApplyProcess:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "apply"], env=self.env, stdout=out,
+                                         stderr=out, cwd=ROOT)
+        return self
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """kill -9."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout: float = 10) -> tuple[int, float]:
+        assert self.proc is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        rc = self.proc.wait(timeout)
+        return rc, time.monotonic() - t0
+
+    def _get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
+                return int(r.status), bytes(r.read())
+        except urllib.error.HTTPError as e:
+            return int(e.code), bytes(e.read())
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        status, body = self._get("/health")
+        return status, dict(json.loads(body))
+
+    def metrics(self) -> str:
+        status, body = self._get("/metrics")
+        assert status == 200
+        return body.decode()
+
+    def wait_http(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.running, self.tail()
+            try:
+                self._get("/health")
+                return
+            except OSError:
+                assert time.monotonic() < deadline, "apply's HTTP server did not start"
+                time.sleep(0.1)
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric_name, _, rest = head.partition("{")
+        if metric_name != name:
+            continue
+        got = dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if kv) if rest else {}
+        if all(got.get(k) == json.dumps(v) for k, v in labels.items()):
+            total += float(value)
+    return total
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL
+
+async def install_audit(pool: Any, schema: str, group: str) -> None:
+    """Log every checkpoint write of ``group`` (a BEFORE INSERT trigger fires on each upsert attempt, inside the
+    batch's own transaction) into ``schema.audit``: one row per committed batch transaction."""
+    await pool.execute(f"CREATE SCHEMA IF NOT EXISTS {ident(schema)}")
+    await pool.execute(f"CREATE TABLE {ident(schema)}.audit (id bigserial PRIMARY KEY, topic text, "
+                       "partition int, next_offset bigint, txid bigint)")
+    await pool.execute(
+        f"CREATE FUNCTION {ident(schema)}.audit_fn() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        f"INSERT INTO {ident(schema)}.audit (topic, partition, next_offset, txid) "
+        "VALUES (NEW.topic, NEW.partition, NEW.next_offset, txid_current()); RETURN NEW; END $$")
+    await pool.execute(
+        f"CREATE TRIGGER {ident(schema + '_audit')} BEFORE INSERT ON cdcpipe_checkpoints FOR EACH ROW "
+        f"WHEN (NEW.group_id = '{group}') EXECUTE FUNCTION {ident(schema)}.audit_fn()")
+
+
+async def drop_audit(pool: Any, schema: str) -> None:
+    await pool.execute(f"DROP TRIGGER IF EXISTS {ident(schema + '_audit')} ON cdcpipe_checkpoints")
+
+
+async def audit_chains(pool: Any, schema: str) -> dict[tuple[str, int], list[int]]:
+    """Per topic partition, the checkpoint of each committed batch transaction, in commit order."""
+    rows = await pool.fetch(f"SELECT topic, partition, next_offset, txid FROM {ident(schema)}.audit ORDER BY id")
+    assert len({r["txid"] for r in rows}) == len(rows), "a transaction wrote two checkpoints"
+    out: dict[tuple[str, int], list[int]] = {}
+    for r in rows:
+        out.setdefault((r["topic"], r["partition"]), []).append(int(r["next_offset"]))
+    return out
+
+
+async def checkpoints(pool: Any, group: str) -> dict[tuple[str, int], int]:
+    rows = await pool.fetch("SELECT topic, partition, next_offset FROM cdcpipe_checkpoints WHERE group_id = $1",
+                            group)
+    return {(r["topic"], r["partition"]): int(r["next_offset"]) for r in rows}
+
+
+async def dump(pool: Any, schema: str, table: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of a mirrored table, its shadow table and its partition store (``_cdc_updated_at`` aside)."""
+    out = {}
+    for name in (table, f"{table}$shadow", f"{table}$partition"):
+        cols = [r[0] for r in await pool.fetch(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = $1 AND table_name = $2 "
+            "AND column_name <> '_cdc_updated_at' ORDER BY column_name", schema, name)]
+        assert cols, f"{schema}.{name} does not exist"
+        sel = ", ".join(f"{ident(c)}::text" for c in cols)
+        rows = await pool.fetch(f"SELECT {sel} FROM {ident(schema)}.{ident(name)}")
+        out[name] = sorted((tuple(r) for r in rows), key=repr)
+    return out
+
+
+async def drop_schemas(pool: Any, like: str) -> None:
+    for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", like + "%"):
+        await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
+
+
+# ---------------------------------------------------------------------------------------------- workload
+
+class Workload:
+    """A seeded, endless stream of change events over the merge-kit tables (``kv``, ``t``, ``r``, ``st``, ``col``):
+    inserts, updates, cell/row/partition/range deletions, collection element writes and removals, TTLs (long, and
+    already expired before arrival), replica duplicates and out-of-order timestamps (many equal)."""
+
+    TABLES = ("kv", "t", "r", "st", "col")
+
+    def __init__(self, seed: int, now: int) -> None:
+        import random
+
+        self.rnd = random.Random(seed)
+        self.now = now
+        self.sent: list[ChangeEvent] = []
+
+    def _ttl(self) -> dict[str, Any]:
+        x = self.rnd.random()
+        if x < 0.1:
+            return {"ttl": 86_400, "now": self.now}
+        if x < 0.18:
+            return {"ttl": 60, "now": self.now - 100_000}  # expired before it arrives: writes nothing
+        return {"now": self.now}
+
+    def _one(self) -> ChangeEvent:
+        from tests.unit import mergekit as mk
+
+        r = self.rnd
+        ts = r.randint(1, 3000)
+        table = r.choice(self.TABLES)
+
+        def word() -> str:
+            return r.choice("abcdefgh")
+
+        x = r.random()
+        if table == "kv":
+            k = (r.randint(1, 25),)
+            if x < 0.4:
+                return mk.insert("kv", k, ts, v=word(), n=r.randint(-5, 5), **self._ttl())
+            if x < 0.7:
+                return mk.update("kv", k, ts, **({"v": r.choice([word(), None])} if r.random() < 0.5
+                                                  else {"n": r.randint(0, 9)}), **self._ttl())
+            if x < 0.85:
+                return mk.delete_columns("kv", k, ts, r.choice(["v", "n"]), now=self.now)
+            return mk.delete_row("kv", k, ts, now=self.now)
+        if table == "t":
+            key = (r.randint(1, 5), r.randint(1, 6))
+            if x < 0.45:
+                return mk.insert("t", key, ts, v=word(), w=word(), **self._ttl())
+            if x < 0.7:
+                return mk.update("t", key, ts, w=r.choice([word(), None]), **self._ttl())
+            if x < 0.9:
+                return mk.delete_row("t", key, ts, now=self.now)
+            return mk.delete_partition("t", key[:1], ts, now=self.now)
+        if table == "r":
+            k = (r.randint(1, 3),)
+            if x < 0.6:
+                return mk.insert("r", (*k, r.randint(1, 3), r.randint(1, 4)), ts, v=r.randint(0, 99), **self._ttl())
+            if x < 0.85:
+                a = r.randint(1, 3)
+                b = r.randint(a, 3)
+                lo, hi = r.randint(1, 4), r.randint(1, 4)
+                if a == b:
+                    lo, hi = min(lo, hi), max(lo, hi)
+                start = (a, lo) if r.random() < 0.5 else (a,)
+                end = (b, hi) if r.random() < 0.5 else (b,)
+                return mk.delete_range("r", k, start, r.random() < 0.5 or len(start) == 1, end,
+                                       r.random() < 0.5 or len(end) == 1, ts, now=self.now)
+            if x < 0.95:
+                return mk.delete_row("r", (*k, r.randint(1, 3), r.randint(1, 4)), ts, now=self.now)
+            return mk.delete_partition("r", k, ts, now=self.now)
+        if table == "st":
+            sk = r.randint(1, 4)
+            if x < 0.35:
+                return mk.insert("st", (sk, r.randint(1, 4)), ts, v=word(), **self._ttl())
+            if x < 0.55:
+                return mk.insert("st", (sk, r.randint(1, 4)), ts, s=word(), v=word(), **self._ttl())
+            if x < 0.75:
+                return mk.update("st", (sk,), ts, s=r.choice([word(), None]), **self._ttl())
+            if x < 0.9:
+                return mk.delete_columns("st", (sk,), ts, "s", now=self.now)
+            return mk.delete_row("st", (sk, r.randint(1, 4)), ts, now=self.now)
+        k = (r.randint(1, 6),)
+        if x < 0.3:
+            return mk.insert("col", k, ts, s=[word(), word()], l=[word()], m={word(): r.randint(0, 9)},
+                             fs=[word()], **self._ttl())
+        if x < 0.55:
+            col = r.choice(["s", "l", "m"])
+            value: Any = {word(): r.randint(0, 9)} if col == "m" else [word()]
+            return mk.update("col", k, ts, whole=r.random() < 0.5, **{col: value}, **self._ttl())
+        if x < 0.75:
+            col = r.choice(["s", "m"])
+            path = word()
+            cell = Cell(None, ts, deleted=True, local_deletion_time=self.now, path=path)
+            return mk.elements("col", k, ts, col, (cell,))
+        if x < 0.9:
+            return mk.delete_columns("col", k, ts, r.choice(["s", "l", "m", "fs"]), now=self.now)
+        return mk.delete_row("col", k, ts, now=self.now)
+
+    def next(self) -> ChangeEvent:
+        duplicate = self.sent and self.rnd.random() < 0.1  # a replica duplicate, arriving later
+        ev = self.rnd.choice(self.sent[-200:]) if duplicate else self._one()
+        self.sent.append(ev)
+        return ev
