@@ -1,9 +1,14 @@
 """Wires the apply process: consumer → decode → merge → batcher → writer → checkpoint (asyncio + uvloop).
 
 One TaskGroup: a poller (Kafka consume in a thread), a dispatcher (ready batches into a bounded queue), writers
-(``apply.concurrency`` of them), and a maintenance task (TTL expiry and grace purge every
-``apply.purge_interval_s``).  A task that dies stops the others and the process says why.  ``stop`` (SIGTERM,
-SIGINT) stops polling, applies what was read, commits, and returns 0 within 10 s.
+(``apply.concurrency`` of them), a maintenance task (TTL expiry and grace purge every ``apply.purge_interval_s``)
+and a watcher (every ``WATCH_S``: probes Kafka and PostgreSQL for ``/health``, publishes consumer lag).  A task
+that dies stops the others and the process says why.  ``stop`` (SIGTERM, SIGINT) stops polling, applies what was
+read, commits, and returns 0 within 10 s.
+
+``/health`` conditions: ``kafka`` and ``postgres`` (reachable, with the error when not) and ``circuit`` (the batch
+writes' breaker: the last failure while failing).  While a dependency is down at start, the process waits for it
+(``/health`` 503 says which) instead of exiting; during an outage batches are retried, maintenance waits.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import asyncio
 import contextlib
 import signal
 import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -24,26 +31,79 @@ from cdcpipe.apply.deadletter import DeadLetterer
 from cdcpipe.apply.decode import SchemaReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
+from cdcpipe.errors import CdcpipeError
 from cdcpipe.runtime import Health
+
+T = TypeVar("T")
 
 log = structlog.get_logger(__name__)
 DRAIN_S = 8.0
+WATCH_S = 2.0  # period of the health probes and lag gauge
+PROBE_TIMEOUT_S = 5.0
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health, stop: asyncio.Event) -> T | None:
+    """Run a start-up ``step`` until it succeeds (None if ``stop`` is set first); while it fails, ``name`` is
+    unhealthy with the error.  Backoff 1 s → 30 s."""
+    delay = 1.0
+    while True:
+        try:
+            result = await step()
+            health.ok(name)
+            return result
+        except Exception as exc:  # any failure to reach the dependency: report and wait
+            health.fail(name, f"unreachable: {_reason(exc)}")
+            log.warning("dependency unreachable at start, retrying", dependency=name, error=_reason(exc),
+                        retry_in_s=delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return None
+        delay = min(delay * 2, 30.0)
 
 
 async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
     from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient
 
     cfg, group = settings.apply, settings.apply.group_id
-    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(),
-                                     min_size=settings.postgres.pool_min_size, max_size=settings.postgres.pool_max_size)
-    await checkpoint.ensure(pool)
+    dsn = settings.require("postgres.dsn").get_secret_value()
     kafka = settings.kafka.client_config()
+    admin = AdminClient(kafka)
+    health.fail("kafka", "not reached yet")
+    health.fail("postgres", "not reached yet")
+
+    async def connect() -> Any:
+        p = await asyncpg.create_pool(dsn, min_size=settings.postgres.pool_min_size,
+                                      max_size=settings.postgres.pool_max_size, timeout=PROBE_TIMEOUT_S)
+        try:
+            await checkpoint.ensure(p)
+        except BaseException:
+            await p.close()
+            raise
+        return p
+    pool = await _until_up("postgres", connect, health, stop)
+    if pool is None:
+        return 0
     dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
                        cfg.dlq_topic or f"{settings.kafka.topic_prefix}.dlq", group)
-    await dlq.ensure()
     reader = SchemaReader(Consumer({**kafka, "group.id": f"{group}-schemas-{uuid.uuid4().hex[:8]}",
                                     "enable.auto.commit": False}), f"{settings.kafka.topic_prefix}.schemas")
-    await asyncio.to_thread(reader.catch_up)
+
+    async def ensure_dlq() -> bool:
+        await dlq.ensure()
+        return True
+
+    async def catch_up() -> int:
+        return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
+    if await _until_up("postgres", ensure_dlq, health, stop) is None or \
+            await _until_up("kafka", catch_up, health, stop) is None:
+        await pool.close()
+        return 0
     loop = asyncio.get_running_loop()
     batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
 
@@ -55,12 +115,11 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
                                                               loop).result(60),
         on_revoke=revoked)
     writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
-    applier = BatchApplier(writer, reader, dlq, group, CircuitBreaker(health, "postgres", cfg.circuit_failures))
+    applier = BatchApplier(writer, reader, dlq, group, CircuitBreaker(health, "circuit", cfg.circuit_failures))
     queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
     polling_done = asyncio.Event()
 
     async def poll() -> None:
-        health.ok("kafka")
         while not stop.is_set():
             if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency * 2:
                 await asyncio.sleep(0.01)  # backpressure: writers are behind
@@ -93,12 +152,36 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), cfg.purge_interval_s)
-            for table in list(applier.tables.values()):
-                while await writer.expire(table) > 0 and not stop.is_set():
-                    pass
-                await writer.purge(table)
+            try:
+                for table in list(applier.tables.values()):
+                    while await writer.expire(table) > 0 and not stop.is_set():
+                        pass
+                    await writer.purge(table)
+            except CdcpipeError as exc:  # PostgreSQL down: the next round catches up
+                if not exc.retriable:
+                    raise
+                log.warning("maintenance failed, retrying next round", error=str(exc))
+
+    def probe_kafka() -> None:
+        meta = admin.list_topics(timeout=PROBE_TIMEOUT_S)
+        if not meta.brokers:
+            raise ConnectionError("no broker in the metadata")
+
+    async def probe(name: str, check: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await asyncio.wait_for(check(), PROBE_TIMEOUT_S + 1)
+            health.ok(name)
+        except Exception as exc:
+            health.fail(name, f"unreachable: {_reason(exc) or type(exc).__name__}")
+
+    async def watch() -> None:
+        while not stop.is_set():
+            await asyncio.gather(probe("kafka", lambda: asyncio.to_thread(probe_kafka)),
+                                 probe("postgres", lambda: pool.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)))
             for (topic, partition), lag in (await asyncio.to_thread(consumer.lag)).items():
                 metrics.LAG.labels(topic, str(partition)).set(lag)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_S)
 
     try:
         async with asyncio.TaskGroup() as tasks:
@@ -107,6 +190,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
             for _ in range(cfg.concurrency):
                 tasks.create_task(write())
             tasks.create_task(maintain())
+            tasks.create_task(watch())
     finally:
         await asyncio.to_thread(consumer.close)
         await pool.close()
