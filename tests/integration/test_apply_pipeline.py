@@ -88,7 +88,10 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
         async def done() -> bool:
             if task.done():
                 task.result()
-            n = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+            try:
+                n = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+            except asyncpg.UndefinedTableError:  # a fresh database: apply has not created it yet
+                return False
             return n == len(payloads)
         await wait_for(done)
         rows = await pool.fetch(f"SELECT k, v, n FROM {target} ORDER BY k")
