@@ -78,8 +78,10 @@ class Layout:
     def key_columns(self) -> tuple[str, ...]:
         return tuple(c.name for c in (*self.table.partition_key, *self.table.clustering))
 
-    def ddl(self) -> list[str]:
-        """Statements creating the schema and the three tables and adding missing columns."""
+    def ddl(self, existing: frozenset[str] | None = None) -> list[str]:
+        """Statements creating the schema and the three tables and adding missing columns.  ``existing``: the
+        target table's current columns when it exists (then only the missing ones are added; ``ALTER TABLE``
+        takes an exclusive lock even when the column exists)."""
         cols = [f"{ident(c.name)} {pg_type(c.type)}" + (" NOT NULL" if c.kind in ("partition_key", "clustering")
                                                            else "") for c in self.columns]
         pk = ", ".join(ident(n) for n in self.key_columns)
@@ -99,9 +101,13 @@ class Layout:
             f"CREATE TABLE IF NOT EXISTS {self.partitions} (_cdc_partition bytea PRIMARY KEY, "
             "_cdc_meta jsonb NOT NULL, _cdc_purge_after timestamptz)",
         ]
-        stmts += [f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {ident(c.name)} {pg_type(c.type)}"
-                  for c in self.columns if c.kind not in ("partition_key", "clustering")]
-        return stmts
+        return [*stmts, *self.column_ddl(existing)]
+
+    def column_ddl(self, existing: frozenset[str] | None = None) -> list[str]:
+        """``ALTER TABLE`` adding the non-key columns missing from ``existing`` (None: every column)."""
+        return [f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {ident(c.name)} {pg_type(c.type)}"
+                for c in self.columns if c.kind not in ("partition_key", "clustering")
+                and (existing is None or c.name not in existing)]
 
     def staging_ddl(self) -> str:
         cols = ", ".join(ident(c) for c in self.record_columns)

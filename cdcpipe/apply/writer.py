@@ -17,6 +17,7 @@ A failure raises :class:`cdcpipe.errors.ApplyError` (``retriable`` by SQLSTATE c
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -69,23 +70,40 @@ class BatchWriter:
         self._prefix = schema_prefix
         self._clock = clock
         self._layouts: dict[TableSchema, Layout] = {}
+        self._preparing: dict[TableSchema, asyncio.Lock] = {}
 
     async def prepare(self, table: TableSchema) -> Layout:
-        """Create (or add columns to) the table's PostgreSQL tables once per table schema version."""
+        """Create (or add columns to) the table's PostgreSQL tables once per table schema version.
+
+        One writer task of this process runs the DDL while the others wait; DDL that would take a lock
+        (creating, altering) runs only when something is missing, so apply processes already writing the table
+        are not blocked (and cannot deadlock with it)."""
         found = self._layouts.get(table)
         if found is not None:
             return found
-        lay = layout(table, self._prefix)
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_DDL)
-                await ckpt.ensure(conn)
-                for stmt in lay.ddl():
-                    await conn.execute(stmt)
-        except Exception as exc:
-            raise postgres_error(exc, table=table.name) from exc
-        self._layouts[table] = lay
-        return lay
+        async with self._preparing.setdefault(table, asyncio.Lock()):
+            found = self._layouts.get(table)
+            if found is not None:
+                return found
+            lay = layout(table, self._prefix)
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_DDL)
+                    await ckpt.ensure(conn)
+                    found_rel = await conn.fetch(
+                        "SELECT c.relname, array_agg(a.attname::text) AS cols FROM pg_class c "
+                        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+                        "LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+                        "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) GROUP BY c.relname",
+                        lay.schema, [table.table, table.table + "$shadow", table.table + "$partition"])
+                    rels = {r["relname"]: frozenset(r["cols"]) for r in found_rel}
+                    stmts = lay.column_ddl(rels[table.table]) if len(rels) == 3 else lay.ddl()
+                    for stmt in stmts:
+                        await conn.execute(stmt)
+            except Exception as exc:
+                raise postgres_error(exc, table=table.name) from exc
+            self._layouts[table] = lay
+            return lay
 
     async def write(self, table: TableSchema, events: Sequence[Positioned], checkpoint: Checkpoint | None,
                     *, extra_keys: Iterable[merge.RowKey] = ()) -> WriteResult:

@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Apply throughput from Kafka into PostgreSQL, against two references, on >= 500,000 events of a 10-column table.
+
+Pre-produces ``--events`` change events (INSERTs of distinct keys, every column written, the real capture
+encoding: ``cdcpipe.avro`` single-object Avro + the ``<prefix>.schemas`` topic) into a fresh topic of
+``--partitions`` partitions under a unique topic prefix, then measures alternately, ``--rounds`` times:
+
+- apply: ``cdcpipe apply`` as a subprocess (fresh consumer group and PostgreSQL schema each round) until its
+  checkpoints reach the end of every partition; events/s from its first checkpoint to its last (steady state;
+  the figure from process start is printed too), and its peak RSS (``VmHWM`` from ``/proc``);
+- ceiling: the same rows, typed, straight from memory, merged into a fresh table of the same 10 columns by
+  batches of ``COPY`` into a temporary staging table + one ``INSERT … SELECT … ON CONFLICT DO UPDATE``
+  (what any sink must at least pay PostgreSQL);
+- executemany: the same rows written by batched ``executemany`` of ``INSERT … ON CONFLICT DO UPDATE`` (what
+  JDBC sinks do).
+
+Both references use the same batch size and number of concurrent connections as apply.  The machine is a
+noisy shared 2-core one: medians of rounds, and ratios rather than absolute figures.  The last line is
+``RESULT apply_per_s=... ceiling_per_s=... executemany_per_s=... ceiling_ratio=... executemany_ratio=...
+rss_mb=...``.  Run it with the stack up: ``eval "$(deploy/local/stack env)"; .venv/bin/python bench/apply.py``
+(``--events 100000 --rounds 1`` for a quick run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import multiprocessing
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
+
+from cdcpipe import avro  # noqa: E402
+from cdcpipe.capture.schema import parse_cql_schema  # noqa: E402
+from cdcpipe.config import load_settings  # noqa: E402
+from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Liveness, Op, Source  # noqa: E402
+from cdcpipe.typemap import serialize  # noqa: E402
+
+(TABLE,) = parse_cql_schema(
+    "CREATE TABLE bench.t10 (id bigint PRIMARY KEY, c1 int, c2 text, c3 double, c4 bigint, c5 boolean, "
+    "c6 timestamp, c7 uuid, c8 text, c9 int) WITH id = 00000000-0000-0000-0000-0000000b0010;")
+COLUMNS = ("id", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9")
+PG_TYPES = ("bigint", "integer", "text", "double precision", "bigint", "boolean", "timestamptz", "uuid", "text",
+            "integer")
+_UTC = datetime.UTC
+
+
+def make_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
+    """``n`` rows of distinct keys, values as cassandra-driver types them (timestamps naive UTC)."""
+    rng = random.Random(seed)
+    base = datetime.datetime(2024, 1, 1)
+    keys = rng.sample(range(1, 1 << 62), n)
+    return [(k, rng.randint(-(1 << 31), (1 << 31) - 1), "name-" + str(rng.getrandbits(40)), rng.random() * 1e6,
+             rng.getrandbits(63), rng.random() < 0.5, base + datetime.timedelta(milliseconds=rng.getrandbits(34)),
+             uuid.UUID(int=rng.getrandbits(128), version=4), "x" * rng.randint(10, 60), rng.randint(0, 1000))
+            for k in keys]
+
+
+def _produce_slice(args: tuple[list[tuple[Any, ...]], int, str, dict[str, Any]]) -> int:
+    rows, first, topic, kafka = args
+    schema = avro.table_schema(TABLE)
+    producer = Producer({**kafka, "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4",
+                         "queue.buffering.max.messages": 1_000_000})
+    types = [c.type for c in TABLE.regular]
+    names = [c.name for c in TABLE.regular]
+    src = Source("bench", "dc1", "n1", "bench", "t10", TABLE.table_id, 1, 0)
+    ts = 1_700_000_000_000_000
+    for i, row in enumerate(rows, first):
+        cells = tuple(ColumnChange(n, (Cell(v, ts + i, raw=serialize(t, v)),))
+                      for n, t, v in zip(names, types, row[1:], strict=True))
+        key = serialize(TABLE.partition_key[0].type, row[0])
+        ev = ChangeEvent(i.to_bytes(16, "big"), Op.UPSERT, ts + i, src, (row[0],), liveness=Liveness(ts + i),
+                         columns=cells)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=avro.encode(ev, schema, (key,)))
+                break
+            except BufferError:
+                producer.poll(0.1)
+        if i % 10_000 == 0:
+            producer.poll(0)
+    assert producer.flush(120) == 0
+    return len(rows)
+
+
+def produce(rows: list[tuple[Any, ...]], prefix: str, partitions: int, kafka: dict[str, Any], procs: int) -> str:
+    """Encode and produce every row as an INSERT event, in ``procs`` processes (Avro encoding is the slow part)."""
+    topic, schemas_topic = f"{prefix}.bench.t10", f"{prefix}.schemas"
+    admin = AdminClient(kafka)
+    for f in admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(schemas_topic, 1, 1)]).values():
+        f.result(30)
+    schema = avro.table_schema(TABLE)
+    producer = Producer(kafka)
+    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    assert producer.flush(30) == 0
+    step = -(-len(rows) // procs)
+    slices = [(rows[i:i + step], i, topic, kafka) for i in range(0, len(rows), step)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        assert sum(pool.map(_produce_slice, slices)) == len(rows)
+    return topic
+
+
+def _pg_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(*r[:6], r[6].replace(tzinfo=_UTC), *r[7:]) for r in rows]
+
+
+async def _fresh_table(conn: Any, schema: str) -> str:
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    cols = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, PG_TYPES, strict=True))
+    await conn.execute(f'CREATE TABLE "{schema}".t10 ({cols}, PRIMARY KEY (id))')
+    return f'"{schema}".t10'
+
+
+async def _run_batches(dsn: str, rows: list[tuple[Any, ...]], batch: int, concurrency: int, schema: str,
+                       write: Any) -> float:
+    pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
+    try:
+        async with pool.acquire() as conn:
+            target = await _fresh_table(conn, schema)
+        chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+        queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
+        for c in chunks:
+            queue.put_nowait(c)
+
+        async def worker() -> None:
+            async with pool.acquire() as conn:
+                while not queue.empty():
+                    chunk = queue.get_nowait()
+                    async with conn.transaction():
+                        await write(conn, target, chunk)
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        secs = time.perf_counter() - t0
+        async with pool.acquire() as conn:
+            assert await conn.fetchval(f"SELECT count(*) FROM {target}") == len(rows)
+            await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+        return secs
+    finally:
+        await pool.close()
+
+
+_UPDATE = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS[1:])
+
+
+async def _copy_merge(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> None:
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stg_t10 ON COMMIT DELETE ROWS AS "
+                       f"SELECT * FROM {target} WITH NO DATA")
+    await conn.copy_records_to_table("stg_t10", records=chunk, columns=list(COLUMNS))
+    await conn.execute(f"INSERT INTO {target} SELECT * FROM stg_t10 ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+
+
+async def _executemany(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> None:
+    params = ", ".join(f"${i + 1}" for i in range(len(COLUMNS)))
+    await conn.executemany(f"INSERT INTO {target} ({', '.join(COLUMNS)}) VALUES ({params}) "
+                           f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}", chunk)
+
+
+def _vm(pid: int, field: str) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: int, rnd: int,
+                    profile: Path | None) -> tuple[float, float, int]:
+    """(steady events/s, events/s from process start, peak RSS bytes) of one ``cdcpipe apply`` run."""
+    run = f"{prefix}_{uuid.uuid4().hex[:6]}_r{rnd}"  # fresh consumer group and schema, also on kept topics
+    group = run
+    env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_APPLY__GROUP_ID": group,
+           "CDCPIPE_POSTGRES__SCHEMA_PREFIX": run + "_", "CDCPIPE_APPLY__BATCH__MAX_ROWS": str(batch),
+           "CDCPIPE_APPLY__CONCURRENCY": str(concurrency), "CDCPIPE_OBSERVABILITY__HTTP_PORT": "0",
+           "CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"}
+    cmd = [sys.executable, "-m", "cdcpipe", "apply"]
+    if profile is not None:
+        cmd = [sys.executable, "-m", "pyinstrument", "-o", str(profile), "-r", "text", "-m", "cdcpipe", "apply"]
+    conn = await asyncpg.connect(dsn)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    first: tuple[float, int] | None = None
+    peak = 0
+    try:
+        while True:
+            await asyncio.sleep(0.05)
+            if proc.poll() is not None:
+                raise SystemExit(f"cdcpipe apply exited with {proc.returncode}")
+            peak = max(peak, _vm(proc.pid, "VmHWM"))
+            done = await conn.fetchval("SELECT sum(next_offset) FROM cdcpipe_checkpoints WHERE group_id = $1", group)
+            now = time.perf_counter()
+            if done is not None and first is None:
+                first = (now, int(done))
+            if done is not None and int(done) >= total:
+                break
+        assert first is not None
+        steady = (total - first[1]) / (now - first[0]) if now > first[0] and total > first[1] else total / (now - t0)
+        return steady, total / (now - t0), peak
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        await conn.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", group)
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{run}_bench" CASCADE')
+        await conn.close()
+
+
+async def amain(args: argparse.Namespace) -> int:
+    settings = load_settings()
+    dsn = settings.require("postgres.dsn").get_secret_value()
+    kafka = settings.kafka.client_config()
+    rows = make_rows(args.events)
+    prefix = args.prefix or f"bench{uuid.uuid4().hex[:8]}"
+    if args.prefix is None:
+        t0 = time.perf_counter()
+        produce(rows, prefix, args.partitions, kafka, os.cpu_count() or 2)
+        print(f"produced {len(rows)} events to {prefix}.bench.t10 ({args.partitions} partitions) in "
+              f"{time.perf_counter() - t0:.1f} s", flush=True)
+    pg_rows = _pg_rows(rows)
+    applies, starts, ceilings, manys, peaks = [], [], [], [], []
+    try:
+        for r in range(args.rounds):
+            secs = await _run_batches(dsn, pg_rows, args.batch, args.concurrency, f"{prefix}_ceiling", _copy_merge)
+            ceilings.append(len(rows) / secs)
+            secs = await _run_batches(dsn, pg_rows, args.batch_executemany, args.concurrency, f"{prefix}_many",
+                                      _executemany)
+            manys.append(len(rows) / secs)
+            steady, start, peak = await run_apply(dsn, prefix, len(rows), args.batch, args.concurrency, r,
+                                                  args.profile if r == 0 else None)
+            applies.append(steady)
+            starts.append(start)
+            peaks.append(peak)
+            print(f"  round {r + 1}: apply {steady:.0f}/s ({start:.0f}/s from start, peak RSS "
+                  f"{peak / 2**20:.0f} MB), ceiling {ceilings[-1]:.0f}/s, executemany {manys[-1]:.0f}/s", flush=True)
+    finally:
+        if args.keep:
+            print(f"kept topics: rerun with --prefix {prefix} --events {args.events}", flush=True)
+        else:
+            AdminClient(kafka).delete_topics([f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq"])
+    a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)
+    print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions; "
+          f"apply from process start {statistics.median(starts):.0f}/s")
+    print(f"RESULT apply_per_s={a:.0f} ceiling_per_s={c:.0f} executemany_per_s={m:.0f} ceiling_ratio={a / c:.3f} "
+          f"executemany_ratio={a / m:.2f} rss_mb={max(peaks) / 2**20:.0f}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=500_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--partitions", type=int, default=4, help="partitions of the event topic")
+    parser.add_argument("--batch", type=int, default=5000, help="rows per batch (apply.batch.max_rows, COPY)")
+    parser.add_argument("--batch-executemany", type=int, default=1000, help="rows per executemany batch")
+    parser.add_argument("--concurrency", type=int, default=4, help="apply.concurrency and reference connections")
+    parser.add_argument("--keep", action="store_true", help="keep the produced topics for later runs")
+    parser.add_argument("--prefix", help="measure topics kept earlier with --keep (same --events) instead of "
+                        "producing new ones")
+    parser.add_argument("--profile", type=Path, metavar="FILE",
+                        help="run the first apply round under pyinstrument, text report to FILE")
+    return asyncio.run(amain(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
