@@ -106,7 +106,7 @@ def _complex_value(t: CqlType, c: ComplexState, now: int, acc: _Acc) -> Any:
     if t.name == "map":
         live.sort(key=lambda pv: order_key(t.params[0], pv[0]))
         return [(deserialize(t.params[0], p), _value(t.params[1], v)) for p, v in live]
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = dict.fromkeys(t.field_names)  # every field, as Cassandra and frozen UDTs render it
     for p, v in sorted(live):
         idx = int.from_bytes(p, "big")
         if idx < len(t.params):
