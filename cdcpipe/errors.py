@@ -188,6 +188,8 @@ class UnsupportedTableError(ApplyError):
 # (serialization failure, deadlock), insufficient resources, operator intervention (shutdown, restart),
 # system error.  Everything else (data exception 22, integrity constraint 23, ...) is permanent.
 RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
+# Single states of otherwise permanent classes that clear up by themselves: lock_not_available (lock_timeout).
+RETRIABLE_SQLSTATES = frozenset({"55P03"})
 
 
 def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", partition: int = -1,
@@ -198,7 +200,7 @@ def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", part
 
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
-        retriable = sqlstate[:2] in RETRIABLE_SQLSTATE_CLASSES
+        retriable = sqlstate[:2] in RETRIABLE_SQLSTATE_CLASSES or sqlstate in RETRIABLE_SQLSTATES
     else:  # no SQLSTATE: the connection broke (socket error, closed connection, timeout)
         retriable = isinstance(exc, OSError | TimeoutError | InterfaceError)
     return ApplyError(f"{type(exc).__name__}: {exc}", table=table, topic=topic, partition=partition, offset=offset,

@@ -107,3 +107,4 @@ def test_cli_reports_bad_settings_in_one_line_with_status_2(
     assert err.count("\n") == 1
     assert "kafka.security_protocol (CDCPIPE_KAFKA__SECURITY_PROTOCOL)" in err
     assert "Traceback" not in err
+
