@@ -1,0 +1,603 @@
+"""The fidelity harness: capture and apply as processes, a seeded workload, and the proof that PostgreSQL holds
+what Cassandra returns.
+
+Usable by tests and by hand (``python -m tests.e2e.harness --ops 20000`` against the stack in the environment).
+One run (:func:`run_fidelity`):
+
+1. create the demo keyspace (``cdcpipe.workload``) and a fence table, start one ``cdcpipe capture`` per node
+   and one ``cdcpipe apply`` (unique topic prefix and consumer group, ``apply.purge_interval_s`` 1 s);
+2. drive the workload (a ``during`` callback may inject faults meanwhile);
+3. write a fence row; once the read_committed event log holds the fence from every node, every earlier change is
+   in Kafka; read every table topic to its end;
+4. wait until apply's checkpoint rows reach the last committed record of every partition, and until short TTLs
+   have expired and apply re-viewed the rows they changed;
+5. compare every table (:func:`cdcpipe.fidelity.compare`), count dead letters (PostgreSQL table and both DLQ
+   topics), and check that every event was applied once: each node's stream holds each ``event_id`` once, and
+   the audit of checkpoint moves (a trigger on ``cdcpipe_checkpoints``) is one contiguous chain per partition.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import asyncpg
+from cassandra.cluster import Cluster, Session
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from cdcpipe import fidelity, workload
+from cdcpipe.avro import SchemaCache, decode
+
+ROOT = Path(__file__).resolve().parents[2]
+STACK = ROOT / "deploy" / "local" / "stack"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:8]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---------------------------------------------------------------------------------------------- the stack
+
+
+@dataclass(frozen=True)
+class StackEnv:
+    """Where a stack's services are: ``env`` is the ``deploy/local/stack env`` output (CDCPIPE_* settings)."""
+
+    env: dict[str, str]
+
+    @property
+    def hosts(self) -> list[str]:
+        return [h.rsplit(":", 1)[0] for h in self.env["CDCPIPE_CASSANDRA__HOSTS"].split(",")]
+
+    @property
+    def cdc_raw_dirs(self) -> list[str]:
+        return [self.env[f"CDCPIPE_STACK_CDC_RAW_DIR_{i}"] for i in range(1, len(self.hosts) + 1)]
+
+    @property
+    def bootstrap(self) -> str:
+        return self.env["CDCPIPE_KAFKA__BOOTSTRAP_SERVERS"]
+
+    @property
+    def dsn(self) -> str:
+        return self.env["CDCPIPE_POSTGRES__DSN"]
+
+
+def stack_cmd(stack_env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``deploy/local/stack ARGS`` with the given ``CDCPIPE_STACK_*`` knobs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDCPIPE_STACK_")}
+    env.update(stack_env)
+    return subprocess.run([str(STACK), *args], capture_output=True, text=True, timeout=timeout, check=False,
+                          env=env)
+
+
+def stack_env_of(knobs: dict[str, str]) -> StackEnv:
+    out = stack_cmd(knobs, "env")
+    assert out.returncode == 0, out.stderr
+    env: dict[str, str] = {}
+    for line in out.stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    return StackEnv(env)
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+class Proc:
+    """One ``cdcpipe`` process (capture or apply) with its own settings, log and /metrics port."""
+
+    def __init__(self, name: str, command: str, env: dict[str, str], log: Path) -> None:
+        self.name, self.command, self.log = name, command, log
+        self.port = free_port()
+        self.env = {**env, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
+                    "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1"}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+        self.kills = 0
+
+    def start(self) -> Proc:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as out:
+            out.write(f"\n==== start {self.starts + 1} at {time.time():.3f}\n".encode())
+            out.flush()
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", self.command], env=self.env,
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.starts += 1
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill9(self) -> None:
+        if self.alive:
+            assert self.proc is not None
+            self.proc.kill()
+            self.proc.wait(20)
+            self.kills += 1
+
+    def stop(self, timeout: float = 20) -> int | None:
+        """SIGTERM, then SIGKILL after ``timeout``; the exit status (None if it was not running)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def metrics(self) -> dict[str, float]:
+        """The process's /metrics as ``{"name{labels}": value}`` (empty when it does not answer)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[name] = float(value)
+        return out
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    total = 0.0
+    for key, value in metrics.items():
+        base, _, rest = key.partition("{")
+        if base != name:
+            continue
+        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
+            total += value
+    return total
+
+
+class Pipeline:
+    """One capture per Cassandra node and one apply, sharing a unique topic prefix and consumer group."""
+
+    def __init__(self, stack: StackEnv, keyspace: str, workdir: Path, *, partitions: int = 3,
+                 extra: dict[str, str] | None = None) -> None:
+        self.stack = stack
+        self.prefix = unique("e2e")
+        self.group = self.prefix
+        base = {**os.environ, **stack.env, "CDCPIPE_KAFKA__TOPIC_PREFIX": self.prefix,
+                "CDCPIPE_OBSERVABILITY__LOG_FORMAT": "json", **(extra or {})}
+        self.captures = [
+            Proc(f"capture-{i}", "capture", {
+                **base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": raw, "CDCPIPE_CAPTURE__NODE_ID": f"node-{i}",
+                "CDCPIPE_CASSANDRA__HOSTS": f"{host}:9042", "CDCPIPE_CAPTURE__INCLUDE_TABLES": f"{keyspace}.*",
+                "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": str(partitions)}, workdir / f"capture-{i}.log")
+            for i, (host, raw) in enumerate(zip(stack.hosts, stack.cdc_raw_dirs, strict=True), 1)]
+        self.apply = Proc("apply", "apply", {
+            **base, "CDCPIPE_APPLY__GROUP_ID": self.group, "CDCPIPE_APPLY__PURGE_INTERVAL_S": "1",
+            "CDCPIPE_APPLY__BATCH__MAX_WAIT_MS": "100", "CDCPIPE_POSTGRES__POOL_MAX_SIZE": "6"},
+            workdir / "apply.log")
+
+    @property
+    def procs(self) -> list[Proc]:
+        return [*self.captures, self.apply]
+
+    def start(self) -> Pipeline:
+        for p in self.procs:
+            p.start()
+        return self
+
+    def check_alive(self) -> None:
+        for p in self.procs:
+            assert p.alive, f"{p.name} exited ({p.proc.returncode if p.proc else '?'}):\n{p.tail()}"
+
+    def stop(self) -> dict[str, int | None]:
+        return {p.name: p.stop() for p in self.procs}
+
+
+# ---------------------------------------------------------------------------------------------- Kafka side
+
+
+class EventLog:
+    """Reads every table topic of ``<prefix>.<keyspace>.*`` with read_committed, decoding each event."""
+
+    def __init__(self, bootstrap: str, prefix: str, keyspace: str) -> None:
+        conf = {"bootstrap.servers": bootstrap, "group.id": unique("e2e-log"), "enable.auto.commit": False,
+                "isolation.level": "read_committed", "auto.offset.reset": "earliest",
+                "topic.metadata.refresh.interval.ms": 1000}
+        self.prefix, self.keyspace = prefix, keyspace
+        self.consumer = Consumer(conf)
+        self.consumer.subscribe([f"^{prefix}\\.{keyspace}\\..*"])
+        self._schemas_consumer = Consumer({**conf, "group.id": unique("e2e-schemas")})
+        self._schemas_assigned = False
+        self.schemas = SchemaCache()
+        self.last: dict[tuple[str, int], int] = {}
+        self.ids: Counter[tuple[str, bytes]] = Counter()  # (node, event_id) -> copies
+        self.per_table: Counter[str] = Counter()
+        self.fences: dict[str, set[str]] = {}
+        self.total = 0
+
+    def _load_schemas(self) -> None:
+        topic = f"{self.prefix}.schemas"
+        if not self._schemas_assigned:
+            meta = self._schemas_consumer.list_topics(topic, timeout=10).topics.get(topic)
+            if meta is None or meta.error is not None:
+                return
+            self._schemas_consumer.assign([TopicPartition(topic, p, -2) for p in meta.partitions])
+            self._schemas_assigned = True
+        while (msg := self._schemas_consumer.poll(0.5)) is not None:
+            if msg.error() is None and msg.value():
+                self.schemas.add(msg.value())
+
+    def poll(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            msgs = self.consumer.consume(2000, 0.2)
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    assert err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART), err
+                    continue
+                topic, part, offset = str(msg.topic()), int(msg.partition() or 0), int(msg.offset() or 0)
+                if offset <= self.last.get((topic, part), -1):
+                    continue  # read again after a rebalance (new topics join the subscription)
+                self.last[(topic, part)] = offset
+                value = msg.value() or b""
+                if self.schemas.get(value[2:10]) is None:
+                    self._load_schemas()
+                ev = decode(value, self.schemas.get)
+                self.ids[(ev.source.node, ev.event_id)] += 1
+                self.per_table[ev.source.table] += 1
+                self.total += 1
+                if ev.source.table == FENCE_TABLE:
+                    self.fences.setdefault(str(ev.partition_key[0]), set()).add(ev.source.node)
+
+    def at_end(self) -> bool:
+        """Every assigned partition read up to its high watermark."""
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        for tp in self.consumer.position(assignment):
+            _, high = self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            if (tp.offset < 0 and high > 0) or (tp.offset >= 0 and tp.offset < high):
+                return False
+        return True
+
+    def duplicates_within_a_node(self) -> int:
+        return sum(n - 1 for n in self.ids.values() if n > 1)
+
+    def distinct_events(self) -> int:
+        return len({eid for _, eid in self.ids})
+
+    def close(self) -> None:
+        self.consumer.close()
+        self._schemas_consumer.close()
+
+
+def dlq_messages(bootstrap: str, prefix: str) -> dict[str, int]:
+    """Messages on ``<prefix>.dlq`` (apply) and ``<prefix>.capture-dlq`` (capture); absent topics count 0."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-dlq")})
+    out = {}
+    try:
+        for topic in (f"{prefix}.dlq", f"{prefix}.capture-dlq"):
+            meta = c.list_topics(topic, timeout=10).topics.get(topic)
+            n = 0
+            if meta is not None and meta.error is None:
+                for p in meta.partitions:
+                    low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                    n += high - low
+            out[topic] = n
+    finally:
+        c.close()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- PostgreSQL side
+
+AUDIT_DDL = [
+    "SELECT pg_advisory_xact_lock(6366)",
+    "CREATE TABLE IF NOT EXISTS cdcpipe_checkpoints (group_id text NOT NULL, topic text NOT NULL, "
+    "partition integer NOT NULL, next_offset bigint NOT NULL, updated_at timestamptz NOT NULL DEFAULT now(), "
+    "PRIMARY KEY (group_id, topic, partition))",
+    "CREATE TABLE IF NOT EXISTS e2e_checkpoint_audit (id bigserial PRIMARY KEY, group_id text NOT NULL, "
+    "topic text NOT NULL, partition integer NOT NULL, old_offset bigint, new_offset bigint NOT NULL, "
+    "at timestamptz NOT NULL DEFAULT clock_timestamp())",
+    "CREATE OR REPLACE FUNCTION e2e_checkpoint_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+    "INSERT INTO e2e_checkpoint_audit (group_id, topic, partition, old_offset, new_offset) VALUES (NEW.group_id, "
+    "NEW.topic, NEW.partition, CASE WHEN TG_OP = 'UPDATE' THEN OLD.next_offset END, NEW.next_offset); "
+    "RETURN NEW; END $$",
+    "CREATE OR REPLACE TRIGGER e2e_checkpoint_audit AFTER INSERT OR UPDATE ON cdcpipe_checkpoints FOR EACH ROW "
+    "WHEN (NEW.group_id LIKE 'e2e%') EXECUTE FUNCTION e2e_checkpoint_audit()",
+]
+
+
+async def install_audit(dsn: str) -> None:
+    """Record every committed move of an ``e2e*`` group's checkpoint (the trigger commits with the batch)."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            for stmt in AUDIT_DDL:
+                await conn.execute(stmt)
+    finally:
+        await conn.close()
+
+
+async def checkpoints(dsn: str, group: str) -> dict[tuple[str, int], int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT topic, partition, next_offset FROM cdcpipe_checkpoints WHERE group_id = $1",
+                                group)
+    finally:
+        await conn.close()
+    return {(r["topic"], r["partition"]): r["next_offset"] for r in rows}
+
+
+async def audit_gaps(dsn: str, group: str, ends: dict[tuple[str, int], int]) -> list[str]:
+    """Where the chain of checkpoint moves of ``group`` is not one contiguous run ending at ``ends``."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await conn.fetch("SELECT topic, partition, old_offset, new_offset FROM e2e_checkpoint_audit "
+                                "WHERE group_id = $1 ORDER BY id", group)
+    finally:
+        await conn.close()
+    chains: dict[tuple[str, int], list[tuple[int | None, int]]] = {}
+    for r in rows:
+        chains.setdefault((r["topic"], r["partition"]), []).append((r["old_offset"], r["new_offset"]))
+    problems = []
+    for tp, end in ends.items():
+        chain = chains.get(tp, [])
+        if not chain or chain[0][0] is not None:
+            problems.append(f"{tp}: chain does not start with the first checkpoint: {chain[:3]}")
+            continue
+        for (_, prev), (old, new) in itertools.pairwise(chain):
+            if old != prev or new < old:
+                problems.append(f"{tp}: checkpoint moved {old}->{new} after {prev}")
+        if chain[-1][1] != end:
+            problems.append(f"{tp}: checkpoint ends at {chain[-1][1]}, the partition at {end}")
+    return problems
+
+
+async def dlq_rows(dsn: str, group: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        exists = await conn.fetchval("SELECT to_regclass('cdcpipe_dlq')")
+        return int(await conn.fetchval("SELECT count(*) FROM cdcpipe_dlq WHERE group_id = $1", group)) if exists \
+            else 0
+    finally:
+        await conn.close()
+
+
+async def due_rows(dsn: str, keyspace: str, tables: list[str]) -> int:
+    """Rows whose content changed by TTL expiry that apply has not re-viewed yet."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        n = 0
+        for t in tables:
+            target = f'"{keyspace}"."{t}"'
+            if await conn.fetchval("SELECT to_regclass($1)", target) is not None:
+                n += int(await conn.fetchval(f"SELECT count(*) FROM {target} WHERE _cdc_expires_at <= now()"))
+        return n
+    finally:
+        await conn.close()
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+FENCE_TABLE = "e2e_fence"
+
+
+@dataclass
+class Outcome:
+    """What a run shows; :meth:`problems` is empty when the run proves fidelity."""
+
+    ops: int
+    tally: workload.Tally
+    report: fidelity.Report
+    events: int
+    distinct_events: int
+    duplicates_within_node: int
+    dlq: dict[str, int]
+    audit: list[str]
+    apply_metrics: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+    faults: list[str] = field(default_factory=list)
+
+    def problems(self) -> list[str]:
+        out = [str(m) for m in self.report.mismatches[:50]]
+        out += [f"table {t.table}: checksums differ" for t in self.report.tables
+                if t.cassandra_checksum != t.postgres_checksum]
+        out += [f"{k}: {v} dead letters" for k, v in self.dlq.items() if v]
+        out += [f"{self.duplicates_within_node} event copies repeated within one node's stream"] \
+            if self.duplicates_within_node else []
+        out += self.audit
+        out += [f"workload errors: {self.tally.errors[:5]}"] if self.tally.errors else []
+        return out
+
+    def summary(self) -> str:
+        kinds = self.tally.base_kinds()
+        lines = [f"ops={self.ops} events={self.events} distinct={self.distinct_events} "
+                 f"dlq={sum(self.dlq.values())} mismatches={len(self.report.mismatches)} "
+                 f"faults={len(self.faults)} " + " ".join(f"{k}={v:.1f}s" for k, v in self.seconds.items()),
+                 "kinds: " + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()))]
+        lines += self.report.lines(20)
+        return "\n".join(lines)
+
+
+def connect(stack: StackEnv) -> tuple[Cluster, Session]:
+    cluster = Cluster(stack.hosts, protocol_version=5, connect_timeout=20)
+    return cluster, cluster.connect()
+
+
+def create_keyspace(session: Session, keyspace: str, rf: int = 1) -> None:
+    for stmt in workload.schema(keyspace, rf):
+        session.execute(stmt, timeout=60)
+    session.execute(f"CREATE TABLE IF NOT EXISTS {keyspace}.{FENCE_TABLE} (id text PRIMARY KEY, at timestamp) "
+                    "WITH cdc = true", timeout=60)
+
+
+def wait_for(what: str, cond: Callable[[], bool], timeout: float, pipeline: Pipeline | None = None,
+             step: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            tails = "\n".join(f"--- {p.name}\n{p.tail(15)}" for p in (pipeline.procs if pipeline else []))
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
+        time.sleep(step)
+
+
+def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int = 1, rate: float | None = None,
+                 concurrency: int = 16, sizes: workload.Sizes | None = None,
+                 during: Callable[[Pipeline, threading.Event], list[str]] | None = None,
+                 settle_timeout: float = 180, consistency: int | None = None,
+                 pipeline_extra: dict[str, str] | None = None) -> Outcome:
+    """One whole run (see the module docstring); always stops its processes and drops its keyspace/schema."""
+    keyspace = unique("e2e")
+    t0 = time.monotonic()
+    seconds: dict[str, float] = {}
+    cluster, session = connect(stack)
+    raw, raw_cass = fidelity.raw_session(stack.hosts)
+    asyncio.run(install_audit(stack.dsn))
+    pipeline = Pipeline(stack, keyspace, workdir, extra=pipeline_extra)
+    log = EventLog(stack.bootstrap, pipeline.prefix, keyspace)
+    try:
+        create_keyspace(session, keyspace, rf)
+        pipeline.start()
+        done = threading.Event()
+        faults: list[str] = []
+        injector = None
+        if during is not None:
+            def inject() -> None:
+                faults.extend(during(pipeline, done))
+            injector = threading.Thread(target=inject, name="faults")
+            injector.start()
+        wl = workload.Workload(keyspace, seed, sizes)
+        tally = workload.drive(session, wl, ops, rate=rate, concurrency=concurrency, consistency=consistency)
+        last_write = time.monotonic()
+        seconds["workload"] = last_write - t0
+        done.set()
+        if injector is not None:
+            injector.join(300)
+            assert not injector.is_alive(), "fault injector did not finish"
+        pipeline.check_alive()
+        token = uuid.uuid4().hex
+        fence = session.prepare(f"INSERT INTO {keyspace}.{FENCE_TABLE} (id, at) VALUES (?, toTimestamp(now()))")
+        if consistency is not None:
+            fence.consistency_level = consistency
+        session.execute(fence, (token,))
+        nodes = len(stack.hosts)
+
+        def fenced() -> bool:
+            log.poll(1.0)
+            return len(log.fences.get(token, ())) >= nodes
+        wait_for("the fence from every capture", fenced, settle_timeout, pipeline, step=0)
+        wait_for("the event log to reach the end of every partition", lambda: log.poll(0.5) or log.at_end(),
+                 60, pipeline, step=0)
+        seconds["captured"] = time.monotonic() - t0
+        ends = {tp: off + 1 for tp, off in log.last.items()}
+
+        def applied() -> bool:
+            got = asyncio.run(checkpoints(stack.dsn, pipeline.group))
+            return all(got.get(tp, -1) >= end for tp, end in ends.items())
+        wait_for("apply's checkpoints to reach the end offsets", applied, settle_timeout, pipeline)
+        seconds["applied"] = time.monotonic() - t0
+        # short TTLs written during the run expire; apply re-views the rows they change (purge_interval_s = 1)
+        time.sleep(max(0.0, last_write + workload.SHORT_TTL_MAX_S + 1.5 - time.monotonic()))
+        wait_for("apply to re-view rows changed by TTL expiry",
+                 lambda: asyncio.run(due_rows(stack.dsn, keyspace, [*workload.TABLES, FENCE_TABLE])) == 0, 60,
+                 pipeline)
+        pipeline.check_alive()
+        apply_metrics = pipeline.apply.metrics()
+        tables = fidelity.load_tables(session, keyspace)
+
+        async def compare() -> fidelity.Report:
+            conn = await asyncpg.connect(stack.dsn)
+            try:
+                return await fidelity.compare(raw_cass, conn, tables, consistency=consistency)
+            finally:
+                await conn.close()
+        report = asyncio.run(compare())
+        seconds["compared"] = time.monotonic() - t0
+        outcome = Outcome(ops, tally, report, log.total, log.distinct_events(), log.duplicates_within_a_node(),
+                          {**dlq_messages(stack.bootstrap, pipeline.prefix),
+                           "cdcpipe_dlq": asyncio.run(dlq_rows(stack.dsn, pipeline.group))},
+                          asyncio.run(audit_gaps(stack.dsn, pipeline.group, ends)), apply_metrics, seconds, faults)
+        stopped = pipeline.stop()
+        if during is None:  # a clean run: both processes exit 0 on SIGTERM
+            assert all(rc == 0 for rc in stopped.values()), (stopped, [p.tail() for p in pipeline.procs])
+        return outcome
+    finally:
+        pipeline.stop()
+        log.close()
+        with contextlib.suppress(Exception):
+            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        with contextlib.suppress(Exception):
+            asyncio.run(_drop_schema(stack.dsn, keyspace))
+        raw.shutdown()
+        cluster.shutdown()
+
+
+async def _drop_schema(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+@contextlib.contextmanager
+def private_stack(knobs: dict[str, str], nodes: int = 1) -> Iterator[StackEnv]:
+    """A stack of its own (state folder and addresses from ``knobs``), purged afterwards."""
+    try:
+        up = stack_cmd(knobs, "up", *(["--nodes", str(nodes)] if nodes > 1 else []), timeout=900)
+        assert up.returncode == 0, f"private stack did not start:\n{up.stderr[-3000:]}"
+        yield stack_env_of(knobs)
+    finally:
+        down = stack_cmd(knobs, "down", "--purge", timeout=300)
+        assert down.returncode == 0, down.stderr[-2000:]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the fidelity harness against the stack in the environment "
+                                                 "(eval \"$(deploy/local/stack env)\").")
+    parser.add_argument("--ops", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rf", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=None)
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".stack" / "run" / "harness")
+    args = parser.parse_args(argv)
+    stack = StackEnv({k: v for k, v in os.environ.items() if k.startswith("CDCPIPE_")})
+    outcome = run_fidelity(stack, args.workdir, ops=args.ops, seed=args.seed, rf=args.rf, rate=args.rate)
+    print(outcome.summary())
+    for p in outcome.problems():
+        print("PROBLEM", p)
+    return 1 if outcome.problems() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
