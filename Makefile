@@ -55,14 +55,17 @@ test: install tools stack-up lint
 	eval "$$($(STACK) env)"
 	$(BIN)/pytest -q -p no:cacheprovider
 
-# Bring up the stack and show what runs.
+# Bring up the stack, then the live demo: capture and apply as background processes (logs under .stack/run/),
+# a demo workload with a live view, and a table-by-table comparison of both databases (exit 1 if they differ).
 run: install stack-up
 	eval "$$($(STACK) env)"
 	$(STACK) status
 	echo
 	$(BIN)/cdcpipe check
 	echo
-	echo "The stack is up. Configure a shell for cdcpipe with:  eval \"\$$($(STACK) env)\""
+	$(BIN)/cdcpipe demo $(DEMO_ARGS)
+	echo
+	echo "The stack is still up. Configure a shell for cdcpipe with:  eval \"\$$($(STACK) env)\""
 	echo "Stop it with: $(STACK) down   (add --purge to delete its data)"
 
 clean:

@@ -74,6 +74,12 @@ def _add_capture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     parser.set_defaults(func=run)
 
 
+def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from cdcpipe import demo
+
+    demo.add_commands(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdcpipe", description="Cassandra CDC to PostgreSQL through Kafka.")
     parser.add_argument("--version", action="version", version=f"cdcpipe {__version__}")
@@ -94,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     app = sub.add_parser("apply", help="apply change events from Kafka to PostgreSQL (runs until SIGTERM)")
     app.set_defaults(func=lambda args, settings: __import__("cdcpipe.apply.pipeline", fromlist=["main"]).main(settings))
     _add_capture(sub)
+    _add_demo(sub)
 
     return parser
 

@@ -477,10 +477,11 @@ class Tally:
 
 def drive(session: Any, workload: Workload, ops: int, *, rate: float | None = None, concurrency: int = 16,
           stop: threading.Event | None = None, consistency: int | None = None,
-          on_done: Callable[[Tally], None] | None = None) -> Tally:
+          on_done: Callable[[Tally], None] | None = None, tally: Tally | None = None) -> Tally:
     """Run ``ops`` statements of ``workload`` through a cassandra-driver ``session`` with at most ``concurrency``
-    in flight and at most ``rate`` per second (None: as fast as possible); stops early when ``stop`` is set."""
-    tally = Tally()
+    in flight and at most ``rate`` per second (None: as fast as possible); stops early when ``stop`` is set.
+    ``tally`` (a new one by default) is updated as statements complete."""
+    tally = tally if tally is not None else Tally()
     prepared: dict[str, Any] = {}
     slots = threading.BoundedSemaphore(concurrency)
     lock = threading.Lock()
