@@ -15,30 +15,36 @@ Contract
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import io
 import json
-import re
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import fastavro
 
+from cdcpipe.avro_values import (
+    SIMPLE,
+    Namer,
+    avro_name,
+    avro_type,
+    converter,
+    element_cql,
+    element_types,
+    nullable,
+    safe_avro,
+)
+from cdcpipe.avro_values import to_avro as to_avro  # public API, re-exported
 from cdcpipe.capture.schema import TableSchema
 from cdcpipe.capture.values import CqlType, decode_value, parse_cql_type, udt_field_index
 from cdcpipe.errors import EventDecodeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
 
 MAGIC = b"\xc3\x01"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the record name carries the hash of the schema's metadata
 NAMESPACE = "cdcpipe"
-_NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
-_EPOCH_AWARE = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_MICRO = datetime.timedelta(microseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,9 +73,21 @@ class EventSchema:
     plain: Any = field(compare=False, repr=False)  # parsed without logical types: what decode reads with
     fingerprint: bytes = b""
     _by_name: dict[str, ColumnInfo] = field(default_factory=dict, compare=False, repr=False)
+    # what encode needs per event, computed once: value converters and the full names of the record branches
+    # of unions (fastavro's tuple notation picks a branch by name instead of validating every candidate)
+    _convert: dict[int, Callable[[Any], Any]] = field(default_factory=dict, compare=False, repr=False)
+    _branch: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         self._by_name.update({c.name: c for c in self.columns})
+        for c in (*self.partition_key, *self.clustering, *self.columns):
+            self._convert[id(c)] = converter(c.type)
+        if self.schema:
+            ns = self.schema["namespace"]
+            fields = {f["name"]: f for f in self.schema["fields"]}
+            self._branch.update({n: f"{ns}.{n}" for n in ("Clustering", "Liveness", "Deletion", "Bound")})
+            for f in fields["columns"]["type"]["fields"]:
+                self._branch[f["name"]] = f"{ns}.{f['type'][1]['name']}"
 
     def column(self, name: str) -> ColumnInfo | None:
         return self._by_name.get(name)
@@ -109,82 +127,6 @@ class EventSchema:
 
 # ------------------------------------------------------------------------------------------------ schema
 
-class _Namer:
-    """Unique Avro names within one schema."""
-
-    def __init__(self) -> None:
-        self.used: set[str] = set()
-
-    def __call__(self, base: str) -> str:
-        name, n = _avro_name(base), 1
-        while name in self.used:
-            n += 1
-            name = f"{_avro_name(base)}_{n}"
-        self.used.add(name)
-        return name
-
-
-def _avro_name(text: str) -> str:
-    if _NAME_OK.fullmatch(text):
-        return text
-    name = re.sub(r"[^A-Za-z0-9_]", "_", text)
-    return name if _NAME_OK.fullmatch(name) else "_" + name
-
-
-def _nullable(t: Any) -> list[Any]:
-    return ["null", t]
-
-
-_SIMPLE: dict[str, Any] = {
-    "ascii": "string", "text": "string", "varchar": "string", "inet": "string", "varint": "string",
-    "decimal": "string", "blob": "bytes", "boolean": "boolean", "tinyint": "int", "smallint": "int",
-    "int": "int", "bigint": "long", "counter": "long", "float": "float", "double": "double", "empty": "null",
-    "uuid": {"type": "string", "logicalType": "uuid"}, "timeuuid": {"type": "string", "logicalType": "uuid"},
-    "date": {"type": "int", "logicalType": "date"}, "time": {"type": "long", "logicalType": "time-micros"},
-    "timestamp": {"type": "long", "logicalType": "timestamp-micros"},
-}
-
-
-def avro_type(t: CqlType, namer: _Namer, base: str) -> Any:
-    """The Avro type of a (frozen) CQL value; see docs/events.md for the table."""
-    simple = _SIMPLE.get(t.name)
-    if simple is not None:
-        return simple
-    if t.name == "duration":
-        return {"type": "record", "name": namer(f"{base}_duration"), "fields": [
-            {"name": "months", "type": "int"}, {"name": "days", "type": "int"},
-            {"name": "nanoseconds", "type": "long"}]}
-    if t.name in ("list", "set", "vector"):
-        return {"type": "array", "items": avro_type(t.params[0], namer, f"{base}_item")}
-    if t.name == "map":
-        return {"type": "array", "items": {"type": "record", "name": namer(f"{base}_entry"), "fields": [
-            {"name": "key", "type": avro_type(t.params[0], namer, f"{base}_key")},
-            {"name": "value", "type": avro_type(t.params[1], namer, f"{base}_value")}]}}
-    if t.name == "tuple":
-        return {"type": "record", "name": namer(f"{base}_tuple"), "fields": [
-            {"name": f"f{i}", "type": _nullable(avro_type(p, namer, f"{base}_f{i}"))}
-            for i, p in enumerate(t.params)]}
-    if t.name == "udt":
-        fnamer = _Namer()
-        return {"type": "record", "name": namer(f"{base}_{t.udt_name}"), "fields": [
-            {"name": fnamer(n), "cdcpipe.field": n, "type": _nullable(avro_type(p, namer, f"{base}_{n}"))}
-            for n, p in zip(t.field_names, t.params, strict=True)]}
-    return "bytes"  # custom types: the serialized bytes
-
-
-def _element_types(t: CqlType, namer: _Namer, base: str) -> tuple[Any, Any]:
-    """(value type, path type) of one cell of a column of type ``t``; path None for simple columns."""
-    if not t.multi_cell:
-        return avro_type(t, namer, base), None
-    if t.name == "list":
-        return avro_type(t.params[0], namer, base), _SIMPLE["timeuuid"]
-    if t.name == "set":
-        return "null", avro_type(t.params[0], namer, base)
-    if t.name == "map":
-        return avro_type(t.params[1], namer, base), avro_type(t.params[0], namer, f"{base}_key")
-    return "null", "string"  # non-frozen UDT: path = field name, value only as raw (fields differ in type)
-
-
 def _deletion_record() -> dict[str, Any]:
     return {"type": "record", "name": "Deletion", "fields": [
         {"name": "timestamp", "type": "long"}, {"name": "local_deletion_time", "type": "long"}]}
@@ -192,10 +134,10 @@ def _deletion_record() -> dict[str, Any]:
 
 def table_schema(table: TableSchema) -> EventSchema:
     """The Avro event schema for one version of a table's schema (pure; cache it per TableSchema)."""
-    fnamer = _Namer()
+    fnamer = Namer()
     pk = tuple(ColumnInfo(fnamer(c.name), c.name, c.kind, c.type) for c in table.partition_key)
     ck = tuple(ColumnInfo(fnamer(c.name), c.name, c.kind, c.type) for c in table.clustering)
-    cnamer = _Namer()
+    cnamer = Namer()
     cols = tuple(ColumnInfo(cnamer(c.name), c.name, c.kind, c.type) for c in (*table.static, *table.regular))
     return _build(table.keyspace, table.table, table.table_id, pk, ck, cols, None,
                   reversed_cols={c.name for c in table.clustering if c.reversed})
@@ -213,11 +155,24 @@ def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo,
            reversed_cols: set[str] | None = None) -> EventSchema:
     if schema is None:
         schema = _schema_json(keyspace, table, table_id, pk, ck, cols, reversed_cols or set())
+    elif schema.get("name") != _record_name(schema):
+        raise EventDecodeError(f"{keyspace}.{table}: record name {schema.get('name')!r} does not match the "
+                               "schema's metadata (altered after publication?)")
     parsed = fastavro.parse_schema(json.loads(json.dumps(schema)))
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fp = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
     plain = fastavro.parse_schema(_strip_logical(json.loads(json.dumps(schema))))
     return EventSchema(keyspace, table, table_id, pk, ck, cols, schema, parsed, plain, fp)
+
+
+def _record_name(schema: dict[str, Any]) -> str:
+    """``<table>_m<16 hex>``: the hash covers the whole schema except this name — the ``cdcpipe.*`` metadata and
+    logical types included — so it enters Avro's parsing canonical form, and with it the fingerprint, which would
+    otherwise drop them (uuid vs timeuuid, clustering order, table id, column kind, ... would share a fingerprint).
+    """
+    rest = {k: v for k, v in schema.items() if k != "name"}
+    digest = hashlib.blake2b(json.dumps(rest, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return f"{avro_name(schema['cdcpipe.table'])}_m{digest}"
 
 
 def _strip_logical(node: Any) -> Any:
@@ -230,24 +185,24 @@ def _strip_logical(node: Any) -> Any:
 
 def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo, ...],
                  ck: tuple[ColumnInfo, ...], cols: tuple[ColumnInfo, ...], reversed_cols: set[str]) -> dict[str, Any]:
-    namer = _Namer()
+    namer = Namer()
     for fixed in ("EventId", "Op", "Source", "Liveness", "Deletion", "Bound", "PartitionKey", "Clustering",
                   "Columns"):
         namer(fixed)
     udts: dict[str, dict[str, list[str]]] = {}
 
-    def key_field(c: ColumnInfo, nullable: bool) -> dict[str, Any]:
+    def key_field(c: ColumnInfo, optional: bool) -> dict[str, Any]:
         _udts(c.type, udts)
         t = avro_type(c.type, namer, c.field)
-        return {"name": c.field, "type": _nullable(t) if nullable else t, "cdcpipe.column": c.name,
+        return {"name": c.field, "type": nullable(t) if optional else t, "cdcpipe.column": c.name,
                 "cdcpipe.kind": c.kind, "cdcpipe.cql_type": c.type.cql()}
 
     column_fields = []
     for c in cols:
         _udts(c.type, udts)
-        value_t, path_t = _element_types(c.type, namer, c.field)
+        value_t, path_t = element_types(c.type, namer, c.field)
         cell_fields: list[dict[str, Any]] = [
-            {"name": "value", "type": _nullable(value_t) if value_t != "null" else "null"},
+            {"name": "value", "type": nullable(value_t) if value_t != "null" else "null"},
             {"name": "raw", "type": "bytes"},
             {"name": "timestamp", "type": "long"},
             {"name": "ttl", "type": "int"},
@@ -256,7 +211,7 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
             {"name": "local_deletion_time", "type": ["null", "long"]},
         ]
         if path_t is not None:
-            cell_fields += [{"name": "path", "type": _nullable(path_t)}, {"name": "path_raw", "type": "bytes"}]
+            cell_fields += [{"name": "path", "type": nullable(path_t)}, {"name": "path_raw", "type": "bytes"}]
         change = {"type": "record", "name": namer(f"Column_{c.field}"), "fields": [
             {"name": "cells", "type": {"type": "array", "items": {
                 "type": "record", "name": namer(f"Cell_{c.field}"), "fields": cell_fields}}},
@@ -265,8 +220,8 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
                               "cdcpipe.kind": c.kind, "cdcpipe.cql_type": c.type.cql()})
     pk_fields = [key_field(c, False) for c in pk]
     ck_fields = [key_field(c, True) for c in ck]
-    return {
-        "type": "record", "name": _avro_name(table), "namespace": f"{NAMESPACE}.{_avro_name(keyspace)}",
+    schema: dict[str, Any] = {
+        "type": "record", "namespace": f"{NAMESPACE}.{avro_name(keyspace)}",
         "cdcpipe.format": FORMAT_VERSION, "cdcpipe.keyspace": keyspace, "cdcpipe.table": table,
         "cdcpipe.table_id": str(table_id), "cdcpipe.partition_key": [c.name for c in pk],
         "cdcpipe.clustering": [{"name": c.name, "order": "DESC" if c.name in reversed_cols else "ASC"} for c in ck],
@@ -278,7 +233,7 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
             {"name": "source", "type": {"type": "record", "name": "Source", "fields": [
                 {"name": "cluster", "type": "string"}, {"name": "datacenter", "type": "string"},
                 {"name": "node", "type": "string"}, {"name": "keyspace", "type": "string"},
-                {"name": "table", "type": "string"}, {"name": "table_id", "type": _SIMPLE["uuid"]},
+                {"name": "table", "type": "string"}, {"name": "table_id", "type": SIMPLE["uuid"]},
                 {"name": "segment_id", "type": "long"}, {"name": "position", "type": "long"}]}},
             {"name": "partition_key", "type": {"type": "record", "name": "PartitionKey", "fields": pk_fields}},
             {"name": "key_raw", "type": {"type": "array", "items": "bytes"}},
@@ -296,81 +251,19 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
             {"name": "columns", "type": {"type": "record", "name": "Columns", "fields": column_fields}},
         ],
     }
-
-
-# ------------------------------------------------------------------------------------------------ values
-
-def to_avro(t: CqlType, value: Any) -> Any:
-    """A driver-decoded value in its Avro form (see docs/events.md).  Raises ValueError/TypeError when the
-    value does not fit; callers fall back to None (the ``raw`` bytes still carry it)."""
-    if value is None:
-        return None
-    n = t.name
-    if n in ("varint", "decimal", "inet"):
-        return str(value)
-    if n == "counter":
-        return int(getattr(value, "total", value))
-    if n == "date":
-        return int(getattr(value, "days_from_epoch", value))
-    if n == "time":
-        return int(getattr(value, "nanosecond_time", value)) // 1000
-    if n == "timestamp":
-        if isinstance(value, datetime.datetime):
-            epoch = _EPOCH_NAIVE if value.tzinfo is None else _EPOCH_AWARE
-            return (value - epoch) // _MICRO
-        return int(value) * 1000
-    if n in ("uuid", "timeuuid"):
-        return str(value)
-    if n == "duration":
-        return {"months": value.months, "days": value.days, "nanoseconds": value.nanoseconds}
-    if n in ("list", "set", "vector"):
-        return [to_avro(t.params[0], v) for v in value]
-    if n == "map":
-        pairs = value.items() if isinstance(value, Mapping) else value
-        return [{"key": to_avro(t.params[0], k), "value": to_avro(t.params[1], v)} for k, v in pairs]
-    if n == "tuple":
-        return {f"f{i}": to_avro(p, v) for i, (p, v) in enumerate(zip(t.params, value, strict=False))}
-    if n == "udt":
-        fnamer = _Namer()
-        names = [fnamer(f) for f in t.field_names]
-        get: Callable[[str, int], Any] = (
-            (lambda f, i: value.get(f)) if isinstance(value, Mapping) else (lambda f, i: getattr(value, f, None)))
-        return {a: to_avro(p, get(f, i)) for i, (a, f, p) in enumerate(zip(names, t.field_names, t.params,
-                                                                             strict=True))}
-    if n == "blob" or n == "custom":
-        return bytes(value)
-    return value
-
-
-def _safe_avro(t: CqlType, value: Any) -> Any:
-    try:
-        return to_avro(t, value)
-    except (ValueError, TypeError, AttributeError, OverflowError):
-        return None
-
-
-def _element_cql(t: CqlType, path: bytes | None) -> tuple[CqlType | None, CqlType | None]:
-    """(value type, path type) of a cell of a column of type ``t``."""
-    if not t.multi_cell:
-        return t, None
-    if t.name == "list":
-        return t.params[0], CqlType("timeuuid")
-    if t.name == "set":
-        return None, t.params[0]
-    if t.name == "map":
-        return t.params[1], t.params[0]
-    idx = udt_field_index(path or b"\0\0")
-    return (t.params[idx] if idx < len(t.params) else None), None
+    schema["name"] = _record_name(schema)
+    return schema
 
 
 # ------------------------------------------------------------------------------------------------ encode
 
-def _deletion(d: Deletion | None) -> dict[str, int] | None:
-    return None if d is None else {"timestamp": d.timestamp, "local_deletion_time": d.local_deletion_time}
+def _deletion(d: Deletion | None, branch: str) -> tuple[str, dict[str, int]] | None:
+    return None if d is None else (branch, {"timestamp": d.timestamp, "local_deletion_time": d.local_deletion_time})
 
 
 def _clustering_record(s: EventSchema, values: tuple[Any, ...]) -> dict[str, Any]:
-    return {c.field: (_safe_avro(c.type, values[i]) if i < len(values) else None) for i, c in enumerate(s.clustering)}
+    conv = s._convert
+    return {c.field: (conv[id(c)](values[i]) if i < len(values) else None) for i, c in enumerate(s.clustering)}
 
 
 def encode(event: ChangeEvent, schema: EventSchema, raw_key: tuple[bytes, ...],
@@ -379,48 +272,61 @@ def encode(event: ChangeEvent, schema: EventSchema, raw_key: tuple[bytes, ...],
     """Single-object encoding of ``event`` with ``schema``.  ``raw_key``, ``raw_clustering`` and ``raw_bounds``
     (start, end) are the serialized key values the event's typed values were decoded from; every cell must carry
     ``raw``.  Raises ValueError when the event does not fit the schema."""
+    branch, conv = schema._branch, schema._convert
+    deletion_name = branch["Deletion"]
     columns: dict[str, Any] = dict.fromkeys(schema.column_fields)
     for change in event.columns:
         info = schema.column(change.name)
         if info is None:
             raise ValueError(f"{schema.keyspace}.{schema.table}: column {change.name!r} not in the Avro schema")
-        multi = info.type.multi_cell
+        t = info.type
         cells = []
-        for cell in change.cells:
-            if cell.raw is None:
-                raise ValueError(f"column {change.name!r}: cell without raw bytes")
-            value_t, path_t = _element_cql(info.type, cell.raw_path)
-            rec: dict[str, Any] = {
-                "value": _safe_avro(value_t, cell.value) if value_t is not None and not (
-                    multi and info.type.name in ("set", "udt")) else None,
-                "raw": cell.raw, "timestamp": cell.timestamp, "ttl": cell.ttl, "expires_at": cell.expires_at,
-                "deleted": cell.deleted, "local_deletion_time": cell.local_deletion_time}
-            if multi:
-                rec["path"] = (cell.path if info.type.name == "udt"
-                               else _safe_avro(path_t, cell.path) if path_t is not None else None)
-                rec["path_raw"] = cell.raw_path or b""
-            cells.append(rec)
-        columns[info.field] = {"cells": cells, "complex_deletion": _deletion(change.complex_deletion)}
+        if not t.multi_cell:
+            to_value = conv[id(info)]
+            for cell in change.cells:
+                if cell.raw is None:
+                    raise ValueError(f"column {change.name!r}: cell without raw bytes")
+                cells.append({"value": to_value(cell.value), "raw": cell.raw, "timestamp": cell.timestamp,
+                              "ttl": cell.ttl, "expires_at": cell.expires_at, "deleted": cell.deleted,
+                              "local_deletion_time": cell.local_deletion_time})
+        else:
+            for cell in change.cells:
+                if cell.raw is None:
+                    raise ValueError(f"column {change.name!r}: cell without raw bytes")
+                value_t, path_t = element_cql(t, cell.raw_path)
+                cells.append({
+                    "value": safe_avro(value_t, cell.value) if value_t is not None and t.name not in ("set", "udt")
+                    else None,
+                    "raw": cell.raw, "timestamp": cell.timestamp, "ttl": cell.ttl, "expires_at": cell.expires_at,
+                    "deleted": cell.deleted, "local_deletion_time": cell.local_deletion_time,
+                    "path": (cell.path if t.name == "udt" else safe_avro(path_t, cell.path) if path_t is not None
+                             else None),
+                    "path_raw": cell.raw_path or b""})
+        columns[info.field] = (branch[info.field], {
+            "cells": cells, "complex_deletion": _deletion(change.complex_deletion, deletion_name)})
     src = event.source
 
-    def bound(b: Bound | None, raw: tuple[bytes | None, ...]) -> dict[str, Any] | None:
+    def bound(b: Bound | None, raw: tuple[bytes | None, ...]) -> tuple[str, dict[str, Any]] | None:
         if b is None:
             return None
-        return {"inclusive": b.inclusive, "values": _clustering_record(schema, b.values), "values_raw": list(raw)}
+        return (branch["Bound"], {"inclusive": b.inclusive, "values": _clustering_record(schema, b.values),
+                                  "values_raw": list(raw)})
 
+    lv = event.liveness
     record = {
         "event_id": event.event_id, "op": event.op.value, "timestamp_micros": event.timestamp_micros,
         "source": {"cluster": src.cluster, "datacenter": src.datacenter, "node": src.node, "keyspace": src.keyspace,
                    "table": src.table, "table_id": str(src.table_id), "segment_id": src.segment_id,
                    "position": src.position},
-        "partition_key": {c.field: _safe_avro(c.type, v) for c, v in zip(schema.partition_key, event.partition_key,
-                                                                          strict=True)},
+        "partition_key": {c.field: conv[id(c)](v) for c, v in zip(schema.partition_key, event.partition_key,
+                                                                   strict=True)},
         "key_raw": list(raw_key),
-        "clustering": _clustering_record(schema, event.clustering) if event.clustering else None,
+        "clustering": (branch["Clustering"], _clustering_record(schema, event.clustering)) if event.clustering
+        else None,
         "clustering_raw": list(raw_clustering), "static": event.static,
-        "liveness": None if event.liveness is None else {
-            "timestamp": event.liveness.timestamp, "ttl": event.liveness.ttl, "expires_at": event.liveness.expires_at},
-        "deletion": _deletion(event.deletion),
+        "liveness": None if lv is None else (branch["Liveness"], {
+            "timestamp": lv.timestamp, "ttl": lv.ttl, "expires_at": lv.expires_at}),
+        "deletion": _deletion(event.deletion, deletion_name),
         "range_start": bound(event.range_start, raw_bounds[0] if raw_bounds else ()),
         "range_end": bound(event.range_end, raw_bounds[1] if raw_bounds else ()),
         "columns": columns,
@@ -489,7 +395,7 @@ def _event(rec: Any, s: EventSchema) -> ChangeEvent:
         cells = []
         for c in change["cells"]:
             path_raw = c.get("path_raw") if t.multi_cell else None
-            value_t, path_t = _element_cql(t, path_raw)
+            value_t, path_t = element_cql(t, path_raw)
             raw = c["raw"]
             path: Any = None
             if t.multi_cell:

@@ -148,3 +148,31 @@ def test_decode_errors() -> None:
     with pytest.raises(EventDecodeError):
         avro.decode(b"\xc3\x01" + s.fingerprint + b"\xff", {s.fingerprint: s}.get)
     assert struct.calcsize("<Q") == len(s.fingerprint)
+
+
+def test_metadata_only_changes_change_the_fingerprint() -> None:
+    base = avro.table_schema(table())
+    variants = [
+        CQL.replace("c2 uuid,", "c2 timeuuid,"),  # uuid -> timeuuid: same Avro type, other cdcpipe.cql_type
+        CQL.replace("(c1 DESC, c2 ASC)", "(c1 ASC, c2 ASC)"),  # clustering order only
+        CQL.replace(f"id = {TID}", f"id = {uuid.UUID(int=1)}"),  # a dropped and recreated table
+        CQL.replace("t_ascii ascii,", "t_ascii text,"),  # both Avro strings
+    ]
+    prints = {base.fingerprint}
+    for cql in variants:
+        s = avro.table_schema(parse_cql_schema(cql)[0])
+        canonical = fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(s.schema))
+        assert s.fingerprint == int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+        prints.add(s.fingerprint)
+    assert len(prints) == len(variants) + 1
+    assert avro.table_schema(table()).fingerprint == base.fingerprint  # deterministic
+
+
+def test_record_name_carries_the_metadata_hash() -> None:
+    s = avro.table_schema(table())
+    assert s.schema["namespace"] == "cdcpipe.ks" and s.schema["name"].startswith("Things_m")
+    assert s.schema["cdcpipe.format"] == avro.FORMAT_VERSION
+    assert avro.EventSchema.from_json(s.to_json()).fingerprint == s.fingerprint
+    tampered = s.to_json().replace('"order": "DESC"', '"order": "ASC"')
+    with pytest.raises(EventDecodeError):
+        avro.EventSchema.from_json(tampered)
