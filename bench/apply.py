@@ -255,6 +255,8 @@ async def amain(args: argparse.Namespace) -> int:
             print(f"kept topics: rerun with --prefix {prefix} --events {args.events}", flush=True)
         else:
             AdminClient(kafka).delete_topics([f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq"])
+    if not applies:
+        return 0  # --rounds 0: produce (and --keep) only
     a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)
     print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions; "
           f"apply from process start {statistics.median(starts):.0f}/s")
@@ -266,7 +268,7 @@ async def amain(args: argparse.Namespace) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500_000)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=3, help="0: only produce (with --keep, for later runs)")
     parser.add_argument("--partitions", type=int, default=4, help="partitions of the event topic")
     parser.add_argument("--batch", type=int, default=5000, help="rows per batch (apply.batch.max_rows, COPY)")
     parser.add_argument("--batch-executemany", type=int, default=1000, help="rows per executemany batch")

@@ -118,6 +118,32 @@ def to_pg(t: CqlType, value: Any) -> Converted:
     return _jsonb(t, value)
 
 
+def converter(t: CqlType) -> Callable[[Any], Converted] | None:
+    """:func:`to_pg` for values of type ``t`` with the type dispatch done once; None when values pass through
+    unchanged (``to_pg(t, v) == (v, True)`` for every ``v``)."""
+    conv = _SCALAR_CONVERT.get(t.name)
+    if conv is _same:
+        return None
+    if conv is not None:
+        scalar = conv
+        return lambda value: (None, True) if value is None else scalar(value)
+    return lambda value: to_pg(t, value)
+
+
+def deserializer(t: CqlType) -> Callable[[bytes], Any]:
+    """:func:`deserialize` for values of type ``t`` with the type dispatch done once."""
+    if t.name in ("timestamp", "blob", "custom"):
+        return lambda raw: deserialize(t, raw)
+    decode = driver_type(t).deserialize
+    stringish = t.name in ("ascii", "text", "varchar")
+
+    def run(raw: bytes) -> Any:
+        if not raw and not stringish:
+            return None
+        return decode(bytes(raw), PROTOCOL_VERSION)
+    return run
+
+
 def _sort_key(value: Any) -> Any:
     return (str(type(value)), value)
 

@@ -114,6 +114,9 @@ class RowState:
     def normalized(self, floor: int) -> RowState | None:
         """Drop what deletions shadow (rules 8 and 10); ``floor`` is the partition-level deletion covering the
         row.  None when nothing is left to remember."""
+        if floor == NO_DELETION and self.deletion is None and not self.complex:
+            # nothing can shadow anything (every write has ts > NO_DELETION): already normal
+            return self if self.marker is not None or self.cells else None
         deletion = self.deletion if _dts(self.deletion) > floor else None
         d = max(floor, _dts(deletion))
         marker = self.marker if self.marker is not None and self.marker.ts > d else None
@@ -251,6 +254,29 @@ def collapse(table: TableSchema, events: Iterable[ChangeEvent]) -> Changes:
     return Changes(partitions, rows, frozenset(wide)).normalized(table)
 
 
+class _Plan:
+    """Per table: columns by name with whether they are multi-cell, and the static column names."""
+
+    __slots__ = ("columns", "static", "table")
+
+    def __init__(self, table: TableSchema) -> None:
+        self.table = table
+        self.columns = {c.name: (c, c.type.multi_cell) for c in (*table.static, *table.regular)}
+        self.static = frozenset(c.name for c in table.static)
+
+
+_PLANS: dict[int, _Plan] = {}
+
+
+def _plan(table: TableSchema) -> _Plan:
+    plan = _PLANS.get(id(table))
+    if plan is None or plan.table is not table:
+        if len(_PLANS) > 1000:
+            _PLANS.clear()
+        plan = _PLANS[id(table)] = _Plan(table)
+    return plan
+
+
 def event_state(table: TableSchema, ev: ChangeEvent) -> tuple[PartitionState | None, RowState | None]:
     """What one event writes: a partition-level delta and/or a row delta."""
     if ev.op is Op.PARTITION_DELETE:
@@ -261,9 +287,13 @@ def event_state(table: TableSchema, ev: ChangeEvent) -> tuple[PartitionState | N
                             _bound_bytes(table, ev.range_end), ev.range_end.inclusive or not ev.range_end.values,
                             ev.deletion)
         return PartitionState(ranges=(rt,)), None
-    columns = {c.name: c for c in (*table.static, *table.regular)}
-    static_changes = [c for c in ev.columns if c.static or (c.name in columns and columns[c.name].kind == "static")]
-    regular_changes = [c for c in ev.columns if c not in static_changes]
+    plan = _plan(table)
+    columns = plan.columns
+    static_changes: list[ColumnChange] = []
+    regular_changes: Sequence[ColumnChange] = ev.columns
+    if plan.static or any(c.static for c in ev.columns):
+        static_changes = [c for c in ev.columns if c.static or c.name in plan.static]
+        regular_changes = [c for c in ev.columns if not (c.static or c.name in plan.static)]
     part = None
     if static_changes:
         part = PartitionState(static=_row_from_columns(columns, static_changes, None, None))
@@ -276,15 +306,16 @@ def event_state(table: TableSchema, ev: ChangeEvent) -> tuple[PartitionState | N
     return part, row
 
 
-def _row_from_columns(columns: Mapping[str, Column], changes: Sequence[ColumnChange], liveness: Liveness | None,
-                      deletion: Deletion | None) -> RowState:
+def _row_from_columns(columns: Mapping[str, tuple[Column, bool]], changes: Sequence[ColumnChange],
+                      liveness: Liveness | None, deletion: Deletion | None) -> RowState:
     cells: dict[str, Version] = {}
     complex_: dict[str, ComplexState] = {}
     for change in changes:
-        col = columns.get(change.name)
-        if col is None:
+        found = columns.get(change.name)
+        if found is None:
             raise ValueError(f"unknown column {change.name!r}")
-        if col.type.multi_cell:
+        col, multi = found
+        if multi:
             elements: dict[bytes, Version] = {}
             for cell in change.cells:
                 path = cell.raw_path if cell.raw_path is not None else path_bytes(col.type, cell.path)
@@ -295,7 +326,13 @@ def _row_from_columns(columns: Mapping[str, Column], changes: Sequence[ColumnCha
             complex_[change.name] = new if old is None else old.join(new)
         else:
             for cell in change.cells:
-                cells[change.name] = newer(cells.get(change.name), _version(col.type, cell))  # type: ignore[assignment]
+                if (not cell.deleted and cell.ttl <= 0 and cell.raw is not None and cell.value is not None
+                        and change.name not in cells):
+                    # the common case: the first plain live cell of the column, its bytes as capture read them
+                    cells[change.name] = Version(cell.timestamp, None, cell.ttl, False, cell.raw, cell.value)
+                else:
+                    cells[change.name] = newer(cells.get(change.name),
+                                               _version(col.type, cell))  # type: ignore[assignment]
     marker = None
     if liveness is not None:
         ldt = liveness.expires_at if liveness.ttl > 0 else None

@@ -7,14 +7,14 @@ changes by expiry, and — for a row Cassandra no longer returns — until when 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from cdcpipe.apply.merge import _UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
 from cdcpipe.capture.schema import Column, TableSchema
 from cdcpipe.capture.values import CqlType
-from cdcpipe.typemap import deserialize
+from cdcpipe.typemap import deserialize, deserializer
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,17 +79,37 @@ class _Acc:
         return False
 
 
+_MULTI: dict[int, tuple[tuple[Column, ...], tuple[tuple[str, CqlType, bool], ...]]] = {}
+
+
+def _kinds(columns: tuple[Column, ...]) -> tuple[tuple[str, CqlType, bool], ...]:
+    """(name, type, multi-cell) of ``columns``, computed once per columns tuple."""
+    found = _MULTI.get(id(columns))
+    if found is None or found[0] is not columns:
+        if len(_MULTI) > 1000:
+            _MULTI.clear()
+        found = _MULTI[id(columns)] = (columns, tuple((c.name, c.type, c.type.multi_cell) for c in columns))
+    return found[1]
+
+
 def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Acc) -> dict[str, Any]:
     values: dict[str, Any] = {}
-    for col in columns:
-        if col.type.multi_cell:
-            c = row.complex.get(col.name)
-            values[col.name] = None if c is None else _complex_value(col.type, c, now, acc)
+    cells = row.cells
+    for name, t, multi in _kinds(columns):
+        if multi:
+            c = row.complex.get(name)
+            values[name] = None if c is None else _complex_value(t, c, now, acc)
             if c is not None and c.deletion is not None:
                 acc.last_death = max(acc.last_death, c.deletion.local_deletion_time)
+            continue
+        v = cells.get(name)
+        if v is None:
+            values[name] = None
+        elif not v.tombstone and v.ldt is None:  # a plain live cell (acc.see, inlined)
+            acc.live = True
+            values[name] = v.obj if v.obj is not _UNSET else deserialize(t, v.value)
         else:
-            v = row.cells.get(col.name)
-            values[col.name] = _value(col.type, v) if v is not None and acc.see(v, now) else None
+            values[name] = _value(t, v) if acc.see(v, now) else None
     return values
 
 
@@ -148,10 +168,26 @@ def row_view(table: TableSchema, row: RowState, statics: StaticView, now: int, g
 def key_values(table: TableSchema, partition: bytes, clustering: bytes) -> dict[str, Any]:
     """Typed primary key values from the key bytes."""
     out: dict[str, Any] = {}
-    cols = table.partition_key
+    codecs = _key_codecs(table)
     parts = table.partition_key_values(partition)
-    for col, raw in zip(cols, parts, strict=True):
-        out[col.name] = deserialize(col.type, raw)
-    for col, raw in zip(table.clustering, split_clustering(clustering), strict=False):
-        out[col.name] = deserialize(col.type, raw)
+    for (name, codec), raw in zip(codecs[0], parts, strict=True):
+        out[name] = codec(raw)
+    if codecs[1]:
+        for (name, codec), raw in zip(codecs[1], split_clustering(clustering), strict=False):
+            out[name] = codec(raw)
     return out
+
+
+_KEY_CODECS: dict[int, tuple[TableSchema, Any]] = {}
+
+
+def _key_codecs(table: TableSchema) -> tuple[list[tuple[str, Callable[[bytes], Any]]],
+                                             list[tuple[str, Callable[[bytes], Any]]]]:
+    found = _KEY_CODECS.get(id(table))
+    if found is None or found[0] is not table:
+        if len(_KEY_CODECS) > 1000:
+            _KEY_CODECS.clear()
+        found = _KEY_CODECS[id(table)] = (table, (
+            [(c.name, deserializer(c.type)) for c in table.partition_key],
+            [(c.name, deserializer(c.type)) for c in table.clustering]))
+    return found[1]

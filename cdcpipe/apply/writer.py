@@ -32,6 +32,7 @@ from cdcpipe.apply.tables import Layout, ident, instant, layout
 from cdcpipe.capture.schema import TableSchema
 from cdcpipe.errors import ApplyError, postgres_error
 from cdcpipe.model import ChangeEvent
+from cdcpipe.typemap import converter
 
 _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
 
@@ -153,7 +154,7 @@ class BatchWriter:
         drop_target: list[merge.RowKey] = []
         drop_shadow: list[merge.RowKey] = []
         unchanged = 0
-        converters = lay.converters()
+        plan = _plan(lay)
         stamp = instant(now)
         forced = set(extra)
         for key in row_keys | set(origin):
@@ -172,7 +173,7 @@ class BatchWriter:
                 rv = view.row_view(table, row, sv, now, self._grace)
                 if rv.visible:
                     dest = "T"
-                    records.append(_record(lay, converters, key, rv, row, stamp))
+                    records.append(_record(lay, plan, key, rv, row, stamp))
                 else:
                     dest = "S"
                     shadow.append((p, c, encode_row(row), instant(rv.purge_after)))
@@ -274,17 +275,27 @@ def _read_sql(lay: Layout) -> str:
     )
 
 
-def _record(lay: Layout, converters: list[Callable[[Any], tuple[Any, bool]]], key: merge.RowKey,
-            rv: view.RowView, row: merge.RowState, stamp: datetime.datetime | None) -> tuple[Any, ...]:
-    values = {**rv.values, **view.key_values(lay.table, key[0], key[1])}
+def _plan(lay: Layout) -> list[tuple[str, bool, Callable[[Any], tuple[Any, bool]] | None]]:
+    """Per column of a record: name, whether it is a key column, converter (None: the value passes as is)."""
+    keys = set(lay.key_columns)
+    return [(c.name, c.name in keys, converter(c.type)) for c in lay.columns]
+
+
+def _record(lay: Layout, plan: list[tuple[str, bool, Callable[[Any], tuple[Any, bool]] | None]],
+            key: merge.RowKey, rv: view.RowView, row: merge.RowState,
+            stamp: datetime.datetime | None) -> tuple[Any, ...]:
+    values = rv.values
+    keys = view.key_values(lay.table, key[0], key[1])
     out: list[Any] = []
-    inexact: list[str] = []
-    for col, conv in zip(lay.columns, converters, strict=True):
-        v, exact = conv(values.get(col.name))
+    inexact: list[str] | None = None
+    for name, is_key, conv in plan:
+        v = keys.get(name) if is_key else values.get(name)
+        if conv is not None:
+            v, exact = conv(v)
+            if not exact:
+                inexact = [*(inexact or ()), name]
         out.append(v)
-        if not exact:
-            inexact.append(col.name)
-    out += [key[0], key[1], encode_row(row), inexact or None, instant(rv.expires_at), stamp]
+    out += [key[0], key[1], encode_row(row), inexact, instant(rv.expires_at), stamp]
     return tuple(out)
 
 
