@@ -18,6 +18,8 @@ import signal
 import time
 
 import structlog
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 
 from cdcpipe.capture import metrics
 from cdcpipe.capture.batches import Batch, BatchBuilder, FreshSchemas, TableFilter
@@ -28,7 +30,7 @@ from cdcpipe.capture.producer import EventProducer, positions_topic
 from cdcpipe.capture.schema import SchemaRegistry, SystemSchemaSource, connect_system_schema
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
-from cdcpipe.config import Settings
+from cdcpipe.config import KafkaSettings, Settings
 from cdcpipe.runtime import Health
 
 log = structlog.get_logger(__name__)
@@ -160,12 +162,30 @@ class Capture:
                 await asyncio.wait_for(stop.wait(), 1.0)
 
 
+def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
+    """None when the cluster answers a metadata request, otherwise why not (blocking)."""
+    try:
+        AdminClient(kafka.client_config()).list_topics(timeout=timeout_s)
+        return None
+    except KafkaException as exc:
+        return f"{kafka.bootstrap_servers} unreachable: {exc.args[0].str() if exc.args else exc}"
+
+
 async def run(settings: Settings, health: Health, stop: asyncio.Event | None = None) -> None:
-    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error."""
+    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error.  While Kafka is unreachable
+    at start it waits (``/health`` answers 503 with the reason) instead of exiting."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     health.fail("reading", "starting")
+    health.fail("kafka", f"connecting to {settings.kafka.bootstrap_servers}")
+    while (reason := await asyncio.to_thread(kafka_reachable, settings.kafka)) is not None:
+        health.fail("kafka", reason)
+        log.warning("kafka unreachable, waiting", reason=reason)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 2.0)
+        if stop.is_set():
+            return
     capture = await asyncio.to_thread(Capture.open, settings, health)
     await capture.run(stop)

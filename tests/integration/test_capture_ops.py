@@ -1,0 +1,193 @@
+"""capture's operations endpoints against the real stack: ``/health`` (200 when reading and connected to Kafka, 503
+with the reason otherwise) and ``/metrics`` (every metric the issue lists exists and moves)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cassandra.cluster import Cluster, Session
+
+from cdcpipe.capture.cdc_index import scan
+from cdcpipe.config import Settings
+from tests.integration.capturekit import CaptureProcess, EventReader, unique
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(scope="module")
+def session(settings: Settings) -> Iterator[Session]:
+    points = settings.cassandra.contact_points()
+    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
+    s = cluster.connect()
+    yield s
+    cluster.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for(port: int, path: str, want: int, timeout: float) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    last: tuple[int, str] = (0, "")
+    while time.monotonic() < deadline:
+        try:
+            last = get(port, path)
+            if last[0] == want:
+                return last
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not answer {want} within {timeout}s; last: {last}")
+
+
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of ``name`` with exactly these labels (None when absent)."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        got = {}
+        if "{" in head:
+            for part in head[head.index("{") + 1:-1].split(","):
+                k, _, v = part.partition("=")
+                got[k] = v.strip('"')
+        if head.split("{")[0] == name and got == labels:
+            return float(value)
+    return None
+
+
+def ops_env(port: int, **extra: str) -> dict[str, str]:
+    return {"CDCPIPE_OBSERVABILITY__HTTP_PORT": str(port), "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **extra}
+
+
+def test_health_is_503_with_the_reason_while_kafka_is_unreachable(tmp_path: Path) -> None:
+    port, dead = free_port(), free_port()  # nothing listens on ``dead``
+    cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log",
+                         **ops_env(port, CDCPIPE_KAFKA__BOOTSTRAP_SERVERS=f"127.0.0.1:{dead}")).start()
+    try:
+        status, body = wait_for(port, "/health", 503, 30)
+        conditions = json.loads(body)["conditions"]
+        assert status == 503 and json.loads(body)["status"] == "unhealthy"
+        assert f"127.0.0.1:{dead}" in conditions["kafka"] and conditions["reading"] != "ok"
+        deadline = time.monotonic() + 30  # the probe's failure reason replaces "connecting to ..."
+        while "unreachable" not in conditions["kafka"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status, body = get(port, "/health")
+            conditions = json.loads(body)["conditions"]
+        assert status == 503 and "unreachable" in conditions["kafka"], conditions
+        time.sleep(3)  # it keeps waiting for Kafka (and keeps saying why) rather than exiting
+        assert cap.proc is not None and cap.proc.poll() is None
+        assert get(port, "/health")[0] == 503
+        rc, took = cap.terminate()
+        assert rc == 0 and took < 10
+    finally:
+        cap.kill()
+
+
+def test_health_is_200_when_reading_and_connected(session: Session, settings: Settings, tmp_path: Path) -> None:
+    port = free_port()
+    cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log", **ops_env(port)).start()
+    try:
+        _, body = wait_for(port, "/health", 200, 60)
+        assert json.loads(body) == {"status": "ok", "conditions": {"reading": "ok", "kafka": "ok"}}
+        rc, _ = cap.terminate()
+        assert rc == 0
+    finally:
+        cap.kill()
+
+
+def test_metrics_exist_and_move(session: Session, settings: Settings, tmp_path: Path) -> None:
+    ks = unique("itops")
+    session.execute(f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
+    session.execute(f"CREATE TABLE {ks}.t (k int, c int, v text, PRIMARY KEY (k, c)) WITH cdc = true")
+    prefix, port = unique("itops"), free_port()
+    cap = CaptureProcess(prefix, f"{ks}.*", tmp_path / "capture.log", **ops_env(port)).start()
+    reader = EventReader(settings.kafka.bootstrap_servers, prefix, f"{prefix}.{ks}.t")
+    try:
+        wait_for(port, "/health", 200, 60)
+        _, before = get(port, "/metrics")
+        for i in range(20):
+            session.execute(f"INSERT INTO {ks}.t (k, c, v) VALUES ({i}, 1, 'x')")
+        session.execute(f"DELETE FROM {ks}.t WHERE k = 0 AND c = 1")
+        session.execute(f"DELETE FROM {ks}.t WHERE k = 1")
+        reader.poll_until(lambda ev: len(ev) >= 22, 60)
+        lags = []
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            _, text = get(port, "/metrics")
+            lags.append(metric(text, "cdcpipe_capture_lag_seconds"))
+            if metric(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op="upsert") == 20:
+                break
+            time.sleep(0.1)
+        events = {op: metric(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op=op)
+                  for op in ("upsert", "row_delete", "partition_delete")}
+        assert events == {"upsert": 20, "row_delete": 1, "partition_delete": 1}
+        assert (metric(text, "cdcpipe_capture_mutations_read_total") or 0) > (
+            metric(before, "cdcpipe_capture_mutations_read_total") or 0)
+        assert (metric(text, "cdcpipe_capture_transactions_total", outcome="committed") or 0) > (
+            metric(before, "cdcpipe_capture_transactions_total", outcome="committed") or 0)
+        assert (metric(text, "cdcpipe_capture_cdc_raw_bytes") or 0) > 0
+        assert all(lag is not None and 0 <= lag < 60 for lag in lags)
+        assert metric(text, "cdcpipe_capture_section_errors_total") == 0
+        assert metric(text, "cdcpipe_capture_segments_deleted_total") is not None
+        rc, _ = cap.terminate()
+        assert rc == 0
+    finally:
+        cap.kill()
+        reader.close()
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+
+
+def test_section_errors_and_segments_deleted_move(settings: Settings, tmp_path: Path) -> None:
+    """A copy of a real segment, damaged in the middle and marked COMPLETED: the damage is counted, the segment
+    is shipped past it and deleted."""
+    source: Path = settings.require("capture.cdc_raw_dir")
+    cdc_raw = tmp_path / "cdc_raw"
+    cdc_raw.mkdir()
+    seg = next(s for s in reversed(scan(source)) if s.offset is not None and s.offset > 64 * 1024)
+    shutil.copy(seg.log, cdc_raw / seg.log.name)
+    (cdc_raw / seg.idx.name).write_text(f"{seg.offset}\nCOMPLETED")
+    with open(cdc_raw / seg.log.name, "r+b") as f:
+        f.seek(seg.offset // 2)
+        byte = f.read(1)
+        f.seek(seg.offset // 2)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    port = free_port()
+    cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log",
+                         **ops_env(port, CDCPIPE_CAPTURE__CDC_RAW_DIR=str(cdc_raw))).start()
+    try:
+        wait_for(port, "/health", 200, 60)
+        deadline = time.monotonic() + 30
+        text = ""
+        while time.monotonic() < deadline:
+            _, text = get(port, "/metrics")
+            if (metric(text, "cdcpipe_capture_segments_deleted_total") or 0) >= 1:
+                break
+            time.sleep(0.2)
+        assert (metric(text, "cdcpipe_capture_section_errors_total") or 0) >= 1
+        assert metric(text, "cdcpipe_capture_segments_deleted_total") == 1
+        assert (metric(text, "cdcpipe_capture_mutations_read_total") or 0) > 0
+        assert not (cdc_raw / seg.log.name).exists() and not (cdc_raw / seg.idx.name).exists()
+        rc, _ = cap.terminate()
+        assert rc == 0
+    finally:
+        cap.kill()
