@@ -1,8 +1,13 @@
 """capture across kill -9 (every write exactly once in the committed stream) and the segment life cycle
-(segments leave cdc_raw once shipped, never before)."""
+(segments leave cdc_raw once shipped, never before).
+
+The kill -9 test's size is ``CDCPIPE_IT_CRASH_WRITES`` (default 10,000, about a minute on the project's 2-core
+machine); the issue's acceptance size is 50,000: ``CDCPIPE_IT_CRASH_WRITES=50000 pytest -k kill_9``.
+"""
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -18,7 +23,9 @@ from cdcpipe.capture.cdc_index import scan
 from cdcpipe.config import Settings
 from tests.integration.capturekit import CaptureProcess, EventReader, unique
 
-pytestmark = pytest.mark.timeout(180)
+CRASH_WRITES = int(os.environ.get("CDCPIPE_IT_CRASH_WRITES", "10000"))
+KILLS = 5
+pytestmark = pytest.mark.timeout(180 + CRASH_WRITES // 100)
 
 
 @pytest.fixture(scope="module")
@@ -38,36 +45,46 @@ def make_table(session: Session) -> tuple[str, str]:
 
 
 def test_kill_9_and_restart_loses_and_repeats_nothing(session: Session, settings: Settings, tmp_path: Path) -> None:
+    """kill -9 at KILLS random moments of a CRASH_WRITES-write workload, restarting each time: every write's
+    event is in the committed stream exactly once, counted by event_id and by content."""
     ks, table = make_table(session)
     prefix = unique("itrec")
-    total = 3000
+    total = CRASH_WRITES
     insert = session.prepare(f"INSERT INTO {ks}.{table} (k, v) VALUES (?, ?)")
     cap = CaptureProcess(prefix, f"{ks}.{table}", tmp_path / "capture.log").start()
     reader = EventReader(settings.kafka.bootstrap_servers, prefix, f"{prefix}.{ks}.{table}")
+    written = 0
 
     def write() -> None:
-        for start in range(0, total, 100):
-            execute_concurrent_with_args(session, insert, [(i, f"v{i}") for i in range(start, start + 100)],
-                                         concurrency=20)
-            time.sleep(0.05)
+        nonlocal written
+        for start in range(0, total, 500):
+            execute_concurrent_with_args(session, insert, [(i, f"v{i}") for i in range(start, min(start + 500, total))],
+                                         concurrency=50)
+            written = min(start + 500, total)
 
     writer = threading.Thread(target=write)
+    rng = random.Random(4)
+    moments = sorted(rng.uniform(0.05, 0.95) * total for _ in range(KILLS))  # by writes done, spread over the run
     try:
+        t0 = time.monotonic()
         writer.start()
-        rng = random.Random(4)
-        for _ in range(3):
-            time.sleep(rng.uniform(0.8, 2.0))
+        for m in moments:
+            while written < m and writer.is_alive():
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0, 0.3))
             cap.kill()  # SIGKILL: no chance to finish anything
             cap.start()
-        writer.join(120)
-        events = reader.poll_until(lambda ev: len(ev) >= total, 90)
+        writer.join(600)
+        write_s = time.monotonic() - t0
+        events = reader.poll_until(lambda ev: len(ev) >= total, 120)
         time.sleep(1.5)  # anything duplicated would arrive now
         events = reader.poll_until(lambda ev: False, 1.0)
         ids = Counter(e.event_id for e in events)
+        content = Counter((e.partition_key[0], e.columns[0].cells[0].value) for e in events)
+        print(f"{total} writes in {write_s:.1f} s, {KILLS} kills, {len(events)} events")
         assert len(events) == total, f"{len(events)} events for {total} writes"
-        assert max(ids.values()) == 1
-        assert sorted(e.partition_key[0] for e in events) == list(range(total))
-        assert all(e.columns[0].cells[0].value == f"v{e.partition_key[0]}" for e in events)
+        assert len(ids) == total and max(ids.values()) == 1
+        assert content == Counter((i, f"v{i}") for i in range(total))
         rc, took = cap.terminate()
         assert rc == 0 and took < 10
     finally:
