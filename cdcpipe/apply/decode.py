@@ -17,7 +17,7 @@ import fastavro
 
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
 from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
-from cdcpipe.capture.values import CqlType, decode_value, udt_field_index
+from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
 from cdcpipe.errors import EventDecodeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
 
@@ -101,20 +101,31 @@ def decode_record(data: bytes, reader: SchemaReader) -> tuple[ChangeEvent, Table
 
 
 Codec = Callable[[Any], Any]
+_STRINGISH = frozenset({"ascii", "text", "varchar", "blob"})  # empty is a value, not null (as decode_value)
 _TIMEUUID = CqlType("timeuuid")
 _UUIDS: dict[str, uuid.UUID] = {}
 
 
 def _codec(t: CqlType | None) -> Codec:
-    """raw bytes (or None) → typed value, None where the value cannot be typed (as ``avro.decode`` does)."""
+    """raw bytes (or None) → typed value, None where the value cannot be typed (as ``avro.decode`` does):
+    :func:`decode_value` with its type dispatch done once."""
     if t is None:
         return lambda raw: None
+    if t.name == "counter":
+        def counter(raw: Any) -> Any:
+            try:
+                return None if raw is None else decode_value(t, raw)
+            except Exception:  # a malformed counter context
+                return None
+        return counter
+    decode = driver_type(t).deserialize
+    stringish = t.name in _STRINGISH
 
     def codec(raw: Any) -> Any:
-        if raw is None:
+        if raw is None or (not raw and not stringish):
             return None
         try:
-            return decode_value(t, raw)
+            return decode(bytes(raw), PROTOCOL_VERSION)
         except Exception:  # driver codecs raise assorted types
             return None
     return codec
