@@ -91,7 +91,7 @@ class BatchApplier:
                 run, table = [], None
                 await self._dead_letter(DeadLetter(rec, "", exc, 0))
                 continue
-            if table is not None and t != table:
+            if table is not None and t is not table and t != table:
                 await self._isolate(table, run)
                 run = []
             table = t
@@ -139,8 +139,12 @@ class BatchApplier:
             metrics.DUPLICATES.labels(table.name, "already_applied").inc(result.already_applied)
         if result.unchanged:
             metrics.DUPLICATES.labels(table.name, "unchanged_row").inc(result.unchanged)
+        by_op: dict[str, int] = {}
         for i in items[result.already_applied:]:
-            metrics.EVENTS_APPLIED.labels(table.name, i.event.op.value).inc()
+            op = i.event.op.value
+            by_op[op] = by_op.get(op, 0) + 1
+        for op, n in by_op.items():  # one labelled increment per operation, not per event
+            metrics.EVENTS_APPLIED.labels(table.name, op).inc(n)
         log.debug("batch applied", table=table.name, topic=last.topic, partition=last.partition,
                   offset=last.offset, events=len(items), upserted=result.upserted, removed=result.removed)
 
