@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -64,30 +63,13 @@ class TableFilter:
         return not self.include or any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
 
-class FreshSchemas:
-    """A SchemaLookup over a registry that forces one refresh per unknown table id (or column) instead of
-    remembering it as unknown: a table created after the last refresh must not lose its first writes."""
-
-    def __init__(self, registry: SchemaRegistry) -> None:
-        self.registry = registry
-        self._forced: set[tuple[uuid.UUID, bytes | None]] = set()
-
-    def get(self, table_id: uuid.UUID, missing_column: bytes | None = None) -> TableSchema | None:
-        t = self.registry.get(table_id, missing_column)
-        if t is not None and (missing_column is None or t.column(missing_column) is not None):
-            return t
-        if (table_id, missing_column) not in self._forced:
-            self._forced.add((table_id, missing_column))
-            self.registry.refresh()
-            log.info("schema refreshed", table_id=str(table_id), column=missing_column)
-            t = self.registry.get(table_id, missing_column)
-        return t
-
-
 class BatchBuilder:
-    """Reads and converts one chunk at a time (blocking; run it in a worker thread)."""
+    """Reads and converts one chunk at a time (blocking; run it in a worker thread).
 
-    def __init__(self, follower: SegmentFollower, schemas: FreshSchemas, include: TableFilter, origin: Origin,
+    ``schemas`` reloads once for each table id or column it has not seen yet, so a table created just before
+    its first writes is decoded, not dropped (see ``SchemaRegistry``)."""
+
+    def __init__(self, follower: SegmentFollower, schemas: SchemaRegistry, include: TableFilter, origin: Origin,
                  prefix: str, ensure_topic: object) -> None:
         self.follower = follower
         self.schemas = schemas
@@ -124,7 +106,7 @@ class BatchBuilder:
         chunk = self.follower.poll(max_items)
         after = self.follower.position
         batch = Batch(position=after if after != before else None, end=chunk.end)
-        keyspaces = {t.keyspace for t in self.schemas.registry.tables() if self.include(t)}
+        keyspaces = {t.keyspace for t in self.schemas.tables() if self.include(t)}
         for item in chunk.items:
             if item.error is not None:
                 metrics.SECTION_ERRORS.inc()

@@ -22,7 +22,7 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdcpipe.capture import metrics
-from cdcpipe.capture.batches import Batch, BatchBuilder, FreshSchemas, TableFilter
+from cdcpipe.capture.batches import Batch, BatchBuilder, TableFilter
 from cdcpipe.capture.cdc_index import SegmentFollower
 from cdcpipe.capture.checkpoint import read_checkpoint
 from cdcpipe.capture.events import Origin
@@ -76,7 +76,7 @@ class Capture:
         start = read_checkpoint(settings.kafka, positions_topic(settings.kafka.topic_prefix), origin.node)
         log.info("capture starting", node=origin.node, cluster=origin.cluster, datacenter=origin.datacenter,
                  position=str(start) if start else None, cdc_raw=str(cdc_raw))
-        schemas = FreshSchemas(SchemaRegistry(source))
+        schemas = SchemaRegistry(source)
         builder = BatchBuilder(SegmentFollower(cdc_raw, start, _keys(settings)), schemas,
                                TableFilter(c.include_tables, c.exclude_tables), origin, settings.kafka.topic_prefix,
                                producer.ensure_topic)

@@ -1,4 +1,5 @@
-"""Table schema model and the table id -> schema registry used to decode mutations.
+"""The table id -> schema registry used to decode mutations, and its sources (the model is in
+``cdcpipe.capture.table_schema`` and re-exported here).
 
 Sources: a CQL file of CREATE KEYSPACE / CREATE TYPE / CREATE TABLE statements (``WITH id = <uuid>``
 gives the table id the commit log uses), or a live cluster's ``system_schema`` tables read with
@@ -7,101 +8,35 @@ cassandra-driver. See reference §9 for how the commit log refers to tables and 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from cdcpipe.capture.table_schema import (
+    CLUSTERING,
+    PARTITION_KEY,
+    REGULAR,
+    STATIC,
+    Column,
+    DroppedColumn,
+    TableSchema,
+    system_table_id,
+)
 from cdcpipe.capture.values import CqlType, identifier, parse_cql_type
 from cdcpipe.errors import SchemaError
 
+__all__ = [
+    "CLUSTERING", "PARTITION_KEY", "REGULAR", "STATIC", "Column", "CqlFileSchemaSource", "CqlSession",
+    "DroppedColumn", "SchemaRegistry", "SchemaSource", "SystemSchemaSource", "TableSchema",
+    "connect_system_schema", "parse_cql_schema", "schema_from_rows", "system_table_id",
+]
+
 log = logging.getLogger(__name__)
-
-PARTITION_KEY, CLUSTERING, STATIC, REGULAR = "partition_key", "clustering", "static", "regular"
-
-
-@dataclass(frozen=True, slots=True)
-class Column:
-    """A column of a table. ``position`` is the index within the partition key or clustering
-    (-1 otherwise); ``reversed`` is True for a DESC clustering column."""
-
-    name: str
-    type: CqlType
-    kind: str
-    position: int = -1
-    reversed: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class DroppedColumn:
-    """A dropped column: still needed to decode older data. Cells with a timestamp at or before
-    ``dropped_time`` (microseconds) belong to the dropped column and are obsolete."""
-
-    name: str
-    type: CqlType
-    dropped_time: int
-    kind: str = REGULAR
-
-
-@dataclass(frozen=True, slots=True)
-class TableSchema:
-    """Schema of one table (or materialized view), as needed to decode its PartitionUpdates."""
-
-    keyspace: str
-    table: str
-    table_id: uuid.UUID
-    partition_key: tuple[Column, ...]
-    clustering: tuple[Column, ...] = ()
-    static: tuple[Column, ...] = ()
-    regular: tuple[Column, ...] = ()
-    dropped: tuple[DroppedColumn, ...] = ()
-    cdc: bool = False
-    _by_name: dict[bytes, Column | DroppedColumn] = field(
-        init=False, repr=False, compare=False, hash=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        by_name: dict[bytes, Column | DroppedColumn] = {d.name.encode(): d for d in self.dropped}
-        for col in (*self.partition_key, *self.clustering, *self.static, *self.regular):
-            by_name[col.name.encode()] = col
-        object.__setattr__(self, "_by_name", by_name)
-
-    @property
-    def name(self) -> str:
-        return f"{self.keyspace}.{self.table}"
-
-    def column(self, name: bytes) -> Column | DroppedColumn | None:
-        """Look a column up by its UTF-8 name as written in a PartitionUpdate header: current columns
-        first, then dropped ones (as Cassandra does)."""
-        return self._by_name.get(name)
-
-    def partition_key_values(self, key: bytes) -> tuple[bytes, ...]:
-        """Split raw partition key bytes into per-column values (CompositeType for several columns).
-        Raises ValueError."""
-        if len(self.partition_key) == 1:
-            return (key,)
-        out: list[bytes] = []
-        p = 0
-        for _ in self.partition_key:
-            if p + 2 > len(key):
-                raise ValueError("truncated composite partition key")
-            n = int.from_bytes(key[p:p + 2], "big")
-            if p + 2 + n + 1 > len(key):
-                raise ValueError("truncated composite partition key")
-            out.append(key[p + 2:p + 2 + n])
-            p += 3 + n
-        if p != len(key):
-            raise ValueError("trailing bytes in composite partition key")
-        return tuple(out)
-
-
-def system_table_id(keyspace: str, table: str) -> uuid.UUID:
-    """Deterministic id of a system table: Java ``UUID.nameUUIDFromBytes(keyspace ++ table)``."""
-    return uuid.UUID(bytes=hashlib.md5((keyspace + table).encode(), usedforsecurity=False).digest(), version=3)
 
 
 class SchemaSource(Protocol):
@@ -115,10 +50,14 @@ class SchemaSource(Protocol):
 class SchemaRegistry:
     """table id -> TableSchema, cached.
 
-    An unknown table id or column triggers a reload from the source, at most once per
-    ``min_refresh_interval`` seconds. An id still unknown after a reload is logged once and
-    remembered in ``unknown``; it triggers another reload only after ``unknown_recheck_interval``
-    seconds (system tables, which have no schema, appear in every segment)."""
+    Refresh rule (the guarantee: a table or column created before a mutation was written is found when
+    that mutation is decoded): the first time a table id, or a (table id, column) pair, is looked up and
+    missing, the registry reloads from the source unless a reload has already completed since that first
+    sighting; so each unknown id or column costs at most one reload, regardless of how recently the last
+    one ran. An id still unknown after that is logged once and remembered in ``unknown`` (id -> when it
+    was last confirmed unknown); it triggers another reload only after ``unknown_recheck_interval``
+    seconds (system tables, which have no schema, appear in every segment), and a column still missing
+    only after ``min_refresh_interval`` seconds. Not thread-safe."""
 
     def __init__(self, source: SchemaSource | None = None, tables: Iterable[TableSchema] = (), *,
                  min_refresh_interval: float = 5.0, unknown_recheck_interval: float = 60.0,
@@ -129,6 +68,8 @@ class SchemaRegistry:
         self._recheck = unknown_recheck_interval
         self._clock = clock
         self._last_refresh: float | None = None
+        self.generation = 0  # completed reloads: changes whenever the tables may have changed
+        self._sightings: dict[tuple[uuid.UUID, bytes | None], int] = {}  # first miss -> reloads done then
         self.unknown: dict[uuid.UUID, float] = {}
         if source is not None and not self._tables:
             self.refresh()
@@ -145,35 +86,44 @@ class SchemaRegistry:
             return False
         self._last_refresh = self._clock()
         self._tables = {t.table_id: t for t in self._source.load()}
+        self.generation += 1
         for table_id in self._tables.keys() & self.unknown.keys():
             del self.unknown[table_id]
         return True
 
-    def _maybe_refresh(self) -> bool:
+    def _refresh_due(self, table_id: uuid.UUID, missing_column: bytes | None) -> bool:
+        if self._source is None:
+            return False
+        key = (table_id, missing_column)
+        seen = self._sightings.get(key)
+        if seen is None:
+            if len(self._sightings) >= 65536:
+                self._sightings.clear()
+            self._sightings[key] = self.generation
+            return True  # no reload has completed since this first sighting
         now = self._clock()
         if self._last_refresh is not None and now - self._last_refresh < self._interval:
             return False
-        return self.refresh()
+        marked = self.unknown.get(table_id)
+        return marked is None or now - marked >= self._recheck
 
     def get(self, table_id: uuid.UUID, missing_column: bytes | None = None) -> TableSchema | None:
-        """The schema for ``table_id``, reloading (rate-limited) if the id is unknown or the known
-        schema lacks ``missing_column``. None if the table is (still) unknown."""
+        """The schema for ``table_id``, reloading (see the class docstring) if the id is unknown or the
+        known schema lacks ``missing_column``. None if the table is (still) unknown."""
         table = self._tables.get(table_id)
         if table is not None and (missing_column is None or table.column(missing_column) is not None):
             return table
-        marked = self.unknown.get(table_id)
-        if marked is not None and self._clock() - marked < self._recheck:
-            return None
-        if not self._maybe_refresh():
-            if table is None and self._source is None and table_id not in self.unknown:
-                log.warning("unknown table id %s (not in schema)", table_id)
-                self.unknown[table_id] = self._clock()
-            return table
-        table = self._tables.get(table_id)
+        refreshed = self._refresh_due(table_id, missing_column) and self.refresh()
+        if refreshed:
+            log.info("schema reloaded for table id %s%s", table_id,
+                     "" if missing_column is None else f" column {missing_column.decode('utf-8', 'replace')}")
+            table = self._tables.get(table_id)
         if table is None:
             if table_id not in self.unknown:
                 log.warning("unknown table id %s (not in schema)", table_id)
-            self.unknown[table_id] = self._clock()
+                self.unknown[table_id] = self._clock()
+            elif refreshed:
+                self.unknown[table_id] = self._clock()
         return table
 
 

@@ -144,21 +144,42 @@ def test_registry_refresh_and_unknown_reported_once(caplog: pytest.LogCaptureFix
     unknown = uuid.uuid4()
     for _ in range(5):
         assert reg.get(unknown) is None
-    assert source.loads == 1 and not reg.unknown  # rate limited: no reload yet, not reported
-    now[0] = 10
-    for _ in range(5):
-        assert reg.get(unknown) is None
-    assert source.loads == 2 and set(reg.unknown) == {unknown}
+    assert source.loads == 2 and set(reg.unknown) == {unknown}  # one reload at the first sighting only
     assert sum("unknown table id" in r.message for r in caplog.records) == 1
     source.tables = [t]
-    now[0] = 15
-    assert reg.get(t.table_id) is None and source.loads == 2  # rate limited
-    now[0] = 20
+    now[0] = 1  # created and written within the refresh interval of the last reload: still found
     assert reg.get(t.table_id) is t and source.loads == 3
     assert reg.get(t.table_id, missing_column=b"a") is t and source.loads == 3
     assert reg.get(unknown) is None and source.loads == 3  # known-unknown: rechecked rarely
-    now[0] = 80
+    now[0] = 30
+    assert reg.get(unknown) is None and source.loads == 3
+    now[0] = 70
     assert reg.get(unknown) is None and source.loads == 4
+    assert reg.get(unknown) is None and source.loads == 4
+    assert sum("unknown table id" in r.message for r in caplog.records) == 1
+
+
+def test_registry_finds_a_column_added_right_after_a_reload() -> None:
+    (t,) = parse_cql_schema("CREATE TABLE ks.t (a int PRIMARY KEY) WITH id = 5a1ff267-ace0-3f12-8563-cfae6103c65e;")
+    (t2,) = parse_cql_schema("CREATE TABLE ks.t (a int PRIMARY KEY, b int) "
+                             "WITH id = 5a1ff267-ace0-3f12-8563-cfae6103c65e;")
+    now = [0.0]
+    source = _Source([t])
+    reg = SchemaRegistry(source, min_refresh_interval=10, clock=lambda: now[0])
+    assert reg.get(t.table_id, missing_column=b"c") is t and source.loads == 2  # first sighting of t.c
+    assert reg.get(t.table_id, missing_column=b"c") is t and source.loads == 2  # then rate limited
+    source.tables = [t2]
+    now[0] = 1
+    assert reg.get(t.table_id, missing_column=b"b") is t2 and source.loads == 3
+    assert reg.get(t.table_id, missing_column=b"b") is t2 and source.loads == 3
+    now[0] = 12
+    assert reg.get(t.table_id, missing_column=b"c") is t2 and source.loads == 4  # still missing: rechecked
+
+
+def test_registry_without_source_reports_unknown_once(caplog: pytest.LogCaptureFixture) -> None:
+    reg = SchemaRegistry(tables=[])
+    unknown = uuid.uuid4()
+    assert reg.get(unknown) is None and reg.get(unknown) is None and set(reg.unknown) == {unknown}
     assert sum("unknown table id" in r.message for r in caplog.records) == 1
 
 
