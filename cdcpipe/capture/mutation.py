@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, NamedTuple, Protocol
 
 from cdcpipe.capture.rows import (
     DELETION_TIME_EPOCH,
@@ -28,12 +27,12 @@ from cdcpipe.capture.rows import (
     Cell,
     ColumnSpec,
     DeletionTime,
+    Header,
     Liveness,
     RangeTombstoneMarker,
     Row,
     RowReader,
     WireError,
-    take,
     uvint,
 )
 from cdcpipe.capture.schema import Column, DroppedColumn, TableSchema
@@ -48,10 +47,11 @@ __all__ = [
 # PartitionUpdate flags (UnfilteredRowIteratorSerializer)
 IS_EMPTY, IS_REVERSED, HAS_PARTITION_DELETION, HAS_STATIC_ROW, HAS_ROW_ESTIMATE = 1, 2, 4, 8, 16
 _2_63, _2_64, _M32 = 1 << 63, 1 << 64, 0xFFFFFFFF
+_MAX_HEADERS = 4096  # cached column headers per table
+_new: Any = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionUpdate:
+class PartitionUpdate(NamedTuple):
     """The changes to one partition of one table. ``key`` is the raw partition key (see
     ``TableSchema.partition_key_values``); ``rows`` and ``range_tombstones`` are in clustering order."""
 
@@ -67,8 +67,7 @@ class PartitionUpdate:
         return self.table.table_id
 
 
-@dataclass(frozen=True, slots=True)
-class Mutation:
+class Mutation(NamedTuple):
     """One decoded commit log entry: all its PartitionUpdates (same keyspace and partition key)."""
 
     position: Position | None
@@ -90,15 +89,25 @@ def first_table_id(data: bytes) -> uuid.UUID | None:
         return None
 
 
+class _TableState(NamedTuple):
+    """Decoding state derived from one TableSchema object: its clustering value lengths and its column
+    headers resolved so far (keyed by the header's serialized bytes)."""
+
+    table: TableSchema
+    clustering_fixed: tuple[int, ...]
+    headers: dict[bytes, Header]
+
+
 class MutationDecoder:
     """Decodes serialized mutations. Keeps per-table caches of resolved column headers; not
-    thread-safe."""
+    thread-safe. If the lookup has a ``generation`` attribute (``SchemaRegistry``: it changes on every
+    reload), the table found for an id is reused until the generation changes."""
 
     def __init__(self, schemas: SchemaLookup) -> None:
         self._schemas = schemas
-        self._headers: dict[tuple[int, tuple[bytes, ...]], tuple[TableSchema, tuple[ColumnSpec, ...]]] = {}
-        self._clusterings: dict[int, tuple[TableSchema, tuple[int, ...]]] = {}
+        self._states: dict[int, _TableState] = {}
         self._ids: dict[bytes, uuid.UUID] = {}
+        self._known: dict[bytes, tuple[object, uuid.UUID, _TableState]] = {}
 
     def decode(self, data: bytes, messaging_version: int, position: Position | None = None,
                segment: str = "") -> Mutation:
@@ -107,43 +116,76 @@ class MutationDecoder:
         if not 10 <= messaging_version <= 13:
             raise MutationDecodeError(f"unsupported messaging version {messaging_version}",
                                       segment=segment, position=_offset(position))
+        if type(data) is not bytes:
+            data = bytes(data)
         table_id: uuid.UUID | None = None
+        generation = getattr(self._schemas, "generation", None)
+        known = self._known
         try:
-            count, p = uvint(data, 0)
-            if count == 0 or count > len(data):
+            end = len(data)
+            count = data[0]
+            if count < 0x80:
+                p = 1
+            else:
+                count, p = uvint(data, 0)
+            if count == 0 or count > end:
                 raise WireError(f"bad partition update count {count}")
             updates: list[PartitionUpdate] = []
             for _ in range(count):
-                if p + 16 > len(data):
+                if p + 16 > end:
                     raise WireError("truncated table id")
                 raw_id = data[p:p + 16]
-                table_id = self._ids.get(raw_id)
-                if table_id is None:
-                    table_id = uuid.UUID(bytes=bytes(raw_id))
-                    if len(self._ids) < 65536:
-                        self._ids[raw_id] = table_id
-                table = self._schemas.get(table_id)
-                if table is None:
-                    raise UnknownTableError(table_id, segment=segment, position=_offset(position))
-                update, p = self._partition_update(data, p + 16, table, messaging_version >= 13, segment,
+                hit = known.get(raw_id)
+                if hit is not None and hit[0] == generation and generation is not None:
+                    table_id, state = hit[1], hit[2]
+                else:
+                    table_id = self._ids.get(raw_id)
+                    if table_id is None:
+                        table_id = uuid.UUID(bytes=raw_id)
+                        if len(self._ids) < 65536:
+                            self._ids[raw_id] = table_id
+                    state = self._lookup(raw_id, table_id, generation, segment, position)
+                update, p = self._partition_update(data, p + 16, state, messaging_version >= 13, segment,
                                                    position)
                 if update is not None:
                     updates.append(update)
-            if p != len(data):
-                raise WireError(f"{len(data) - p} trailing bytes after the last partition update")
-            return Mutation(position, tuple(updates))
+            if p != end:
+                raise WireError(f"{end - p} trailing bytes after the last partition update")
+            mutation: Mutation = _new(Mutation, (position, tuple(updates)))
+            return mutation
         except MutationDecodeError:
             raise
         except (WireError, IndexError, ValueError, struct.error, OverflowError) as exc:
             raise MutationDecodeError(str(exc) or type(exc).__name__, segment=segment,
                                       position=_offset(position), table_id=table_id) from exc
 
-    def _partition_update(self, buf: bytes, p: int, table: TableSchema, ldt_unsigned: bool, segment: str,
+    def _lookup(self, raw_id: bytes, table_id: uuid.UUID, generation: object, segment: str,
+                position: Position | None) -> _TableState:
+        table = self._schemas.get(table_id)
+        if table is None:
+            raise UnknownTableError(table_id, segment=segment, position=_offset(position))
+        state = self._states.get(id(table))
+        if state is None or state.table is not table:
+            state = self._state(table)
+        if generation is not None:
+            if len(self._known) >= 65536:
+                self._known.clear()
+            self._known[raw_id] = (generation, table_id, state)
+        return state
+
+    def _partition_update(self, buf: bytes, p: int, state: _TableState, ldt_unsigned: bool, segment: str,
                           position: Position | None) -> tuple[PartitionUpdate | None, int]:
-        n, p = uvint(buf, p)
-        key, p = take(buf, p, n)
-        flags = buf[p]
-        p += 1
+        n = buf[p]
+        if n < 0x80:
+            p += 1
+        else:
+            n, p = uvint(buf, p)
+        e = p + n
+        if e > len(buf):
+            raise WireError(f"partition key of {n} bytes at {p} overruns the mutation")
+        key = buf[p:e]
+        flags = buf[e]
+        p = e + 1
         if flags & IS_EMPTY:
             return None, p
         if flags & IS_REVERSED:
@@ -152,29 +194,41 @@ class MutationDecoder:
         min_ts = u + TIMESTAMP_EPOCH
         if min_ts >= _2_63:
             min_ts -= _2_64
-        u, p = uvint(buf, p)
+        u = buf[p]
+        if u < 0x80:
+            p += 1
+        else:
+            u, p = uvint(buf, p)
         min_ldt = (u + DELETION_TIME_EPOCH) & _M32
-        u, p = uvint(buf, p)
+        u = buf[p]
+        if u < 0x80:
+            p += 1
+        else:
+            u, p = uvint(buf, p)
         min_ttl = u & _M32
-        statics: tuple[ColumnSpec, ...] = ()
+        statics: Header | None = None
         if flags & HAS_STATIC_ROW:
-            statics, table, p = self._columns(buf, p, table, segment, position)
-        regulars, table, p = self._columns(buf, p, table, segment, position)
-        reader = RowReader(buf, min_ts, min_ldt, min_ttl, ldt_unsigned, self._clustering_fixed(table))
+            statics, state, p = self._columns(buf, p, state, segment, position)
+        regulars, state, p = self._columns(buf, p, state, segment, position)
+        reader = RowReader(buf, min_ts, min_ldt, min_ttl, ldt_unsigned, state.clustering_fixed)
         partition_deletion = None
         if flags & HAS_PARTITION_DELETION:
             partition_deletion, p = reader.deletion_time(p)
         static_row = None
-        if flags & HAS_STATIC_ROW:
+        if statics is not None:
             rflags = buf[p]
             ext = buf[p + 1] if rflags & EXTENSION_FLAG else 0
             if not ext & IS_STATIC or rflags & (IS_MARKER | END_OF_PARTITION):
                 raise WireError("expected a static row")
             static_row, p = reader.row(p + 2, rflags, ext, statics, True)
         if flags & HAS_ROW_ESTIMATE:
-            _, p = uvint(buf, p)
+            if buf[p] < 0x80:
+                p += 1
+            else:
+                _, p = uvint(buf, p)
         rows: list[Row] = []
         markers: list[RangeTombstoneMarker] = []
+        row = reader.row
         while True:
             rflags = buf[p]
             p += 1
@@ -190,28 +244,63 @@ class MutationDecoder:
                 p += 1
                 if ext & IS_STATIC:
                     raise WireError("static row in the middle of a partition")
-            row, p = reader.row(p, rflags, ext, regulars, False)
-            rows.append(row)
-        return PartitionUpdate(table, bytes(key), partition_deletion, static_row, tuple(rows), tuple(markers)), p
+            r, p = row(p, rflags, ext, regulars, False)
+            rows.append(r)
+        update: PartitionUpdate = _new(PartitionUpdate, (state.table, key, partition_deletion, static_row,
+                                                         tuple(rows), tuple(markers) if markers else ()))
+        return update, p
 
-    def _columns(self, buf: bytes, p: int, table: TableSchema, segment: str, position: Position | None,
-                 ) -> tuple[tuple[ColumnSpec, ...], TableSchema, int]:
-        count, p = uvint(buf, p)
+    def _state(self, table: TableSchema) -> _TableState:
+        fixed = tuple(-1 if c.type.fixed_length is None else c.type.fixed_length for c in table.clustering)
+        state = _TableState(table, fixed, {})
+        if len(self._states) >= 4096:  # schemas replaced by many refreshes
+            self._states.clear()
+        self._states[id(table)] = state
+        return state
+
+    def _columns(self, buf: bytes, p: int, state: _TableState, segment: str, position: Position | None,
+                 ) -> tuple[Header, _TableState, int]:
+        """The column header at ``p``, resolved against ``state.table`` (or a refreshed schema of the same
+        table, whose state is returned) and cached by its serialized bytes."""
+        start = p
+        count = buf[p]
+        if count < 0x80:
+            p += 1
+        else:
+            count, p = uvint(buf, p)
         if count > len(buf):
             raise WireError(f"bad column count {count}")
+        for _ in range(count):
+            n = buf[p]
+            if n < 0x80:
+                p += 1 + n
+            else:
+                n, p = uvint(buf, p)
+                p += n
+        if p > len(buf):
+            raise WireError(f"column header at {start} overruns the mutation")
+        raw = buf[start:p]
+        header = state.headers.get(raw)
+        if header is not None:
+            return header, state, p
+        q = start
+        _, q = uvint(buf, q)
         names = []
         for _ in range(count):
-            n, p = uvint(buf, p)
-            name, p = take(buf, p, n)
-            names.append(bytes(name))
-        specs, table = self._resolve(table, tuple(names), segment, position)
-        return specs, table, p
+            n, q = uvint(buf, q)
+            names.append(buf[q:q + n])
+            q += n
+        specs, table = self._resolve(state.table, names, segment, position)
+        if table is not state.table:
+            known = self._states.get(id(table))
+            state = known if known is not None and known.table is table else self._state(table)
+        header = Header(specs)
+        if len(state.headers) < _MAX_HEADERS:
+            state.headers[raw] = header
+        return header, state, p
 
-    def _resolve(self, table: TableSchema, names: tuple[bytes, ...], segment: str, position: Position | None,
+    def _resolve(self, table: TableSchema, names: list[bytes], segment: str, position: Position | None,
                  ) -> tuple[tuple[ColumnSpec, ...], TableSchema]:
-        cached = self._headers.get((id(table), names))
-        if cached is not None and cached[0] is table:
-            return cached[1], table
         specs = []
         for name in names:
             col = table.column(name)
@@ -222,17 +311,7 @@ class MutationDecoder:
                                             column=name.decode("utf-8", "replace"))
                 return self._resolve(newer, names, segment, position)
             specs.append(_spec(table, col))
-        result = tuple(specs)
-        self._headers[(id(table), names)] = (table, result)
-        return result, table
-
-    def _clustering_fixed(self, table: TableSchema) -> tuple[int, ...]:
-        cached = self._clusterings.get(id(table))
-        if cached is not None and cached[0] is table:
-            return cached[1]
-        fixed = tuple(-1 if c.type.fixed_length is None else c.type.fixed_length for c in table.clustering)
-        self._clusterings[id(table)] = (table, fixed)
-        return fixed
+        return tuple(specs), table
 
 
 def _spec(table: TableSchema, col: Column | DroppedColumn) -> ColumnSpec:

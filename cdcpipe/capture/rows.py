@@ -4,14 +4,17 @@ Rows, cells, clustering prefixes and range tombstone markers as written by Cassa
 ``UnfilteredSerializer`` in the on-wire (commit log) form: reference §7.6-§7.12. Values are kept as
 raw bytes; ``cdcpipe.capture.values`` decodes them on demand.
 
+The value types are immutable NamedTuples rather than frozen dataclasses: a reader builds several per
+mutation, and a frozen dataclass costs about 15 times as much to construct (docs/adr/0003). The hot
+paths below build them with ``tuple.__new__`` and decode one-byte vints inline.
+
 Internal decoding functions raise ``WireError`` (or IndexError/struct.error on truncation); the
 mutation decoder turns those into ``MutationDecodeError`` with coordinates.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from cdcpipe.capture.values import CqlType
 
@@ -65,16 +68,17 @@ def take(buf: bytes, p: int, n: int) -> tuple[bytes, int]:
     return buf[p:end], end
 
 
-@dataclass(frozen=True, slots=True)
-class DeletionTime:
+_new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+
+
+class DeletionTime(NamedTuple):
     """``marked_for_delete_at`` in microseconds; ``local_deletion_time`` in seconds since the epoch."""
 
     marked_for_delete_at: int
     local_deletion_time: int
 
 
-@dataclass(frozen=True, slots=True)
-class Liveness:
+class Liveness(NamedTuple):
     """Primary-key liveness of a row. ``ttl`` 0 = not expiring; ``local_expiration_time`` in seconds."""
 
     timestamp: int
@@ -82,8 +86,7 @@ class Liveness:
     local_expiration_time: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Cell:
+class Cell(NamedTuple):
     """One cell. ``value`` is raw serialized bytes (b"" when empty or a tombstone). For a tombstone
     ``local_deletion_time`` is the deletion time, for an expiring cell the expiry time. ``path`` is
     set for cells of non-frozen collections/UDTs (list: timeuuid, set: element, map: key, UDT: field
@@ -98,8 +101,7 @@ class Cell:
     path: bytes | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+class Row(NamedTuple):
     """A row (or the static row, with an empty clustering). Clustering values are raw bytes
     (b"" empty, None null). ``complex_deletions`` maps a column name to its collection deletion."""
 
@@ -112,8 +114,7 @@ class Row:
     static: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class RangeTombstoneMarker:
+class RangeTombstoneMarker(NamedTuple):
     """A bound or boundary of a range tombstone. ``kind`` is the ClusteringPrefix.Kind ordinal;
     ``close_deletion`` ends the range before the marker, ``open_deletion`` starts the one after it
     (a boundary has both)."""
@@ -138,14 +139,25 @@ class ColumnSpec(NamedTuple):
     dropped_time: int | None  # cells at or before this timestamp belong to a dropped column
 
 
+class Header:
+    """A PartitionUpdate's resolved column list, with the column subsets its rows selected (by bitmap)."""
+
+    __slots__ = ("columns", "subsets")
+
+    def __init__(self, columns: tuple[ColumnSpec, ...]) -> None:
+        self.columns = columns
+        self.subsets: dict[int, tuple[ColumnSpec, ...]] = {}
+
+
 class RowReader:
     """Decodes the unfiltereds of one PartitionUpdate, given its EncodingStats and column headers."""
 
-    __slots__ = ("buf", "clustering_fixed", "ldt_unsigned", "min_ldt", "min_ts", "min_ttl")
+    __slots__ = ("buf", "clustering_fixed", "end", "ldt_unsigned", "min_ldt", "min_ts", "min_ttl")
 
     def __init__(self, buf: bytes, min_ts: int, min_ldt: int, min_ttl: int, ldt_unsigned: bool,
                  clustering_fixed: tuple[int, ...]) -> None:
         self.buf = buf
+        self.end = len(buf)
         self.min_ts, self.min_ldt, self.min_ttl = min_ts, min_ldt, min_ttl
         self.ldt_unsigned = ldt_unsigned
         self.clustering_fixed = clustering_fixed
@@ -174,29 +186,39 @@ class RowReader:
     def deletion_time(self, p: int) -> tuple[DeletionTime, int]:
         ts, p = self.timestamp(p)
         ldt, p = self.ldt(p)
-        return DeletionTime(ts, ldt), p
+        return _new(DeletionTime, (ts, ldt)), p
 
     # --- clustering (§7.8)
     def clustering(self, p: int, count: int) -> tuple[tuple[bytes | None, ...], int]:
         buf = self.buf
         fixed = self.clustering_fixed
+        end = self.end
         values: list[bytes | None] = []
         header = 0
         for i in range(count):
             j = i & 31
             if j == 0:
-                header, p = uvint(buf, p)
-            bits = (header >> (2 * j)) & 3
-            if bits & 1:
-                values.append(b"")
-            elif bits & 2:
-                values.append(None)
-            else:
-                n = fixed[i]
-                if n < 0:
+                header = buf[p]
+                if header < 0x80:
+                    p += 1
+                else:
+                    header, p = uvint(buf, p)
+            bits = (header >> (j + j)) & 3
+            if bits:
+                values.append(b"" if bits & 1 else None)
+                continue
+            n = fixed[i]
+            if n < 0:
+                n = buf[p]
+                if n < 0x80:
+                    p += 1
+                else:
                     n, p = uvint(buf, p)
-                v, p = take(buf, p, n)
-                values.append(v)
+            e = p + n
+            if e > end:
+                raise WireError(f"value of {n} bytes at {p} overruns the mutation")
+            values.append(buf[p:e])
+            p = e
         return tuple(values), p
 
     # --- range tombstone marker (§7.12)
@@ -216,59 +238,166 @@ class RowReader:
         return RangeTombstoneMarker(kind, bound, first, None), p
 
     # --- row (§7.7, §7.9-§7.11)
-    def row(self, p: int, flags: int, ext: int, columns: tuple[ColumnSpec, ...], static: bool) -> tuple[Row, int]:
+    def row(self, p: int, flags: int, ext: int, header: Header, static: bool) -> tuple[Row, int]:
         buf = self.buf
-        if static:
-            clustering: tuple[bytes | None, ...] = ()
-        else:
+        end = self.end
+        min_ts = self.min_ts
+        clustering: tuple[bytes | None, ...] = ()
+        if not static and self.clustering_fixed:
             clustering, p = self.clustering(p, len(self.clustering_fixed))
         liveness: Liveness | None = None
         row_ts, row_ttl, row_ldt = NO_TIMESTAMP, 0, None
         if flags & HAS_TIMESTAMP:
-            row_ts, p = self.timestamp(p)
+            b = buf[p]
+            if b < 0x80:
+                p += 1
+            else:
+                b, p = uvint(buf, p)
+            row_ts = b + min_ts
+            if row_ts >= _2_63:
+                row_ts -= _2_64
             if flags & HAS_TTL:
                 row_ttl, p = self.ttl(p)
                 row_ldt, p = self.ldt(p)
-            liveness = Liveness(row_ts, row_ttl, row_ldt)
+            liveness = _new(Liveness, (row_ts, row_ttl, row_ldt))
         deletion = None
         if flags & HAS_DELETION:
             deletion, p = self.deletion_time(p)
-        if not flags & HAS_ALL_COLUMNS:
-            columns, p = self._subset(p, columns)
+        if flags & HAS_ALL_COLUMNS:
+            columns = header.columns
+        else:
+            columns, p = self._subset(p, header)
         cells: list[Cell] = []
-        complex_deletions: list[tuple[str, DeletionTime]] = []
-        has_complex_deletion = flags & HAS_COMPLEX_DELETION
+        append = cells.append
+        complex_deletions: list[tuple[str, DeletionTime]] | None = None
         for col in columns:
-            if not col.complex:
-                cell, p = self._cell(p, col, row_ts, row_ttl, row_ldt, False)
-                if col.dropped_time is None or cell.timestamp > col.dropped_time:
-                    cells.append(cell)
+            name, _, fixed, is_complex, dropped = col
+            if is_complex:
+                if complex_deletions is None:
+                    complex_deletions = []
+                p = self._complex(p, col, row_ts, row_ttl, row_ldt, flags & HAS_COMPLEX_DELETION, append,
+                                  complex_deletions)
                 continue
-            if has_complex_deletion:
-                dt, p = self.deletion_time(p)
-                if dt.marked_for_delete_at != NO_TIMESTAMP and (
-                        col.dropped_time is None or dt.marked_for_delete_at > col.dropped_time):
-                    complex_deletions.append((col.name, dt))
-            count, p = uvint(buf, p)
-            if count > len(buf):
-                raise WireError(f"bad cell count {count} at {p}")
-            for _ in range(count):
-                cell, p = self._cell(p, col, row_ts, row_ttl, row_ldt, True)
-                if col.dropped_time is None or cell.timestamp > col.dropped_time:
-                    cells.append(cell)
-        row = Row(clustering, liveness, deletion, tuple(cells), tuple(complex_deletions),
-                  bool(ext & HAS_SHADOWABLE_DELETION), static)
+            # simple cell (§7.10), inlined: this is the innermost loop of the reader
+            cflags = buf[p]
+            p += 1
+            if cflags & USE_ROW_TIMESTAMP:
+                ts = row_ts
+            else:
+                b = buf[p]
+                if b < 0x80:
+                    p += 1
+                else:
+                    b, p = uvint(buf, p)
+                ts = b + min_ts
+                if ts >= _2_63:
+                    ts -= _2_64
+            if cflags & USE_ROW_TTL:
+                ttl, ldt = row_ttl, row_ldt
+            elif cflags & (IS_DELETED | IS_EXPIRING):
+                ldt, p = self.ldt(p)
+                ttl = 0
+                if cflags & IS_EXPIRING:
+                    ttl, p = self.ttl(p)
+            else:
+                ttl, ldt = 0, None
+            if cflags & HAS_EMPTY_VALUE:
+                value = b""
+            else:
+                n = fixed
+                if n < 0:
+                    n = buf[p]
+                    if n < 0x80:
+                        p += 1
+                    else:
+                        n, p = uvint(buf, p)
+                e = p + n
+                if e > end:
+                    raise WireError(f"value of {n} bytes at {p} overruns the mutation")
+                value = buf[p:e]
+                p = e
+            if dropped is None or ts > dropped:
+                append(_new(Cell, (name, value, ts, ttl, ldt, (cflags & IS_DELETED) != 0, None)))
+        row: Row = _new(Row, (clustering, liveness, deletion, tuple(cells),
+                              () if not complex_deletions else tuple(complex_deletions),
+                              (ext & HAS_SHADOWABLE_DELETION) != 0, static))
         return row, p
 
-    def _subset(self, p: int, columns: tuple[ColumnSpec, ...]) -> tuple[tuple[ColumnSpec, ...], int]:
+    def _complex(self, p: int, col: ColumnSpec, row_ts: int, row_ttl: int, row_ldt: int | None,
+                 has_complex_deletion: int, append: Any, complex_deletions: list[tuple[str, DeletionTime]]) -> int:
+        """Complex column data (§7.11): its deletion (if any) into ``complex_deletions``, cells via ``append``."""
+        buf = self.buf
+        end = self.end
+        min_ts = self.min_ts
+        name, _, _, _, dropped = col
+        if has_complex_deletion:
+            dt, p = self.deletion_time(p)
+            if dt[0] != NO_TIMESTAMP and (dropped is None or dt[0] > dropped):
+                complex_deletions.append((name, dt))
+        count, p = uvint(buf, p)
+        if count > end:
+            raise WireError(f"bad cell count {count} at {p}")
+        for _ in range(count):
+            cflags = buf[p]
+            p += 1
+            if cflags & USE_ROW_TIMESTAMP:
+                ts = row_ts
+            else:
+                u, p = uvint(buf, p)
+                ts = u + min_ts
+                if ts >= _2_63:
+                    ts -= _2_64
+            if cflags & USE_ROW_TTL:
+                ttl, ldt = row_ttl, row_ldt
+            elif cflags & (IS_DELETED | IS_EXPIRING):
+                ldt, p = self.ldt(p)
+                ttl = 0
+                if cflags & IS_EXPIRING:
+                    ttl, p = self.ttl(p)
+            else:
+                ttl, ldt = 0, None
+            n = buf[p]
+            if n < 0x80:
+                p += 1
+            else:
+                n, p = uvint(buf, p)
+            e = p + n
+            if e > end:
+                raise WireError(f"cell path of {n} bytes at {p} overruns the mutation")
+            path = buf[p:e]
+            p = e
+            if cflags & HAS_EMPTY_VALUE:
+                value = b""
+            else:
+                n = buf[p]
+                if n < 0x80:
+                    p += 1
+                else:
+                    n, p = uvint(buf, p)
+                e = p + n
+                if e > end:
+                    raise WireError(f"value of {n} bytes at {p} overruns the mutation")
+                value = buf[p:e]
+                p = e
+            if dropped is None or ts > dropped:
+                append(_new(Cell, (name, value, ts, ttl, ldt, (cflags & IS_DELETED) != 0, path)))
+        return p
+
+    def _subset(self, p: int, header: Header) -> tuple[tuple[ColumnSpec, ...], int]:
         v, p = uvint(self.buf, p)
-        n = len(columns)
+        columns = header.columns
         if v == 0:
             return columns, p
+        n = len(columns)
         if n < 64:
-            if v >> n:
-                raise WireError(f"column subset bitmap {v:#x} exceeds {n} columns")
-            return tuple(c for i, c in enumerate(columns) if not (v >> i) & 1), p
+            subset = header.subsets.get(v)
+            if subset is None:
+                if v >> n:
+                    raise WireError(f"column subset bitmap {v:#x} exceeds {n} columns")
+                subset = tuple(c for i, c in enumerate(columns) if not (v >> i) & 1)
+                if len(header.subsets) < 4096:
+                    header.subsets[v] = subset
+            return subset, p
         if v > n:
             raise WireError(f"column subset: {v} missing of {n}")
         present = n - v
@@ -286,36 +415,3 @@ class RowReader:
         if any(i >= n for i in idx):
             raise WireError("column subset index out of range")
         return tuple(columns[i] for i in idx), p
-
-    def _cell(self, p: int, col: ColumnSpec, row_ts: int, row_ttl: int, row_ldt: int | None,
-              complex_cell: bool) -> tuple[Cell, int]:
-        buf = self.buf
-        flags = buf[p]
-        p += 1
-        if flags & USE_ROW_TIMESTAMP:
-            ts = row_ts
-        else:
-            u, p = uvint(buf, p)
-            ts = u + self.min_ts
-            if ts >= _2_63:
-                ts -= _2_64
-        ttl, ldt = 0, None
-        if flags & USE_ROW_TTL:
-            ttl, ldt = row_ttl, row_ldt
-        else:
-            if flags & (IS_DELETED | IS_EXPIRING):
-                ldt, p = self.ldt(p)
-            if flags & IS_EXPIRING:
-                ttl, p = self.ttl(p)
-        path = None
-        if complex_cell:
-            n, p = uvint(buf, p)
-            path, p = take(buf, p, n)
-        if flags & HAS_EMPTY_VALUE:
-            value = b""
-        else:
-            n = -1 if complex_cell else col.fixed
-            if n < 0:
-                n, p = uvint(buf, p)
-            value, p = take(buf, p, n)
-        return Cell(col.name, value, ts, ttl, ldt, bool(flags & IS_DELETED), path), p
