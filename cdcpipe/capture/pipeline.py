@@ -67,7 +67,7 @@ class Capture:
     def open(cls, settings: Settings, health: Health) -> Capture:
         c = settings.capture
         cdc_raw = settings.require("capture.cdc_raw_dir")
-        source = connect_system_schema(",".join(settings.cassandra.hosts))
+        source = connect_system_schema(settings.cassandra)
         origin = _origin(source, settings)
         producer = EventProducer(settings.kafka, origin.node, partitions=c.topic_partitions,
                                  replication=c.topic_replication)

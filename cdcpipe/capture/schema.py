@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cdcpipe.capture.table_schema import (
     CLUSTERING,
@@ -30,9 +30,12 @@ from cdcpipe.capture.table_schema import (
 from cdcpipe.capture.values import CqlType, identifier, parse_cql_type
 from cdcpipe.errors import SchemaError
 
+if TYPE_CHECKING:
+    from cdcpipe.config import CassandraSettings
+
 __all__ = [
     "CLUSTERING", "PARTITION_KEY", "REGULAR", "STATIC", "Column", "CqlFileSchemaSource", "CqlSession",
-    "DroppedColumn", "SchemaRegistry", "SchemaSource", "SystemSchemaSource", "TableSchema",
+    "DroppedColumn", "SchemaRegistry", "SchemaSource", "SystemSchemaSource", "TableSchema", "cluster_options",
     "connect_system_schema", "parse_cql_schema", "schema_from_rows", "system_table_id",
 ]
 
@@ -419,18 +422,46 @@ class SystemSchemaSource:
             raise SchemaError(f"cannot read system_schema: {exc}", retriable=True) from exc
 
 
-def connect_system_schema(hosts: str) -> SystemSchemaSource:
-    """Connect with cassandra-driver to ``host[:port],...`` (port of the first host is used for all)."""
+def connect_system_schema(target: str | CassandraSettings) -> SystemSchemaSource:
+    """Connect with cassandra-driver for schema reads. ``target`` is the ``cassandra`` settings (hosts,
+    credentials, local data center, connect timeout) or a ``host[:port],...`` string (``cdcpipe dump``).
+    The port of the first host is used for all. With ``local_dc`` set, queries go to that data center only
+    (DCAwareRoundRobinPolicy); otherwise the driver's default policy applies. Raises SchemaError (retriable)."""
     from cassandra.cluster import Cluster
 
-    points, port = [], 9042
-    for i, item in enumerate(h.strip() for h in hosts.split(",") if h.strip()):
-        host, _, p = item.rpartition(":") if item.count(":") == 1 else (item, "", "")
-        points.append(host)
-        if i == 0 and p:
-            port = int(p)
+    cfg = _settings(target)
     try:
-        session = Cluster(contact_points=points or ["127.0.0.1"], port=port, protocol_version=5).connect()
+        session = Cluster(**cluster_options(cfg)).connect()
     except Exception as exc:
-        raise SchemaError(f"cannot connect to Cassandra at {hosts}: {exc}", retriable=True) from exc
+        raise SchemaError(f"cannot connect to Cassandra at {','.join(cfg.hosts)}: {exc}", retriable=True) from exc
     return SystemSchemaSource(session)
+
+
+def cluster_options(cfg: CassandraSettings) -> dict[str, Any]:
+    """Keyword arguments of ``cassandra.cluster.Cluster`` for ``cfg`` (contact points, port, credentials,
+    connect timeout, load-balancing policy)."""
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
+    from cassandra.policies import DCAwareRoundRobinPolicy
+
+    points = cfg.contact_points()
+    options: dict[str, Any] = {"contact_points": [h for h, _ in points], "port": points[0][1],
+                               "protocol_version": 5, "connect_timeout": cfg.connect_timeout_s}
+    if cfg.username:
+        password = cfg.password.get_secret_value() if cfg.password is not None else ""
+        options["auth_provider"] = PlainTextAuthProvider(cfg.username, password)
+    if cfg.local_dc:
+        profile = ExecutionProfile(load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))
+        options["execution_profiles"] = {EXEC_PROFILE_DEFAULT: profile}
+    return options
+
+
+def _settings(target: str | CassandraSettings) -> CassandraSettings:
+    from cdcpipe.config import CassandraSettings
+
+    if not isinstance(target, str):
+        return target
+    try:
+        return CassandraSettings(hosts=target or "127.0.0.1:9042")  # type: ignore[arg-type]  # split by validator
+    except ValueError as exc:
+        raise SchemaError(f"bad Cassandra hosts {target!r}: {exc}") from exc

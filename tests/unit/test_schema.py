@@ -238,3 +238,50 @@ def test_multi_cell_values() -> None:
 
 def test_driver_has_vector_type() -> None:
     assert hasattr(cqltypes, "VectorType")
+
+
+# ---------------------------------------------------------------------------------------- connection
+
+def test_cluster_options_use_credentials_timeout_and_local_dc() -> None:
+    from cassandra.auth import PlainTextAuthProvider
+    from cassandra.cluster import EXEC_PROFILE_DEFAULT
+    from cassandra.policies import DCAwareRoundRobinPolicy
+
+    from cdcpipe.capture.schema import cluster_options
+    from cdcpipe.config import CassandraSettings
+
+    cfg = CassandraSettings(hosts=["db1:9142", "db2"], username="cdc", password="s3cret",  # type: ignore[arg-type]
+                            local_dc="dc2", connect_timeout_s=3)
+    opts = cluster_options(cfg)
+    assert opts["contact_points"] == ["db1", "db2"] and opts["port"] == 9142 and opts["connect_timeout"] == 3
+    auth = opts["auth_provider"]
+    assert isinstance(auth, PlainTextAuthProvider) and (auth.username, auth.password) == ("cdc", "s3cret")
+    policy = opts["execution_profiles"][EXEC_PROFILE_DEFAULT].load_balancing_policy
+    assert isinstance(policy, DCAwareRoundRobinPolicy) and policy.local_dc == "dc2"
+    plain = cluster_options(CassandraSettings(hosts=["db1"]))
+    assert "auth_provider" not in plain and "execution_profiles" not in plain and plain["port"] == 9042
+
+
+def test_connect_system_schema_takes_settings_or_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
+    import cassandra.cluster
+
+    from cdcpipe.capture.schema import SystemSchemaSource, connect_system_schema
+    from cdcpipe.config import CassandraSettings
+
+    seen: list[dict[str, Any]] = []
+    session = object()
+
+    class FakeCluster:
+        def __init__(self, **kwargs: Any) -> None:
+            seen.append(kwargs)
+
+        def connect(self) -> object:
+            return session
+
+    monkeypatch.setattr(cassandra.cluster, "Cluster", FakeCluster)
+    src = connect_system_schema(CassandraSettings(hosts=["h1:9043"], local_dc="east"))
+    assert isinstance(src, SystemSchemaSource) and src.session is session
+    assert seen[-1]["contact_points"] == ["h1"] and seen[-1]["port"] == 9043 and "execution_profiles" in seen[-1]
+    connect_system_schema("h2:9044, h3")  # the hosts string of `cdcpipe dump`
+    assert seen[-1]["contact_points"] == ["h2", "h3"] and seen[-1]["port"] == 9044
+    assert "execution_profiles" not in seen[-1] and "auth_provider" not in seen[-1]
