@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdcpipe.capture.values import CqlType, udt_field_index
+from cdcpipe.capture.values import CqlType, TimestampMillis, udt_field_index
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
@@ -119,6 +119,8 @@ def to_avro(t: CqlType, value: Any) -> Any:
         if isinstance(value, datetime.datetime):
             epoch = _EPOCH_NAIVE if value.tzinfo is None else _EPOCH_AWARE
             return (value - epoch) // _MICRO
+        if isinstance(value, TimestampMillis):  # outside the datetime range: Avro readers could not convert it
+            raise ValueError(f"timestamp {int(value)} ms is outside the datetime range (raw bytes carry it)")
         return int(value) * 1000
     if n in ("uuid", "timeuuid"):
         return str(value)

@@ -228,15 +228,57 @@ _SHORT = struct.Struct(">h")
 _LONG = struct.Struct(">q")
 
 
+class TimestampMillis(int):
+    """A ``timestamp`` value outside Python's datetime range (years 1-9999): the exact milliseconds since
+    the Unix epoch. ``decode_value`` returns it (also inside collections, tuples and UDTs) instead of
+    raising; timestamps in range decode to naive UTC ``datetime`` as before. (``date`` values never
+    raise: the driver's ``cassandra.util.Date`` keeps ``days_from_epoch`` when there is no ``datetime.date``.)"""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"TimestampMillis({int(self)})"
+
+    def __str__(self) -> str:
+        return int.__repr__(self)
+
+
+_TOTAL_TIMESTAMP_TYPES: dict[Any, Any] = {}
+
+
+def _total_timestamp_type(base: Any) -> Any:
+    """A subclass of the driver's TimestampType/DateType whose ``deserialize`` never overflows."""
+    cls = _TOTAL_TIMESTAMP_TYPES.get(base)
+    if cls is None:
+        decode = base.deserialize
+
+        def deserialize(byts: bytes, protocol_version: int) -> Any:
+            try:
+                return decode(byts, protocol_version)
+            except (OverflowError, ValueError):
+                if len(byts) != 8:
+                    raise
+                return TimestampMillis(_LONG.unpack(byts)[0])
+
+        # a leading underscore keeps the driver's type metaclass from registering it under 'timestamp'
+        cls = type(base)("_Total" + base.__name__, (base,),
+                         {"deserialize": staticmethod(deserialize), "cassname": base.cassname})
+        _TOTAL_TIMESTAMP_TYPES[base] = cls
+    return cls
+
+
 def driver_type(t: CqlType) -> Any:
-    """The cassandra-driver ``cqltypes`` class that decodes the (frozen) serialized form of ``t``."""
+    """The cassandra-driver ``cqltypes`` class that decodes the (frozen) serialized form of ``t``
+    (timestamps through a subclass that returns ``TimestampMillis`` where the driver would overflow)."""
     cached = _DRIVER_CACHE.get(t)
     if cached is not None:
         return cached
     from cassandra import cqltypes
 
-    if t.name in cqltypes._cqltypes and t.name not in COLLECTIONS and t.name not in ("tuple", "frozen"):
-        result: Any = cqltypes._cqltypes[t.name]
+    if t.name == "timestamp":
+        result: Any = _total_timestamp_type(cqltypes.TimestampType)
+    elif t.name in cqltypes._cqltypes and t.name not in COLLECTIONS and t.name not in ("tuple", "frozen"):
+        result = cqltypes._cqltypes[t.name]
     elif t.name == "empty":
         result = cqltypes.lookup_casstype("EmptyType")
     elif t.name in COLLECTIONS or t.name == "tuple":
@@ -248,6 +290,8 @@ def driver_type(t: CqlType) -> Any:
             t.keyspace, t.udt_name, t.field_names, tuple(driver_type(p) for p in t.params))
     else:
         result = cqltypes.lookup_casstype(t.custom_class)
+        if isinstance(result, type) and issubclass(result, cqltypes.DateType):  # legacy 'DateType'
+            result = _total_timestamp_type(result)
     _DRIVER_CACHE[t] = result
     return result
 
@@ -277,6 +321,7 @@ def decode_counter(raw: bytes) -> CounterValue:
 
 def decode_value(t: CqlType, raw: bytes) -> Any:
     """Decode one serialized value (frozen form). An empty value of a non-string type decodes to None.
+    Total for well-formed values: a timestamp outside the datetime range decodes to ``TimestampMillis``.
     Raises ValueError (or the driver's own error) for malformed bytes."""
     if not raw and t.name not in _STRINGISH:
         return None

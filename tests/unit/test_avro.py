@@ -150,6 +150,26 @@ def test_decode_errors() -> None:
     assert struct.calcsize("<Q") == len(s.fingerprint)
 
 
+def test_timestamp_outside_datetime_range_keeps_the_event() -> None:
+    from cdcpipe.capture.values import TimestampMillis
+
+    t = parse_cql_schema(f"CREATE TABLE ks.w (p int, c timestamp, ts timestamp, lt frozen<list<timestamp>>, "
+                         f"PRIMARY KEY (p, c)) WITH id = {TID} AND cdc = true;")[0]
+    schema = avro.table_schema(t)
+    cache = avro.SchemaCache()
+    cache.add(schema.to_json())
+    for millis in (253402300800000, -(1 << 63)):
+        raw = struct.pack(">q", millis)
+        cells = (Cell("ts", raw, 100), Cell("lt", struct.pack(">ii", 1, 8) + raw, 100))
+        u = PartitionUpdate(t, struct.pack(">i", 1), None, None, (Row((raw,), Liveness(100), None, cells),))
+        (c,) = from_mutation(Mutation(None, (u,)), ORIGIN, 1, 2)
+        assert c.event.clustering == (millis,) and isinstance(c.event.clustering[0], TimestampMillis)
+        data = avro.encode(c.event, schema, c.raw_key, c.raw_clustering)
+        assert avro.decode(data, cache.get) == c.event
+        rec = fastavro.schemaless_reader(io.BytesIO(data[10:]), fastavro.parse_schema(schema.schema), None)
+        assert rec["clustering"]["c"] is None and rec["clustering_raw"] == [raw]  # typed form: null, raw kept
+
+
 def test_metadata_only_changes_change_the_fingerprint() -> None:
     base = avro.table_schema(table())
     variants = [

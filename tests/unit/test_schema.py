@@ -222,7 +222,7 @@ def test_special_values() -> None:
     assert decode_value(CqlType("text"), b"") == ""
     assert render(CqlType("int"), b"\x01") == {"undecodable": "01"}
     assert to_json(CqlType("inet"), ipaddress.ip_address("::2")) == "::2"
-    assert render(CqlType("timestamp"), (1 << 62).to_bytes(8, "big")) == {"undecodable": "4000000000000000"}
+    assert render(CqlType("timestamp"), (1 << 62).to_bytes(8, "big")) == str(1 << 62)  # TimestampMillis
 
 
 def test_multi_cell_values() -> None:
@@ -234,6 +234,30 @@ def test_multi_cell_values() -> None:
     assert decode_cells(mp, [(b"k", enc("int", 3))]) == [("k", 3)]
     udt = parse_cql_type("addr", "ks", resolve)
     assert decode_cells(udt, [(b"\x00\x01", enc("int", 9))]) == {"zip": 9}
+
+
+def test_timestamps_outside_datetime_range_decode_losslessly() -> None:
+    import struct
+
+    from cdcpipe.capture.values import TimestampMillis
+
+    for millis in (253402300800000, -62135596800001, -(1 << 63), (1 << 63) - 1):
+        raw = struct.pack(">q", millis)
+        v = decode_value(parse_cql_type("timestamp"), raw)
+        assert isinstance(v, TimestampMillis) and int(v) == millis
+        assert render(parse_cql_type("timestamp"), raw) == str(millis)
+        nested = decode_value(parse_cql_type("frozen<map<int, frozen<list<timestamp>>>>"),
+                              struct.pack(">iii", 1, 4, 7) + struct.pack(">iii", 16, 1, 8) + raw)
+        assert nested == {7: [millis]} and isinstance(nested[7][0], TimestampMillis)
+        assert decode_value(parse_cql_type("tuple<timestamp>"), struct.pack(">i", 8) + raw) == (millis,)
+        assert decode_value(parse_cql_type("'org.apache.cassandra.db.marshal.DateType'"), raw) == millis
+    in_range = decode_value(parse_cql_type("timestamp"), struct.pack(">q", 1_700_000_000_123))
+    assert in_range == datetime.datetime(2023, 11, 14, 22, 13, 20, 123000)
+    assert cqltypes._cqltypes["timestamp"] is cqltypes.TimestampType  # the driver's registry is untouched
+    for days in (0, 0xFFFFFFFF):  # dates: the driver's Date keeps the day count
+        d = decode_value(parse_cql_type("date"), struct.pack(">I", days))
+        assert d.days_from_epoch == days - (1 << 31)
+        assert render(parse_cql_type("date"), struct.pack(">I", days)) == str(days - (1 << 31))
 
 
 def test_driver_has_vector_type() -> None:
