@@ -506,7 +506,15 @@ def drive(session: Any, workload: Workload, ops: int, *, rate: float | None = No
         st = workload.next()
         stmt = prepared.get(st.cql)
         if stmt is None:
-            stmt = prepared[st.cql] = session.prepare(st.cql)
+            try:
+                stmt = prepared[st.cql] = session.prepare(st.cql)
+            except Exception as exc:  # e.g. no host while a node restarts: the statement is not run
+                with lock:
+                    tally.done += 1
+                    if len(tally.errors) < 20:
+                        tally.errors.append(f"prepare: {type(exc).__name__}: {exc}")
+                time.sleep(0.2)
+                continue
             if consistency is not None:
                 stmt.consistency_level = consistency
         slots.acquire()

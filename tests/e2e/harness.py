@@ -506,10 +506,18 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
             assert not injector.is_alive(), "fault injector did not finish"
         pipeline.check_alive()
         token = uuid.uuid4().hex
-        fence = session.prepare(f"INSERT INTO {keyspace}.{FENCE_TABLE} (id, at) VALUES (?, toTimestamp(now()))")
-        if consistency is not None:
-            fence.consistency_level = consistency
-        session.execute(fence, (token,))
+
+        def write_fence() -> bool:  # retried: after a node restart the driver reconnects with a back-off
+            try:
+                fence = session.prepare(f"INSERT INTO {keyspace}.{FENCE_TABLE} (id, at) VALUES (?, "
+                                        "toTimestamp(now()))")
+                if consistency is not None:
+                    fence.consistency_level = consistency
+                session.execute(fence, (token,))
+            except Exception:
+                return False
+            return True
+        wait_for("the fence write", write_fence, 90, pipeline, step=1)
         nodes = len(stack.hosts)
 
         def fenced() -> bool:

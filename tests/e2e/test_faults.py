@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, Outcome, Pipeline, StackEnv, private_stack, run_fidelity, stack_cmd
+from tests.e2e.harness import ROOT, Outcome, Pipeline, StackEnv, metric_sum, private_stack, run_fidelity, stack_cmd
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -51,11 +51,24 @@ def check(outcome: Outcome, *, workload_errors_allowed: bool = False) -> None:
     assert outcome.events == outcome.distinct_events
 
 
+def mid_stream(pipeline: Pipeline, timeout: float = 120) -> None:
+    """Wait until capture has produced and apply has applied events: the pipeline is streaming."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        produced = metric_sum(pipeline.captures[0].metrics(), "cdcpipe_capture_events_produced_total")
+        applied = metric_sum(pipeline.apply.metrics(), "cdcpipe_apply_events_applied_total")
+        if produced > 0 and applied > 0:
+            time.sleep(2)
+            return
+        time.sleep(0.5)
+    raise AssertionError("the pipeline did not start streaming")
+
+
 def restart_service(service: str) -> Callable[[Pipeline, threading.Event], list[str]]:
     """Stop ``service`` of the private stack a few seconds into the workload, and start it again 5 s later."""
 
     def during(pipeline: Pipeline, done: threading.Event) -> list[str]:
-        time.sleep(6)
+        mid_stream(pipeline)
         down = stack_cmd(knobs(), "down", "--service", service, timeout=120)
         assert down.returncode == 0, down.stderr
         stopped = time.monotonic()
