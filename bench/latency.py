@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""End-to-end latency: from the Cassandra write to the PostgreSQL commit, at a steady write rate.
+
+On the stack in the environment (``eval "$(deploy/local/stack env)"``) it creates a probe keyspace, starts
+``cdcpipe capture`` and ``cdcpipe apply`` as processes (unique topic prefix and consumer group), lets them warm
+up, then writes ``--rate`` rows per second for ``--seconds`` seconds into ``probe (id bigint PRIMARY KEY, v text)``.
+Each write's time is taken just before it is sent; a poller reads the mirrored table in PostgreSQL every
+``--poll-ms`` and stamps each id when it first becomes visible (that is, committed).  Latency = visible − sent
+(so it is at most ``--poll-ms`` pessimistic).  Writes that do not reach PostgreSQL within ``--settle`` seconds
+count as lost and make the run fail.  The last line is ``RESULT p50_ms=... p95_ms=... p99_ms=... max_ms=...``.
+
+The figure includes Cassandra's commit-log sync period (the stack's ``commitlog_sync_period``: CDC sees a write
+only once it is synced), capture's poll and flush, the Kafka transaction, apply's batching and its transaction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import asyncpg  # noqa: E402
+from cassandra.cluster import Cluster  # noqa: E402
+
+from tests.e2e.harness import Pipeline, StackEnv, metric_sum, unique  # noqa: E402
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def poll_visible(dsn: str, table: str, total: int, seen: dict[int, float], stop: threading.Event,
+                       poll_s: float) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        low = 0
+        while not stop.is_set() and len(seen) < total:
+            if await conn.fetchval("SELECT to_regclass($1)", table) is not None:
+                rows = await conn.fetch(f"SELECT id FROM {table} WHERE id >= $1", low)
+                now = time.time()
+                for r in rows:
+                    seen.setdefault(int(r["id"]), now)
+                while low in seen:
+                    low += 1
+            await asyncio.sleep(poll_s)
+    finally:
+        await conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=2000.0, help="writes per second")
+    parser.add_argument("--seconds", type=float, default=60.0, help="how long to write")
+    parser.add_argument("--poll-ms", type=float, default=20.0, help="PostgreSQL visibility poll interval")
+    parser.add_argument("--settle", type=float, default=60.0, help="seconds to wait for the last writes")
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".stack" / "run" / "latency")
+    args = parser.parse_args(argv)
+
+    import os
+
+    stack = StackEnv({k: v for k, v in os.environ.items() if k.startswith("CDCPIPE_")})
+    keyspace = unique("bench_latency")
+    table = f'"{keyspace}"."probe"'
+    cluster = Cluster(stack.hosts, protocol_version=5)
+    session = cluster.connect()
+    pipeline = Pipeline(stack, keyspace, args.workdir, extra={"CDCPIPE_OBSERVABILITY__LOG_LEVEL": "warning"})
+    total = int(args.rate * args.seconds)
+    sent: list[float] = [0.0] * total
+    seen: dict[int, float] = {}
+    stop = threading.Event()
+    try:
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute(f"CREATE TABLE {keyspace}.probe (id bigint PRIMARY KEY, v text) WITH cdc = true")
+        insert = session.prepare(f"INSERT INTO {keyspace}.probe (id, v) VALUES (?, ?)")
+        pipeline.start()
+        # warm-up: both processes running and one row through
+        session.execute(insert, (-1, "warm-up"))
+        deadline = time.monotonic() + 120
+        while metric_sum(pipeline.apply.metrics(), "cdcpipe_apply_events_applied_total") < 1:
+            pipeline.check_alive()
+            assert time.monotonic() < deadline, "warm-up row never applied"
+            time.sleep(0.5)
+        poller = threading.Thread(target=lambda: asyncio.run(
+            poll_visible(stack.dsn, table, total, seen, stop, args.poll_ms / 1000)), daemon=True)
+        poller.start()
+        errors: list[BaseException] = []
+        in_flight = threading.BoundedSemaphore(256)
+        started = time.monotonic()
+        for i in range(total):
+            ahead = started + i / args.rate - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+            in_flight.acquire()
+            sent[i] = time.time()
+            future = session.execute_async(insert, (i, "x" * 40))
+            future.add_callbacks(lambda _, s=in_flight: s.release(),
+                                 lambda exc, s=in_flight: (errors.append(exc), s.release()))
+        achieved = total / (time.monotonic() - started)
+        deadline = time.monotonic() + args.settle
+        while len(seen) < total and time.monotonic() < deadline:
+            time.sleep(0.2)
+        stop.set()
+        poller.join(10)
+        latencies = [(seen[i] - sent[i]) * 1000 for i in range(total) if i in seen]
+        lost = total - len(latencies)
+        print(f"writes={total} achieved_rate={achieved:.0f}/s errors={len(errors)} lost={lost} "
+              f"mean_ms={statistics.fmean(latencies):.0f} poll_ms={args.poll_ms:.0f}")
+        print(f"RESULT p50_ms={percentile(latencies, 0.50):.0f} p95_ms={percentile(latencies, 0.95):.0f} "
+              f"p99_ms={percentile(latencies, 0.99):.0f} max_ms={max(latencies):.0f}")
+        return 0 if lost == 0 and not errors else 1
+    finally:
+        stop.set()
+        pipeline.stop()
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(stack.dsn)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{keyspace}" CASCADE')
+            finally:
+                await conn.close()
+        asyncio.run(drop())
+        cluster.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
