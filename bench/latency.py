@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     table = f'"{keyspace}"."probe"'
     cluster = Cluster(stack.hosts, protocol_version=5)
     session = cluster.connect()
-    pipeline = Pipeline(stack, keyspace, args.workdir, extra={"CDCPIPE_OBSERVABILITY__LOG_LEVEL": "warning"})
+    pipeline = Pipeline(stack, keyspace, args.workdir, extra={"CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"})
     total = int(args.rate * args.seconds)
     sent: list[float] = [0.0] * total
     seen: dict[int, float] = {}
