@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 import structlog
 
 from cdcpipe import avro
+from cdcpipe.avro_fast import TableEncoder, Unsupported
 from cdcpipe.capture import metrics
 from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower
 from cdcpipe.capture.events import Origin, from_mutation
-from cdcpipe.capture.mutation import MutationDecoder, first_table_id
+from cdcpipe.capture.mutation import Mutation, MutationDecoder, first_table_id
 from cdcpipe.capture.producer import Record, dead_letter_topic, table_topic
 from cdcpipe.capture.schema import SchemaRegistry, TableSchema
 from cdcpipe.capture.segment import Position
@@ -79,6 +80,8 @@ class BatchBuilder:
         self.ensure_topic = ensure_topic
         self.decoder = MutationDecoder(schemas)
         self._avro: dict[int, tuple[TableSchema, avro.EventSchema]] = {}
+        self._tables: dict[int, tuple[TableSchema, bool, str]] = {}
+        self._encoders: dict[int, tuple[TableSchema, TableEncoder | None]] = {}
 
     def _event_schema(self, t: TableSchema) -> avro.EventSchema:
         cached = self._avro.get(id(t))
@@ -91,12 +94,61 @@ class BatchBuilder:
         ensure(table_topic(self.prefix, t.keyspace, t.table))
         return s
 
+    def _table(self, t: TableSchema) -> tuple[TableSchema, bool, str]:
+        """(t, captured?, topic), computed once per table schema version."""
+        cached = self._tables.get(id(t))
+        if cached is not None and cached[0] is t:
+            return cached
+        entry = (t, self.include(t), table_topic(self.prefix, t.keyspace, t.table))
+        self._tables[id(t)] = entry
+        return entry
+
+    def _encoder(self, t: TableSchema) -> TableEncoder | None:
+        cached = self._encoders.get(id(t))
+        if cached is not None and cached[0] is t:
+            return cached[1]
+        encoder = None
+        try:
+            encoder = TableEncoder(t, self._event_schema(t), self.origin)
+        except Exception as exc:
+            log.warning("no fast encoder for table", table=t.name, error=str(exc))
+        self._encoders[id(t)] = (t, encoder)
+        return encoder
+
+    def _fast(self, mutation: Mutation, pos: Position, batch: Batch) -> bool:
+        """Encode ``mutation``'s events straight from its raw values into ``batch``; False (nothing added)
+        when some update needs the reference path."""
+        out: list[tuple[str, bytes, TableSchema, list[tuple[str, int, bytes]]]] = []
+        for u in mutation.updates:
+            t, included, topic = self._table(u.table)
+            if not included:
+                continue
+            encoder = self._encoder(t)
+            if encoder is None:
+                return False
+            try:
+                out.append((topic, u.key, t, encoder.encode(u, pos.segment_id, pos.offset)))
+            except Unsupported:
+                return False
+            except Exception as exc:
+                log.warning("fast encoder failed, using the reference path", table=t.name, error=str(exc))
+                return False
+        for topic, key, t, events in out:
+            schema = self._event_schema(t)
+            batch.schemas[schema.fingerprint] = schema
+            for op, ts, value in events:
+                batch.records.append(Record(topic, key, value))
+                if ts > batch.newest_micros:
+                    batch.newest_micros = ts
+                batch.counts[(t.keyspace, t.table, op)] += 1
+        return True
+
     def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool:
         tid = first_table_id(data)
         t = self.schemas.get(tid) if tid is not None else None
         if t is None:
             return tid is None  # unreadable id: let the decoder report it; unknown after refresh: dropped table
-        if t.keyspace not in keyspaces and self.include(t):  # created since this batch began
+        if t.keyspace not in keyspaces and self._table(t)[1]:  # created since this batch began
             keyspaces.add(t.keyspace)
         return t.keyspace in keyspaces
 
@@ -106,7 +158,8 @@ class BatchBuilder:
         chunk = self.follower.poll(max_items)
         after = self.follower.position
         batch = Batch(position=after if after != before else None, end=chunk.end)
-        keyspaces = {t.keyspace for t in self.schemas.tables() if self.include(t)}
+        keyspaces = {t.keyspace for t in self.schemas.tables() if self._table(t)[1]}
+        read = decoded = 0
         for item in chunk.items:
             if item.error is not None:
                 metrics.SECTION_ERRORS.inc()
@@ -115,13 +168,15 @@ class BatchBuilder:
                 continue
             entry = item.entry
             assert entry is not None
-            metrics.MUTATIONS_READ.inc()
+            read += 1
             if not self._captured_keyspace(entry.data, keyspaces):
                 continue
-            metrics.MUTATIONS_DECODED.inc()
+            decoded += 1
             pos = entry.position
             try:
                 mutation = self.decoder.decode(entry.data, item.messaging_version, pos, item.path)
+                if self._fast(mutation, pos, batch):
+                    continue
                 changes = from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self.include)
                 for c in changes:
                     schema = self._event_schema(c.table)
@@ -133,6 +188,8 @@ class BatchBuilder:
                     batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
             except (MutationDecodeError, ValueError) as exc:
                 batch.records.append(self._dead_letter(item.path, pos, entry.data, exc))
+        metrics.MUTATIONS_READ.inc(read)
+        metrics.MUTATIONS_DECODED.inc(decoded)
         return batch
 
     def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception) -> Record:
