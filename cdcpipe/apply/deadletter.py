@@ -50,6 +50,20 @@ class DeadLetterer:
     async def ensure(self) -> None:
         await self._pool.execute(DDL)
 
+    def ensure_topic_blocking(self, admin: Any, timeout_s: float = 30.0) -> None:
+        """Create the dead-letter topic unless it exists (the broker may not auto-create topics)."""
+        from confluent_kafka import KafkaError, KafkaException
+        from confluent_kafka.admin import NewTopic
+
+        future = admin.create_topics([NewTopic(self.topic, num_partitions=1)], operation_timeout=timeout_s)[self.topic]
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaProduceError(f"create dead-letter topic: {err.str()}", topic=self.topic,
+                                        retriable=err.retriable()) from exc
+
     def send_blocking(self, letter: DeadLetter, timeout_s: float = 30.0) -> None:
         errors: list[Any] = []
         self._producer.produce(self.topic, key=letter.record.key, value=letter.record.value,

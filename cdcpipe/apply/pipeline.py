@@ -99,6 +99,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
         return True
 
     async def catch_up() -> int:
+        await asyncio.to_thread(dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S)
         return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
     if await _until_up("postgres", ensure_dlq, health, stop) is None or \
             await _until_up("kafka", catch_up, health, stop) is None:
