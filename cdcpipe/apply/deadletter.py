@@ -53,7 +53,7 @@ class DeadLetterer:
     def ensure_topic_blocking(self, admin: Any, timeout_s: float = 30.0) -> None:
         """Create the dead-letter topic unless it exists (the broker may not auto-create topics)."""
         from confluent_kafka import KafkaError, KafkaException
-        from confluent_kafka.admin import NewTopic
+        from confluent_kafka.cimpl import NewTopic
 
         future = admin.create_topics([NewTopic(self.topic, num_partitions=1)], operation_timeout=timeout_s)[self.topic]
         try:
