@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cassandra.cluster import Cluster, Session
@@ -157,13 +158,41 @@ def test_metrics_exist_and_move(session: Session, settings: Settings, tmp_path: 
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
 
 
+def _segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int) -> Any:
+    """A segment of the shared node holding at least ``at_least`` durable bytes, writing CDC data until one does
+    (on a fresh stack nothing may have been written yet)."""
+
+    def found() -> Any:
+        return next((s for s in reversed(scan(cdc_raw)) if s.offset is not None and s.offset > at_least), None)
+
+    if (seg := found()) is not None:
+        return seg
+    points = settings.cassandra.contact_points()
+    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
+    try:
+        session = cluster.connect()
+        session.execute("CREATE KEYSPACE IF NOT EXISTS itops_fill WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute("CREATE TABLE IF NOT EXISTS itops_fill.t (k int PRIMARY KEY, v blob) WITH cdc = true")
+        insert = session.prepare("INSERT INTO itops_fill.t (k, v) VALUES (?, ?)")
+        for i in range(2 * at_least // 1024 + 16):
+            session.execute(insert, (i, bytes(1024)))
+    finally:
+        cluster.shutdown()
+    deadline = time.monotonic() + 10
+    while (seg := found()) is None:
+        assert time.monotonic() < deadline, f"no segment in {cdc_raw} reached {at_least} durable bytes"
+        time.sleep(0.2)
+    return seg
+
+
 def test_section_errors_and_segments_deleted_move(settings: Settings, tmp_path: Path) -> None:
     """A copy of a real segment, damaged in the middle and marked COMPLETED: the damage is counted, the segment
     is shipped past it and deleted."""
     source: Path = settings.require("capture.cdc_raw_dir")
     cdc_raw = tmp_path / "cdc_raw"
     cdc_raw.mkdir()
-    seg = next(s for s in reversed(scan(source)) if s.offset is not None and s.offset > 64 * 1024)
+    seg = _segment_with_durable_data(settings, source, 64 * 1024)
     shutil.copy(seg.log, cdc_raw / seg.log.name)
     (cdc_raw / seg.idx.name).write_text(f"{seg.offset}\nCOMPLETED")
     with open(cdc_raw / seg.log.name, "r+b") as f:
