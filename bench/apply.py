@@ -210,6 +210,9 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
             if done is not None and int(done) >= total:
                 break
         assert first is not None
+        rows = await conn.fetchval(f'SELECT count(*) FROM "{run}_bench".t10')
+        if rows != total:  # e.g. events dead-lettered: the figure would be meaningless
+            raise SystemExit(f"apply wrote {rows} rows for {total} events")
         steady = (total - first[1]) / (now - first[0]) if now > first[0] and total > first[1] else total / (now - t0)
         return steady, total / (now - t0), peak
     finally:
@@ -254,7 +257,11 @@ async def amain(args: argparse.Namespace) -> int:
         if args.keep:
             print(f"kept topics: rerun with --prefix {prefix} --events {args.events}", flush=True)
         else:
-            AdminClient(kafka).delete_topics([f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq"])
+            admin = AdminClient(kafka)
+            existing = set(admin.list_topics(timeout=10).topics)
+            topics = [t for t in (f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq") if t in existing]
+            for f in admin.delete_topics(topics).values():
+                f.result(30)
     if not applies:
         return 0  # --rounds 0: produce (and --keep) only
     a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)

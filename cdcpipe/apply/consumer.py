@@ -55,6 +55,7 @@ class EventConsumer:
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
             "auto.offset.reset": "earliest",
+            "queued.max.messages.kbytes": 16384,  # bounds librdkafka's prefetch (default 64 MB) for apply's RSS
             "topic.metadata.refresh.interval.ms": 5000,
         }
         self._consumer = Consumer(conf)

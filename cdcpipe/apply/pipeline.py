@@ -122,7 +122,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
 
     async def poll() -> None:
         while not stop.is_set():
-            if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency * 2:
+            if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency:
                 await asyncio.sleep(0.01)  # backpressure: writers are behind
                 continue
             for rec in await asyncio.to_thread(consumer.poll, 2000, 0.1):
