@@ -31,6 +31,7 @@ from cdcpipe.capture.schema import SchemaRegistry, SystemSchemaSource, connect_s
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.config import KafkaSettings, Settings
+from cdcpipe.errors import SchemaError
 from cdcpipe.runtime import Health
 
 log = structlog.get_logger(__name__)
@@ -172,8 +173,8 @@ def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
 
 
 async def run(settings: Settings, health: Health, stop: asyncio.Event | None = None) -> None:
-    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error.  While Kafka is unreachable
-    at start it waits (``/health`` answers 503 with the reason) instead of exiting."""
+    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error.  While Kafka or Cassandra is
+    unreachable at start it waits (``/health`` answers 503 with the reason) instead of exiting."""
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -187,5 +188,18 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event | None = N
             await asyncio.wait_for(stop.wait(), 2.0)
         if stop.is_set():
             return
-    capture = await asyncio.to_thread(Capture.open, settings, health)
+    while True:  # Cassandra (its system_schema) must be reachable too; wait for it the same way
+        try:
+            capture = await asyncio.to_thread(Capture.open, settings, health)
+            break
+        except SchemaError as exc:
+            if not exc.retriable:
+                raise
+            health.fail("cassandra", str(exc))
+            log.warning("cassandra unreachable, waiting", reason=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            if stop.is_set():
+                return
+    health.ok("cassandra")
     await capture.run(stop)

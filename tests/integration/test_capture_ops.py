@@ -104,12 +104,39 @@ def test_health_is_503_with_the_reason_while_kafka_is_unreachable(tmp_path: Path
         cap.kill()
 
 
+def test_health_is_503_with_the_reason_while_cassandra_is_unreachable(stack_env: dict[str, str],
+                                                                     tmp_path: Path) -> None:
+    port, dead = free_port(), free_port()
+    cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log",
+                         **ops_env(port, CDCPIPE_CASSANDRA__HOSTS=f"127.0.0.1:{dead}",
+                                   CDCPIPE_CASSANDRA__CONNECT_TIMEOUT_S="2")).start()
+    try:
+        deadline = time.monotonic() + 60
+        conditions: dict[str, str] = {}
+        status = 0
+        while "cassandra" not in conditions and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                status, body = get(port, "/health")
+            except OSError:  # not listening yet
+                continue
+            conditions = json.loads(body)["conditions"]
+        assert status == 503 and "cassandra" in conditions and conditions["cassandra"] != "ok", conditions
+        assert f"127.0.0.1:{dead}" in conditions["cassandra"]
+        time.sleep(3)  # it keeps waiting for Cassandra rather than exiting
+        assert cap.proc is not None and cap.proc.poll() is None
+        rc, took = cap.terminate()
+        assert rc == 0 and took < 10
+    finally:
+        cap.kill()
+
+
 def test_health_is_200_when_reading_and_connected(session: Session, settings: Settings, tmp_path: Path) -> None:
     port = free_port()
     cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log", **ops_env(port)).start()
     try:
         _, body = wait_for(port, "/health", 200, 60)
-        assert json.loads(body) == {"status": "ok", "conditions": {"reading": "ok", "kafka": "ok"}}
+        assert json.loads(body) == {"status": "ok", "conditions": {"reading": "ok", "kafka": "ok", "cassandra": "ok"}}
         rc, _ = cap.terminate()
         assert rc == 0
     finally:
