@@ -61,6 +61,60 @@ def schema(keyspace: str, replication_factor: int = 1) -> list[str]:
     ]
 
 
+def _text(r: random.Random, n: int = 10) -> str:
+    return "".join(r.choice("abcdefgh é€𝄞XYZ019-") for _ in range(r.randint(0, n)))
+
+
+def random_scalar(r: random.Random, cql: str, *, edge: bool = False) -> Any:
+    """A random value of the scalar CQL type ``cql``; ``edge`` picks values PostgreSQL cannot hold exactly."""
+    match cql:
+        case "ascii":
+            return "".join(r.choice("abcXYZ019 _-") for _ in range(r.randint(0, 12)))
+        case "text" | "varchar":
+            return _text(r) + ("\x00" if edge else "")
+        case "blob":
+            return r.randbytes(r.randint(0, 24))
+        case "boolean":
+            return r.random() < 0.5
+        case "tinyint":
+            return r.randint(-128, 127)
+        case "smallint":
+            return r.randint(-32768, 32767)
+        case "int":
+            return r.randint(-2**31, 2**31 - 1)
+        case "bigint":
+            return r.randint(-2**63, 2**63 - 1)
+        case "varint":
+            return r.randint(-10**30, 10**30)
+        case "float":
+            return r.choice([float("nan"), float("inf"), -0.0]) if edge else r.randint(-2**20, 2**20) / 8
+        case "double":
+            return r.choice([float("nan"), float("-inf")]) if edge else r.uniform(-1e12, 1e12)
+        case "decimal":
+            return decimal.Decimal(f"{r.randint(-10**12, 10**12)}E-{r.randint(0, 8)}")
+        case "date":
+            return Date(r.choice([-10**9, 10**9]) if edge else r.randint(-100_000, 100_000))
+        case "time":
+            nanos = r.randint(0, 86_400 * 10**9 - 1)
+            return Time(nanos if edge else nanos - nanos % 1000)
+        case "timestamp":
+            if edge:
+                return r.choice([2**62, -2**62])  # milliseconds beyond Python's datetime
+            ms = r.randint(-2 * 10**12, 4 * 10**12)
+            return datetime.datetime(1970, 1, 1) + datetime.timedelta(milliseconds=ms)
+        case "duration":
+            return Duration(r.randint(0, 30), r.randint(0, 400), r.randint(0, 10**15))
+        case "uuid":
+            return uuid.UUID(int=r.getrandbits(128), version=4)
+        case "timeuuid":
+            return uuid.uuid1(node=r.getrandbits(48), clock_seq=r.getrandbits(14))
+        case "inet":
+            if r.random() < 0.5:
+                return str(ipaddress.IPv4Address(r.getrandbits(32)))
+            return str(ipaddress.IPv6Address(r.getrandbits(128)))
+    raise ValueError(cql)
+
+
 @dataclass(frozen=True, slots=True)
 class Statement:
     """One CQL statement with its bound values; ``kind`` names the operation (for the tally)."""
@@ -138,57 +192,11 @@ class Workload:
     # ------------------------------------------------------------------ values
 
     def text(self, n: int = 10) -> str:
-        return "".join(self.rng.choice("abcdefgh é€𝄞XYZ019-") for _ in range(self.rng.randint(0, n)))
+        return _text(self.rng, n)
 
     def scalar(self, cql: str) -> Any:
-        r = self.rng
-        edge = self.inexact and r.random() < 0.03  # values PostgreSQL cannot hold exactly (listed in _cdc_inexact)
-        match cql:
-            case "ascii":
-                return "".join(r.choice("abcXYZ019 _-") for _ in range(r.randint(0, 12)))
-            case "text" | "varchar":
-                return self.text() + ("\x00" if edge else "")
-            case "blob":
-                return r.randbytes(r.randint(0, 24))
-            case "boolean":
-                return r.random() < 0.5
-            case "tinyint":
-                return r.randint(-128, 127)
-            case "smallint":
-                return r.randint(-32768, 32767)
-            case "int":
-                return r.randint(-2**31, 2**31 - 1)
-            case "bigint":
-                return r.randint(-2**63, 2**63 - 1)
-            case "varint":
-                return r.randint(-10**30, 10**30)
-            case "float":
-                return r.choice([float("nan"), float("inf"), -0.0]) if edge else r.randint(-2**20, 2**20) / 8
-            case "double":
-                return r.choice([float("nan"), float("-inf")]) if edge else r.uniform(-1e12, 1e12)
-            case "decimal":
-                return decimal.Decimal(f"{r.randint(-10**12, 10**12)}E-{r.randint(0, 8)}")
-            case "date":
-                return Date(r.choice([-10**9, 10**9]) if edge else r.randint(-100_000, 100_000))
-            case "time":
-                nanos = r.randint(0, 86_400 * 10**9 - 1)
-                return Time(nanos if edge else nanos - nanos % 1000)
-            case "timestamp":
-                if edge:
-                    return r.choice([2**62, -2**62])  # milliseconds beyond Python's datetime
-                ms = r.randint(-2 * 10**12, 4 * 10**12)
-                return datetime.datetime(1970, 1, 1) + datetime.timedelta(milliseconds=ms)
-            case "duration":
-                return Duration(r.randint(0, 30), r.randint(0, 400), r.randint(0, 10**15))
-            case "uuid":
-                return uuid.UUID(int=r.getrandbits(128), version=4)
-            case "timeuuid":
-                return uuid.uuid1(node=r.getrandbits(48), clock_seq=r.getrandbits(14))
-            case "inet":
-                if r.random() < 0.5:
-                    return str(ipaddress.IPv4Address(r.getrandbits(32)))
-                return str(ipaddress.IPv6Address(r.getrandbits(128)))
-        raise ValueError(cql)
+        # values PostgreSQL cannot hold exactly (listed in _cdc_inexact)
+        return random_scalar(self.rng, cql, edge=self.inexact and self.rng.random() < 0.03)
 
     def maybe_null(self, value: Any) -> Any:
         return None if self.rng.random() < 0.07 else value

@@ -10,18 +10,15 @@ coordinator serialized).
 from __future__ import annotations
 
 import datetime
-import decimal
-import ipaddress
 import random
-import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from cassandra.cluster import Session
-from cassandra.util import Date, Duration, Time
 
 from cdcpipe.capture.values import CqlType, driver_type, parse_cql_type
+from cdcpipe.workload import random_scalar
 
 KEYSPACE = "live_reader"
 PROTO = 4
@@ -129,52 +126,9 @@ class Workload:
     # ------------------------------------------------------------------ values
 
     def scalar(self, cql: str) -> Any:
-        r = self.rng
-        if r.random() < 0.08:
+        if self.rng.random() < 0.08:
             return None
-        match cql:
-            case "ascii":
-                return "".join(r.choice("abcXYZ019 _-") for _ in range(r.randint(0, 12)))
-            case "text" | "varchar":
-                return "".join(r.choice("aé€𝄞 zQ\n") for _ in range(r.randint(0, 10)))
-            case "blob":
-                return r.randbytes(r.randint(0, 40))
-            case "boolean":
-                return r.random() < 0.5
-            case "tinyint":
-                return r.randint(-128, 127)
-            case "smallint":
-                return r.randint(-32768, 32767)
-            case "int":
-                return r.randint(-2**31, 2**31 - 1)
-            case "bigint":
-                return r.randint(-2**63, 2**63 - 1)
-            case "varint":
-                return r.randint(-10**30, 10**30)
-            case "float":
-                return r.randint(-2**20, 2**20) / 8
-            case "double":
-                return r.uniform(-1e12, 1e12)
-            case "decimal":
-                return decimal.Decimal(f"{r.randint(-10**12, 10**12)}E-{r.randint(0, 8)}")
-            case "date":
-                return Date(r.randint(-100_000, 100_000))
-            case "time":
-                return Time(r.randint(0, 86_400 * 10**9 - 1))
-            case "timestamp":
-                ms = r.randint(-2 * 10**12, 4 * 10**12)
-                return datetime.datetime(1970, 1, 1) + datetime.timedelta(milliseconds=ms)
-            case "duration":
-                return Duration(r.randint(0, 30), r.randint(0, 400), r.randint(0, 10**15))
-            case "uuid":
-                return uuid.UUID(int=r.getrandbits(128), version=4)
-            case "timeuuid":
-                return uuid.uuid1(node=r.getrandbits(48), clock_seq=r.getrandbits(14))
-            case "inet":
-                if r.random() < 0.5:
-                    return str(ipaddress.IPv4Address(r.getrandbits(32)))
-                return str(ipaddress.IPv6Address(r.getrandbits(128)))
-        raise AssertionError(cql)
+        return random_scalar(self.rng, cql)
 
     def live_scalar(self, cql: str) -> Any:
         while (value := self.scalar(cql)) is None:
