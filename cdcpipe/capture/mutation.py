@@ -18,6 +18,8 @@ import uuid
 from typing import Any, NamedTuple, Protocol
 
 from cdcpipe.capture.rows import (
+    _EXTRA,
+    _MASK,
     DELETION_TIME_EPOCH,
     END_OF_PARTITION,
     EXTENSION_FLAG,
@@ -48,6 +50,7 @@ __all__ = [
 IS_EMPTY, IS_REVERSED, HAS_PARTITION_DELETION, HAS_STATIC_ROW, HAS_ROW_ESTIMATE = 1, 2, 4, 8, 16
 _2_63, _2_64, _M32 = 1 << 63, 1 << 64, 0xFFFFFFFF
 _MAX_HEADERS = 4096  # cached column headers per table
+_RECENT_HEADERS = 4  # headers per table compared by prefix before walking a header
 _new: Any = tuple.__new__
 
 
@@ -96,6 +99,7 @@ class _TableState(NamedTuple):
     table: TableSchema
     clustering_fixed: tuple[int, ...]
     headers: dict[bytes, Header]
+    recent: list[tuple[bytes, Header]]  # the last headers seen, tried first by prefix comparison
 
 
 class MutationDecoder:
@@ -108,6 +112,7 @@ class MutationDecoder:
         self._states: dict[int, _TableState] = {}
         self._ids: dict[bytes, uuid.UUID] = {}
         self._known: dict[bytes, tuple[object, uuid.UUID, _TableState]] = {}
+        self._reader = RowReader(b"", 0, 0, 0, False, ())  # reset for every PartitionUpdate
 
     def decode(self, data: bytes, messaging_version: int, position: Position | None = None,
                segment: str = "") -> Mutation:
@@ -130,6 +135,7 @@ class MutationDecoder:
                 count, p = uvint(data, 0)
             if count == 0 or count > end:
                 raise WireError(f"bad partition update count {count}")
+            ldt_unsigned = messaging_version >= 13
             updates: list[PartitionUpdate] = []
             for _ in range(count):
                 if p + 16 > end:
@@ -145,9 +151,13 @@ class MutationDecoder:
                         if len(self._ids) < 65536:
                             self._ids[raw_id] = table_id
                     state = self._lookup(raw_id, table_id, generation, segment, position)
-                update, p = self._partition_update(data, p + 16, state, messaging_version >= 13, segment,
-                                                   position)
+                update, p = self._partition_update(data, p + 16, state, ldt_unsigned, segment, position)
                 if update is not None:
+                    if count == 1:  # the common case: no list
+                        if p != end:
+                            break
+                        single: Mutation = _new(Mutation, (position, (update,)))
+                        return single
                     updates.append(update)
             if p != end:
                 raise WireError(f"{end - p} trailing bytes after the last partition update")
@@ -190,7 +200,16 @@ class MutationDecoder:
             return None, p
         if flags & IS_REVERSED:
             raise WireError("reversed partition update")
-        u, p = uvint(buf, p)
+        u = buf[p]
+        if u < 0x80:
+            p += 1
+        else:  # uvint() inlined: the minimum timestamp is almost always several bytes
+            n = _EXTRA[u]
+            e = p + 1 + n
+            if e > len(buf):
+                raise WireError(f"truncated vint at {p}")
+            u = ((u & _MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:e], "big")
+            p = e
         min_ts = u + TIMESTAMP_EPOCH
         if min_ts >= _2_63:
             min_ts -= _2_64
@@ -210,7 +229,14 @@ class MutationDecoder:
         if flags & HAS_STATIC_ROW:
             statics, state, p = self._columns(buf, p, state, segment, position)
         regulars, state, p = self._columns(buf, p, state, segment, position)
-        reader = RowReader(buf, min_ts, min_ldt, min_ttl, ldt_unsigned, state.clustering_fixed)
+        reader = self._reader
+        reader.buf = buf
+        reader.end = len(buf)
+        reader.min_ts = min_ts
+        reader.min_ldt = min_ldt
+        reader.min_ttl = min_ttl
+        reader.ldt_unsigned = ldt_unsigned
+        reader.clustering_fixed = state.clustering_fixed
         partition_deletion = None
         if flags & HAS_PARTITION_DELETION:
             partition_deletion, p = reader.deletion_time(p)
@@ -252,7 +278,7 @@ class MutationDecoder:
 
     def _state(self, table: TableSchema) -> _TableState:
         fixed = tuple(-1 if c.type.fixed_length is None else c.type.fixed_length for c in table.clustering)
-        state = _TableState(table, fixed, {})
+        state = _TableState(table, fixed, {}, [])
         if len(self._states) >= 4096:  # schemas replaced by many refreshes
             self._states.clear()
         self._states[id(table)] = state
@@ -263,6 +289,9 @@ class MutationDecoder:
         """The column header at ``p``, resolved against ``state.table`` (or a refreshed schema of the same
         table, whose state is returned) and cached by its serialized bytes."""
         start = p
+        for raw, header in state.recent:
+            if buf.startswith(raw, start):  # a header is self-delimiting: same bytes, same header
+                return header, state, start + len(raw)
         count = buf[p]
         if count < 0x80:
             p += 1
@@ -280,9 +309,10 @@ class MutationDecoder:
         if p > len(buf):
             raise WireError(f"column header at {start} overruns the mutation")
         raw = buf[start:p]
-        header = state.headers.get(raw)
-        if header is not None:
-            return header, state, p
+        found = state.headers.get(raw)
+        if found is not None:
+            _remember(state.recent, raw, found)
+            return found, state, p
         q = start
         _, q = uvint(buf, q)
         names = []
@@ -297,6 +327,7 @@ class MutationDecoder:
         header = Header(specs)
         if len(state.headers) < _MAX_HEADERS:
             state.headers[raw] = header
+        _remember(state.recent, raw, header)
         return header, state, p
 
     def _resolve(self, table: TableSchema, names: list[bytes], segment: str, position: Position | None,
@@ -312,6 +343,11 @@ class MutationDecoder:
                 return self._resolve(newer, names, segment, position)
             specs.append(_spec(table, col))
         return tuple(specs), table
+
+
+def _remember(recent: list[tuple[bytes, Header]], raw: bytes, header: Header) -> None:
+    recent.insert(0, (raw, header))
+    del recent[_RECENT_HEADERS:]
 
 
 def _spec(table: TableSchema, col: Column | DroppedColumn) -> ColumnSpec:

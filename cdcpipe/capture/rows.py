@@ -334,7 +334,11 @@ class RowReader:
             dt, p = self.deletion_time(p)
             if dt[0] != NO_TIMESTAMP and (dropped is None or dt[0] > dropped):
                 complex_deletions.append((name, dt))
-        count, p = uvint(buf, p)
+        count = buf[p]
+        if count < 0x80:
+            p += 1
+        else:
+            count, p = uvint(buf, p)
         if count > end:
             raise WireError(f"bad cell count {count} at {p}")
         for _ in range(count):
@@ -343,7 +347,11 @@ class RowReader:
             if cflags & USE_ROW_TIMESTAMP:
                 ts = row_ts
             else:
-                u, p = uvint(buf, p)
+                u = buf[p]
+                if u < 0x80:
+                    p += 1
+                else:
+                    u, p = uvint(buf, p)
                 ts = u + min_ts
                 if ts >= _2_63:
                     ts -= _2_64
@@ -384,7 +392,11 @@ class RowReader:
         return p
 
     def _subset(self, p: int, header: Header) -> tuple[tuple[ColumnSpec, ...], int]:
-        v, p = uvint(self.buf, p)
+        v = self.buf[p]
+        if v < 0x80:
+            p += 1
+        else:
+            v, p = uvint(self.buf, p)
         columns = header.columns
         if v == 0:
             return columns, p
