@@ -110,13 +110,7 @@ _object_new = object.__new__
 _set_segment_id: Any = Position.__dict__["segment_id"].__set__
 _set_offset: Any = Position.__dict__["offset"].__set__
 _tuple_new: Any = tuple.__new__
-
-
-def _position(segment_id: int, offset: int) -> Position:
-    pos: Position = _object_new(Position)
-    _set_segment_id(pos, segment_id)
-    _set_offset(pos, offset)
-    return pos
+_SIZE_CRCS: dict[int, int] = {}  # entry size -> CRC32 of its 4 big-endian bytes
 
 
 @dataclass(slots=True)
@@ -288,6 +282,8 @@ class SegmentReader:
             self._data = data if data is not None else Path(path).read_bytes()
         except OSError as exc:
             raise SegmentHeaderError(self.path, 0, f"cannot read: {exc}", retriable=True) from exc
+        if type(self._data) is not bytes:  # entries are slices of it: make them bytes
+            self._data = bytes(self._data)
         self.descriptor = parse_descriptor(self._data, self.path)
         m = _FILE_NAME.search(Path(self.path).name)
         if m is not None and int(m.group(2)) != self.descriptor.segment_id:
@@ -367,7 +363,7 @@ class SegmentReader:
                     self.stats.skipped_sections += 1
                     phys = logical = nxt
                     continue
-                payload: bytes | memoryview = memoryview(data)[base:nxt]
+                payload, lo, hi = data, base, nxt  # entries are read in place
             else:
                 (plain_len,) = _INT.unpack_from(data, phys + 8)
                 base, logical_end = logical + 8, logical + 8 + plain_len
@@ -383,8 +379,9 @@ class SegmentReader:
                 except _SectionFailure as exc:
                     yield self._error(phys, str(exc))
                     return
+                lo, hi = 0, plain_len
             self._ended = False
-            yield from self._entries(payload, base, phys, seg_id, start, limit)
+            yield from self._entries(payload, lo, hi, base, phys, seg_id, start, limit)
             if self._ended:
                 return
             phys, logical = nxt, logical_end
@@ -431,49 +428,55 @@ class SegmentReader:
         return b"".join(parts)
 
     def _entries(
-        self, buf: bytes | memoryview, base: int, marker: int, seg_id: int, start: int, limit: int | None,
+        self, buf: bytes, lo: int, hi: int, base: int, marker: int, seg_id: int, start: int, limit: int | None,
     ) -> Iterator[Entry | SegmentError]:
-        """Entries of one section; sets ``_ended`` to end the whole segment (legacy end marker)."""
-        view = memoryview(buf)  # CRCs run over views: no copy until an entry's data is taken
+        """Entries of the section ``buf[lo:hi]`` (logical offset ``base`` at ``lo``); sets ``_ended`` to end
+        the whole segment (legacy end marker)."""
         crc32 = zlib.crc32
         unpack_head = _ENTRY_HEAD.unpack_from
         unpack_crc = _UINT.unpack_from
+        size_crcs = _SIZE_CRCS
         stats = self.stats
-        n = len(view)
-        p = 0
-        while p < n:
-            if n - p < 8:
-                if n - p < 4:
-                    if bytes(view[p:]) != bytes(n - p):
-                        yield self._error(marker, f"truncated entry at logical offset {base + p}")
+        shift = base - lo  # logical offset = buffer offset + shift
+        p = lo
+        while p < hi:
+            if hi - p < 8:
+                if hi - p < 4:
+                    if buf[p:hi] != bytes(hi - p):
+                        yield self._error(marker, f"truncated entry at logical offset {p + shift}")
                     return
-                if _INT.unpack_from(view, p)[0] != 0:
-                    yield self._error(marker, f"truncated entry at logical offset {base + p}")
+                if _INT.unpack_from(buf, p)[0] != 0:
+                    yield self._error(marker, f"truncated entry at logical offset {p + shift}")
                 self._ended = True
                 return
-            size, size_crc = unpack_head(view, p)
+            size, crc = unpack_head(buf, p)
             if size == 0:
                 self._ended = True
                 return
-            crc = crc32(view[p:p + 4])
-            if crc != size_crc:
-                yield self._error(marker, f"bad entry size CRC at logical offset {base + p}")
-                return
+            if size_crcs.get(size) != crc:  # the CRC of a size depends on the size only: cached
+                if crc32(buf[p:p + 4]) != crc:
+                    yield self._error(marker, f"bad entry size CRC at logical offset {p + shift}")
+                    return
+                if len(size_crcs) < 65536:
+                    size_crcs[size] = crc
             body = p + 8
             end = body + size + 4
-            if size < MIN_ENTRY_SIZE or end > n:
-                yield self._error(marker, f"bad entry size {size} at logical offset {base + p}")
+            if size < MIN_ENTRY_SIZE or end > hi:
+                yield self._error(marker, f"bad entry size {size} at logical offset {p + shift}")
                 return
-            data = view[body:end - 4]
-            if crc32(data, crc) != unpack_crc(view, end - 4)[0]:
-                yield self._error(marker, f"bad entry data CRC at logical offset {base + p}")
+            data = buf[body:end - 4]
+            if crc32(data, crc) != unpack_crc(buf, end - 4)[0]:
+                yield self._error(marker, f"bad entry data CRC at logical offset {p + shift}")
                 p = end
                 continue
-            if limit is not None and base + end > limit:
+            if limit is not None and end + shift > limit:
                 return
-            if base + p >= start:
+            if p + shift >= start:
                 stats.entries += 1
-                yield _tuple_new(Entry, (_position(seg_id, base + end), base + p, data.tobytes()))
+                pos = _object_new(Position)
+                _set_segment_id(pos, seg_id)
+                _set_offset(pos, end + shift)
+                yield _tuple_new(Entry, (pos, p + shift, data))
             p = end
 
     def _find_marker(self, frm: int, end: int) -> int | None:
