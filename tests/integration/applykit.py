@@ -7,10 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,6 +26,7 @@ from cdcpipe.capture.schema import TableSchema
 from cdcpipe.capture.values import CqlType
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange
 from cdcpipe.typemap import serialize
+from tests.integration.capturekit import CdcpipeProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,38 +135,15 @@ def end_offsets(kafka: dict[str, Any], topics: Iterable[str]) -> dict[tuple[str,
 
 # ---------------------------------------------------------------------------------------------- process
 
-class ApplyProcess:
+class ApplyProcess(CdcpipeProcess):
     """``cdcpipe apply`` as a child process (logs appended to ``log``), with its own ops HTTP port."""
+
+    command = "apply"
 
     def __init__(self, log: Path, **env: str) -> None:
         self.port = free_port()
-        self.env = {**os.environ, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
-                    "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **env}
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> ApplyProcess:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "apply"], env=self.env, stdout=out,
-                                         stderr=out, cwd=ROOT)
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """kill -9."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 10) -> tuple[int, float]:
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
-        return rc, time.monotonic() - t0
+        super().__init__({**os.environ, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
+                          "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **env}, log)
 
     def _get(self, path: str) -> tuple[int, bytes]:
         try:

@@ -11,6 +11,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
@@ -24,33 +25,51 @@ def unique(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:10]}"
 
 
-class CaptureProcess:
-    """``cdcpipe capture`` as a child process with its own topic prefix and table include list."""
+class CdcpipeProcess:
+    """``cdcpipe <command>`` as a child process with the given environment, its output appended to ``log``."""
 
-    def __init__(self, prefix: str, include: str, log: Path, **extra: str) -> None:
-        self.env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_CAPTURE__INCLUDE_TABLES": include,
-                    "CDCPIPE_CAPTURE__NODE_ID": "node-1", "CDCPIPE_OBSERVABILITY__HTTP_PORT": "0",
-                    "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": "2", **extra}
+    command = ""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
         self.log = log
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> CaptureProcess:
+    def start(self) -> Self:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "capture"], env=self.env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", self.command], env=self.env, stdout=out,
                                          stderr=out, cwd=ROOT)
         return self
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
+        """kill -9."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
 
     def terminate(self, timeout: float = 10) -> tuple[int, float]:
+        """SIGTERM; (exit status, seconds it took)."""
         assert self.proc is not None
         t0 = time.monotonic()
         self.proc.send_signal(signal.SIGTERM)
         rc = self.proc.wait(timeout)
         return rc, time.monotonic() - t0
+
+
+class CaptureProcess(CdcpipeProcess):
+    """``cdcpipe capture`` as a child process with its own topic prefix and table include list."""
+
+    command = "capture"
+
+    def __init__(self, prefix: str, include: str, log: Path, **extra: str) -> None:
+        super().__init__({**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix,
+                          "CDCPIPE_CAPTURE__INCLUDE_TABLES": include, "CDCPIPE_CAPTURE__NODE_ID": "node-1",
+                          "CDCPIPE_OBSERVABILITY__HTTP_PORT": "0", "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": "2", **extra},
+                         log)
 
 
 class EventReader:
