@@ -207,7 +207,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
         console.print(f"[bold]cdcpipe demo[/]: keyspace [cyan]{KEYSPACE}[/], topic prefix [cyan]{prefix}[/], "
                       f"logs in {run_dir}")
         session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
-        asyncio.run(_drop_schema(dsn, KEYSPACE))
+        asyncio.run(fidelity.drop_mirror(dsn, KEYSPACE))
         for stmt in workload.schema(KEYSPACE):
             session.execute(stmt, timeout=60)
         base = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
@@ -284,16 +284,6 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
             rc = c.stop()
             console.print(f"{c.command} stopped (exit {rc}); log {c.log}")
         cluster.shutdown()
-
-
-async def _drop_schema(dsn: str, schema: str) -> None:
-    import asyncpg
-
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 async def _compare(hosts: list[str], session: Any, dsn: str) -> fidelity.Report:

@@ -334,3 +334,14 @@ def load_tables(session: Any, keyspace: str, names: Iterable[str] | None = None)
     wanted = set(names) if names is not None else None
     return sorted((t for t in SystemSchemaSource(session).load()
                    if t.keyspace == keyspace and (wanted is None or t.table in wanted)), key=lambda t: t.table)
+
+
+async def drop_mirror(dsn: str, schema: str) -> None:
+    """Drop the PostgreSQL schema mirroring a keyspace (the tables apply made for it), if it exists."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(f"DROP SCHEMA IF EXISTS {ident(schema)} CASCADE")
+    finally:
+        await conn.close()

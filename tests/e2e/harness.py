@@ -574,17 +574,9 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
         with contextlib.suppress(Exception):
             session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
         with contextlib.suppress(Exception):
-            asyncio.run(_drop_schema(stack.dsn, keyspace))
+            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
         raw.shutdown()
         cluster.shutdown()
-
-
-async def _drop_schema(dsn: str, schema: str) -> None:
-    conn = await asyncpg.connect(dsn)
-    try:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-    finally:
-        await conn.close()
 
 
 @contextlib.contextmanager
