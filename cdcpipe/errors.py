@@ -194,14 +194,26 @@ RETRIABLE_SQLSTATES = frozenset({"55P03"})
 
 def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", partition: int = -1,
                    offset: int = -1) -> ApplyError:
-    """An :class:`ApplyError` for an exception raised by asyncpg, classified by SQLSTATE class: a lost
-    connection (no SQLSTATE, ``OSError`` or asyncpg's connection errors) is retriable."""
-    from asyncpg.exceptions import InterfaceError
+    """An :class:`ApplyError` for an exception raised by asyncpg, classified by SQLSTATE class.  Without a
+    SQLSTATE the error is the client's: a lost connection (``OSError``, timeout, "connection is closed") or a
+    connection whose protocol state broke when the server went away mid-operation (asyncpg's
+    ``InternalClientError``, raised e.g. while a pool resets a connection during a restart) is retriable; an
+    argument that cannot be encoded (``DataError``) or a client/server feature mismatch is not."""
+    from asyncpg.exceptions import InterfaceError, InternalClientError
+    from asyncpg.exceptions._base import (
+        ClientConfigurationError,
+        DataError,
+        UnsupportedClientFeatureError,
+        UnsupportedServerFeatureError,
+    )
 
     sqlstate = getattr(exc, "sqlstate", None)
     if isinstance(sqlstate, str) and sqlstate:
         retriable = sqlstate[:2] in RETRIABLE_SQLSTATE_CLASSES or sqlstate in RETRIABLE_SQLSTATES
-    else:  # no SQLSTATE: the connection broke (socket error, closed connection, timeout)
-        retriable = isinstance(exc, OSError | TimeoutError | InterfaceError)
+    elif isinstance(exc, DataError | ClientConfigurationError | UnsupportedClientFeatureError
+                    | UnsupportedServerFeatureError):
+        retriable = False
+    else:
+        retriable = isinstance(exc, OSError | TimeoutError | InterfaceError | InternalClientError)
     return ApplyError(f"{type(exc).__name__}: {exc}", table=table, topic=topic, partition=partition, offset=offset,
                       sqlstate=sqlstate if isinstance(sqlstate, str) else None, retriable=retriable)

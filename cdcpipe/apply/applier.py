@@ -5,7 +5,8 @@ as a dead letter, and PostgreSQL's checkpoint for the partition is the batch's `
 failures (``retriable`` errors: lost connection, serialization failure, deadlock, restart) are retried forever
 with exponential backoff from 1 s to 60 s; the circuit opens (``/health`` 503) after ``threshold`` consecutive
 failures and closes on the next success.  A permanent failure splits the batch in halves, applied in order,
-until the poison records are alone; only those become dead letters.
+until the poison records are alone; a lone record becomes a dead letter only if PostgreSQL, answering again,
+refuses it a second time.
 """
 
 from __future__ import annotations
@@ -116,11 +117,30 @@ class BatchApplier:
             if exc.retriable or isinstance(exc, UnsupportedTableError):
                 raise
             if len(items) == 1:
-                await self._dead_letter(DeadLetter(items[0].record, table.name, exc, 0))
+                confirmed = await self._reproduce(table, items)
+                if confirmed is not None:
+                    await self._dead_letter(DeadLetter(items[0].record, table.name, confirmed, 0))
                 return
             mid = len(items) // 2
             await self._isolate(table, items[:mid])
             await self._isolate(table, items[mid:])
+
+    async def _reproduce(self, table: TableSchema, items: list[_Item]) -> CdcpipeError | None:
+        """Before a record becomes a dead letter: wait until PostgreSQL answers, then write it once more.
+        Returns the error if a reachable server refuses it again, ``None`` if it was applied this time — so
+        an error that the client raised while the server was going away never dead-letters a good event."""
+        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
+                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
+                                           before_sleep=lambda rs: self._failed(table, rs)):
+            with attempt:
+                await self._writer.ping()
+        try:
+            await self._write(table, items)
+        except CdcpipeError as exc:
+            if exc.retriable or isinstance(exc, UnsupportedTableError):
+                raise
+            return exc
+        return None
 
     async def _write(self, table: TableSchema, items: list[_Item]) -> None:
         last = items[-1].record

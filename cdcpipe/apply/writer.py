@@ -228,6 +228,13 @@ class BatchWriter:
         if drops:
             await conn.execute(f"DELETE FROM {lay.partitions} WHERE _cdc_partition = ANY($1::bytea[])", drops)
 
+    async def ping(self) -> None:
+        """Raise a retriable :class:`ApplyError` unless PostgreSQL answers a trivial query."""
+        try:
+            await self._pool.fetchval("SELECT 1", timeout=5)
+        except Exception as exc:
+            raise postgres_error(exc) from exc
+
     async def expire(self, table: TableSchema, limit: int = 5000) -> int:
         """Re-view up to ``limit`` rows whose content changed by TTL expiry since they were written; returns
         how many.  Rows that expired completely move to the shadow table."""
