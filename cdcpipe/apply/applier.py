@@ -24,11 +24,11 @@ from cdcpipe.apply.batcher import Batch
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.consumer import Record
 from cdcpipe.apply.deadletter import DeadLetter, DeadLetterer
-from cdcpipe.apply.decode import SchemaReader, decode_record
+from cdcpipe.apply.decode import SchemaReader, decode_delta
+from cdcpipe.apply.merge import Delta
 from cdcpipe.apply.writer import BatchWriter, Positioned
 from cdcpipe.capture.schema import TableSchema
 from cdcpipe.errors import CdcpipeError, EventDecodeError, UnsupportedTableError
-from cdcpipe.model import ChangeEvent
 from cdcpipe.runtime import Health
 
 log = structlog.get_logger(__name__)
@@ -66,7 +66,7 @@ def _retriable(exc: BaseException) -> bool:
 @dataclass(frozen=True, slots=True)
 class _Item:
     record: Record
-    event: ChangeEvent
+    event: Delta
 
 
 class BatchApplier:
@@ -101,14 +101,14 @@ class BatchApplier:
         if run and table is not None:
             await self._isolate(table, run)
 
-    async def _decode(self, rec: Record) -> tuple[ChangeEvent, TableSchema]:
+    async def _decode(self, rec: Record) -> tuple[Delta, TableSchema]:
         try:
-            return decode_record(rec.value, self._reader)
+            return decode_delta(rec.value, self._reader)
         except EventDecodeError as exc:
             if not exc.retriable:
                 raise
             await asyncio.to_thread(self._reader.catch_up)  # a schema published after our last read
-            return decode_record(rec.value, self._reader)
+            return decode_delta(rec.value, self._reader)
 
     async def _isolate(self, table: TableSchema, items: list[_Item]) -> None:
         try:

@@ -15,6 +15,8 @@ from typing import Any
 
 import fastavro
 
+from cdcpipe.apply import merge
+from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, newer
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
 from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
 from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
@@ -100,6 +102,28 @@ def decode_record(data: bytes, reader: SchemaReader) -> tuple[ChangeEvent, Table
         raise EventDecodeError(f"{schema.keyspace}.{schema.table}: cannot decode event: {exc}") from exc
 
 
+def decode_delta(data: bytes, reader: SchemaReader) -> tuple[merge.Delta, TableSchema]:
+    """What one record writes (:class:`cdcpipe.apply.merge.Delta`) and its table; raises as
+    :func:`decode_record`.  Equal to ``merge.delta(table, decode_record(...)[0])`` (checked by the unit tests),
+    built straight from the Avro record for upserts and row deletions whose key columns have a canonical
+    encoding — without typed values (the view reads them from the bytes) and without the event objects."""
+    fp = fingerprint_of(data)
+    schema = reader.lookup(fp)
+    if schema is None:
+        raise EventDecodeError(f"unknown schema fingerprint {fp.hex()}", retriable=True)
+    plan = _PLANS.get(fp)
+    if plan is None or plan.schema is not schema:
+        plan = _PLANS[fp] = _Plan(schema)
+    try:
+        rec = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.plain, None)
+        found = plan.delta(rec)
+        return (found if found is not None else merge.delta(plan.table, plan.event(rec))), plan.table
+    except EventDecodeError:
+        raise
+    except Exception as exc:  # fastavro raises assorted types on malformed bodies
+        raise EventDecodeError(f"{schema.keyspace}.{schema.table}: cannot decode event: {exc}") from exc
+
+
 Codec = Callable[[Any], Any]
 _STRINGISH = frozenset({"ascii", "text", "varchar", "blob"})  # empty is a value, not null (as decode_value)
 _TIMEUUID = CqlType("timeuuid")
@@ -164,6 +188,40 @@ def _deletion(d: Any) -> Deletion | None:
     return None if d is None else Deletion(d["timestamp"], d["local_deletion_time"])
 
 
+# key column types whose serialized form is canonical (re-serializing the typed value gives the same bytes),
+# with their fixed size (None: any): only for those may a key's bytes be taken as they are
+_CANONICAL = {"int": 4, "bigint": 8, "smallint": 2, "tinyint": 1, "uuid": 16, "timeuuid": 16, "timestamp": 8,
+              "date": 4, "time": 8, "text": None, "varchar": None, "ascii": None, "blob": None}
+_OPS = {op.value: op for op in Op}
+
+
+def _sizes(columns: tuple[Any, ...]) -> tuple[int | None, ...] | None:
+    """Fixed sizes of key columns, -1 for any size; None when a column's type is not canonical."""
+    if any(c.type.name not in _CANONICAL for c in columns):
+        return None
+    return tuple(_CANONICAL[c.type.name] or -1 for c in columns)
+
+
+def _fits(sizes: tuple[int | None, ...], raws: Any) -> bool:
+    return len(raws) == len(sizes) and all(
+        r is not None and (n == -1 or len(r) == n) for n, r in zip(sizes, raws, strict=True))
+
+
+def _fast_version(c: Any, is_set: bool) -> Version:
+    """A cell's :class:`Version` from its Avro record (``merge._version`` without the typed value)."""
+    if c["deleted"]:
+        return Version(c["timestamp"], c["local_deletion_time"] or 0, 0, True)
+    ttl = c["ttl"]
+    ldt = None
+    if ttl > 0:
+        ldt = c["expires_at"]
+        if ldt is None:
+            ldt = c["timestamp"] // 1_000_000 + ttl
+    if is_set:
+        return Version(c["timestamp"], ldt, ttl, False, b"", None)
+    return Version(c["timestamp"], ldt, ttl, False, c["raw"], _UNSET)
+
+
 class _Plan:
     """What decoding the events of one schema needs, computed once."""
 
@@ -173,6 +231,75 @@ class _Plan:
         self.fields = {c.field: _Column(c.name, c.kind, c.type) for c in schema.columns}
         self.keys = [_codec(c.type) for c in schema.partition_key]
         self.clustering = [_codec(c.type) for c in schema.clustering]
+        # delta: per Avro field, (column name, multi-cell, static, set); key sizes (None: no fast path)
+        self.flat = {c.field: (c.name, c.type.multi_cell, c.kind == "static", c.type.name == "set")
+                     for c in schema.columns}
+        self.pk_sizes = _sizes(schema.partition_key)
+        self.ck_sizes = _sizes(schema.clustering)
+
+    def delta(self, rec: Any) -> merge.Delta | None:
+        """The event's :class:`merge.Delta` (as :func:`merge.event_state`), None when the fast path does not
+        apply (partition and range deletions, keys of non-canonical types, a collection cell without path)."""
+        op = _OPS[rec["op"]]
+        if (op is not Op.UPSERT and op is not Op.ROW_DELETE) or self.pk_sizes is None or self.ck_sizes is None:
+            return None
+        key_raw, ck_raw = rec["key_raw"], rec["clustering_raw"]
+        if not _fits(self.pk_sizes, key_raw):
+            return None
+        pk = key_raw[0] if len(key_raw) == 1 else b"".join(len(r).to_bytes(2, "big") + r + b"\x00" for r in key_raw)
+        if ck_raw:
+            if not _fits(self.ck_sizes[:len(ck_raw)], ck_raw):
+                return None
+            ck = b"".join(len(r).to_bytes(4, "big") + r for r in ck_raw)
+        else:
+            ck = b""
+        cells: dict[str, Version] = {}
+        complex_: dict[str, ComplexState] = {}
+        s_cells: dict[str, Version] = {}
+        s_complex: dict[str, ComplexState] = {}
+        has_static = has_regular = False
+        for field_name, change in rec["columns"].items():
+            if change is None:
+                continue
+            name, multi, static, is_set = self.flat[field_name]
+            if static:
+                has_static = True
+                into, into_complex = s_cells, s_complex
+            else:
+                has_regular = True
+                into, into_complex = cells, complex_
+            if multi:
+                elements: dict[bytes, Version] = {}
+                for c in change["cells"]:
+                    path = c.get("path_raw")
+                    if path is None:
+                        return None
+                    v = _fast_version(c, is_set)
+                    old = elements.get(path)
+                    elements[path] = v if old is None else newer(old, v)  # type: ignore[assignment]
+                into_complex[name] = ComplexState(_deletion(change["complex_deletion"]), elements)
+            else:
+                for c in change["cells"]:
+                    v = _fast_version(c, False)
+                    old = into.get(name)
+                    into[name] = v if old is None else newer(old, v)  # type: ignore[assignment]
+        deletion = _deletion(rec["deletion"])
+        static_only = rec["static"] and bool(self.table.clustering)
+        lv = rec["liveness"]
+        part = merge.PartitionState(static=RowState(None, None, s_cells, s_complex)) if has_static else None
+        row = None
+        if op is Op.ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
+            marker = None
+            if lv is not None and not static_only:
+                ttl = lv["ttl"]
+                ldt = None
+                if ttl > 0:
+                    ldt = lv["expires_at"]
+                    if ldt is None:
+                        ldt = lv["timestamp"] // 1_000_000 + ttl
+                marker = Version(lv["timestamp"], ldt, ttl)
+            row = RowState(marker, deletion, cells, complex_)
+        return merge.Delta(op, pk, ck, part, row)
 
     def event(self, rec: Any) -> ChangeEvent:
         columns = []

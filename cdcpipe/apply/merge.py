@@ -235,22 +235,41 @@ class Changes:
 # ---------------------------------------------------------------------------------------------- from events
 
 
-def collapse(table: TableSchema, events: Iterable[ChangeEvent]) -> Changes:
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """What one event writes, keyed: its operation, partition key bytes, clustering bytes
+    (:func:`clustering_bytes`), partition-level delta and row delta (:func:`event_state`).  Apply's decoder
+    builds it straight from the Avro record (``cdcpipe.apply.decode.decode_delta``); :func:`delta` builds the
+    same from a :class:`ChangeEvent`."""
+
+    op: Op
+    partition: bytes
+    clustering: bytes
+    part: PartitionState | None
+    row: RowState | None
+
+
+def delta(table: TableSchema, ev: ChangeEvent) -> Delta:
+    part, row = event_state(table, ev)
+    return Delta(ev.op, partition_bytes(table, ev.partition_key), clustering_bytes(table, ev.clustering), part, row)
+
+
+def collapse(table: TableSchema, events: Iterable[ChangeEvent | Delta]) -> Changes:
     """The merged, normalized state of ``events`` (any order, any duplicates) of one table."""
     partitions: dict[bytes, PartitionState] = {}
     rows: dict[RowKey, RowState] = {}
     wide: set[bytes] = set()
     for ev in events:
-        pk = partition_bytes(table, ev.partition_key)
-        part_delta, row_delta = event_state(table, ev)
-        if part_delta is not None:
+        d = ev if isinstance(ev, Delta) else delta(table, ev)
+        pk = d.partition
+        if d.part is not None:
             mine = partitions.get(pk)
-            partitions[pk] = part_delta if mine is None else mine.join(part_delta)
+            partitions[pk] = d.part if mine is None else mine.join(d.part)
             wide.add(pk)
-        if row_delta is not None:
-            key = (pk, clustering_bytes(table, ev.clustering))
+        if d.row is not None:
+            key = (pk, d.clustering)
             mine_r = rows.get(key)
-            rows[key] = row_delta if mine_r is None else mine_r.join(row_delta)
+            rows[key] = d.row if mine_r is None else mine_r.join(d.row)
     return Changes(partitions, rows, frozenset(wide)).normalized(table)
 
 

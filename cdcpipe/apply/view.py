@@ -79,23 +79,25 @@ class _Acc:
         return False
 
 
-_MULTI: dict[int, tuple[tuple[Column, ...], tuple[tuple[str, CqlType, bool], ...]]] = {}
+_Kind = tuple[str, CqlType, bool, Callable[[bytes], Any]]
+_MULTI: dict[int, tuple[tuple[Column, ...], tuple[_Kind, ...]]] = {}
 
 
-def _kinds(columns: tuple[Column, ...]) -> tuple[tuple[str, CqlType, bool], ...]:
-    """(name, type, multi-cell) of ``columns``, computed once per columns tuple."""
+def _kinds(columns: tuple[Column, ...]) -> tuple[_Kind, ...]:
+    """(name, type, multi-cell, :func:`deserializer`) of ``columns``, computed once per columns tuple."""
     found = _MULTI.get(id(columns))
     if found is None or found[0] is not columns:
         if len(_MULTI) > 1000:
             _MULTI.clear()
-        found = _MULTI[id(columns)] = (columns, tuple((c.name, c.type, c.type.multi_cell) for c in columns))
+        found = _MULTI[id(columns)] = (columns, tuple((c.name, c.type, c.type.multi_cell, deserializer(c.type))
+                                                      for c in columns))
     return found[1]
 
 
 def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Acc) -> dict[str, Any]:
     values: dict[str, Any] = {}
     cells = row.cells
-    for name, t, multi in _kinds(columns):
+    for name, t, multi, read in _kinds(columns):
         if multi:
             c = row.complex.get(name)
             values[name] = None if c is None else _complex_value(t, c, now, acc)
@@ -107,7 +109,7 @@ def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Ac
             values[name] = None
         elif not v.tombstone and v.ldt is None:  # a plain live cell (acc.see, inlined)
             acc.live = True
-            values[name] = v.obj if v.obj is not _UNSET else deserialize(t, v.value)
+            values[name] = v.obj if v.obj is not _UNSET else read(v.value)
         else:
             values[name] = _value(t, v) if acc.see(v, now) else None
     return values

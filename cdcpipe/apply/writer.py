@@ -39,9 +39,9 @@ _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply proces
 
 @dataclass(frozen=True, slots=True)
 class Positioned:
-    """An event with the Kafka offset it was read at."""
+    """An event (or what it writes, :class:`cdcpipe.apply.merge.Delta`) with the Kafka offset it was read at."""
 
-    event: ChangeEvent
+    event: ChangeEvent | merge.Delta
     offset: int
 
 
