@@ -1,17 +1,22 @@
 """Three replicas: a PRIVATE 3-node Cassandra (127.0.0.21-23, state ``<stack dir>/aux/three``, purged afterwards)
 with the keyspace at replication factor 3 and one capture per node, so every change reaches Kafka three times;
-apply must still converge to exactly what Cassandra returns.  Kafka and PostgreSQL are the shared stack's."""
+apply must still converge to exactly what Cassandra returns, also while captures and apply are killed (-9) and
+restarted mid-stream.  Kafka and PostgreSQL are the shared stack's."""
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from cassandra import ConsistencyLevel
 
-from tests.e2e.harness import ROOT, StackEnv, metric_sum, private_stack, run_fidelity
+from tests.e2e.harness import ROOT, Pipeline, StackEnv, metric_sum, private_stack, run_fidelity
 
 pytestmark = pytest.mark.timeout(1200)
 
@@ -25,11 +30,33 @@ def three_nodes(stack_env: dict[str, str]) -> Iterator[StackEnv]:
         yield StackEnv({**stack_env, **{k: v for k, v in cass.env.items() if "CASSANDRA" in k or "CDC_RAW" in k}})
 
 
+def kill_while_writing(seed: int, pause: tuple[float, float]) -> Callable[[Pipeline, threading.Event], list[str]]:
+    """``kill -9`` and restart, alternately, the capture of a random node and apply, every ``pause`` seconds
+    (uniform) until the workload is done."""
+
+    def during(pipeline: Pipeline, done: threading.Event) -> list[str]:
+        rng = random.Random(seed)
+        log, t0 = [], time.monotonic()
+        for n in itertools.count():
+            if done.wait(rng.uniform(*pause)):
+                return log
+            victim = rng.choice(pipeline.captures) if n % 2 == 0 else pipeline.apply
+            victim.kill9()
+            victim.start()
+            log.append(f"kill -9 {victim.name} at {time.monotonic() - t0:.1f}s")
+        return log
+
+    return during
+
+
 def test_three_replicas_converge(three_nodes: StackEnv, long_run: bool, tmp_path: Path) -> None:
+    """Every write arrives three times, captures and apply are killed while it streams: still exact."""
     ops = 200_000 if long_run else 3000
     outcome = run_fidelity(three_nodes, tmp_path, ops=ops, seed=21, rf=3, rate=None if long_run else 150,
-                           consistency=ConsistencyLevel.ALL)
+                           consistency=ConsistencyLevel.ALL,
+                           during=kill_while_writing(21, (20.0, 40.0) if long_run else (3.0, 6.0)))
     print(outcome.summary())
+    assert len(outcome.faults) >= 2, outcome.faults
     assert not outcome.problems(), "\n".join(outcome.problems())
     copies = outcome.events / outcome.distinct_events
     applied = metric_sum(outcome.apply_metrics, "cdcpipe_apply_events_applied_total")
