@@ -159,6 +159,8 @@ class BatchApplier:
             metrics.DUPLICATES.labels(table.name, "already_applied").inc(result.already_applied)
         if result.unchanged:
             metrics.DUPLICATES.labels(table.name, "unchanged_row").inc(result.unchanged)
+        if result.redundant:
+            metrics.DUPLICATES.labels(table.name, "in_batch").inc(result.redundant)
         by_op: dict[str, int] = {}
         for i in items[result.already_applied:]:
             op = i.event.op.value

@@ -198,11 +198,14 @@ class Changes:
 
     ``wide`` names the partitions whose partition-level state changed in a way that reaches rows not listed in
     ``rows`` (a partition or range deletion, a static cell): the writer must revisit every row of those.
+    ``redundant`` (not part of equality) counts the row-only events :func:`collapse` found to change nothing
+    on top of the events before them: duplicates (replica copies, redeliveries) and stale writes.
     """
 
     partitions: Mapping[bytes, PartitionState] = field(default_factory=dict)
     rows: Mapping[RowKey, RowState] = field(default_factory=dict)
     wide: frozenset[bytes] = frozenset()
+    redundant: int = field(default=0, compare=False)
 
     def join(self, other: Changes) -> Changes:
         partitions = dict(self.partitions)
@@ -229,7 +232,7 @@ class Changes:
             nr = r.normalized(floor)
             if nr is not None:
                 rows[(pk, ck)] = nr
-        return Changes(partitions, rows, self.wide)
+        return Changes(partitions, rows, self.wide, self.redundant)
 
 
 # ---------------------------------------------------------------------------------------------- from events
@@ -259,6 +262,7 @@ def collapse(table: TableSchema, events: Iterable[ChangeEvent | Delta]) -> Chang
     partitions: dict[bytes, PartitionState] = {}
     rows: dict[RowKey, RowState] = {}
     wide: set[bytes] = set()
+    redundant = 0
     for ev in events:
         d = ev if isinstance(ev, Delta) else delta(table, ev)
         pk = d.partition
@@ -269,8 +273,12 @@ def collapse(table: TableSchema, events: Iterable[ChangeEvent | Delta]) -> Chang
         if d.row is not None:
             key = (pk, d.clustering)
             mine_r = rows.get(key)
-            rows[key] = d.row if mine_r is None else mine_r.join(d.row)
-    return Changes(partitions, rows, frozenset(wide)).normalized(table)
+            if mine_r is None:
+                rows[key] = d.row
+            else:
+                joined = rows[key] = mine_r.join(d.row)
+                redundant += d.part is None and joined == mine_r
+    return Changes(partitions, rows, frozenset(wide), redundant).normalized(table)
 
 
 class _Plan:

@@ -8,8 +8,9 @@ EVENTS_APPLIED = Counter("cdcpipe_apply_events_applied_total", "Change events ap
                          ["table", "op"])
 DLQ_EVENTS = Counter("cdcpipe_apply_dlq_events_total", "Events sent to the dead-letter topic and table", ["table"])
 DUPLICATES = Counter("cdcpipe_apply_duplicates_total",
-                     "Events already applied (below the checkpoint) and rows a batch did not change "
-                     "(replica duplicates and stale events)", ["table", "kind"])
+                     "Duplicates and stale events ignored: kind=in_batch (events that changed nothing on top of "
+                     "earlier events of their batch), unchanged_row (rows a batch left unchanged), already_applied "
+                     "(events below the stored checkpoint)", ["table", "kind"])
 BATCH_SIZE = Histogram("cdcpipe_apply_batch_events", "Events per committed batch",
                        buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000))
 BATCH_SECONDS = Histogram("cdcpipe_apply_batch_seconds", "Wall time of one batch transaction",

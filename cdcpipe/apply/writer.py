@@ -48,13 +48,15 @@ class Positioned:
 @dataclass(frozen=True, slots=True)
 class WriteResult:
     """What one committed batch did: events applied and skipped (below the checkpoint), rows written to the
-    target, rows removed from it, rows whose state the batch did not change (duplicates and stale events)."""
+    target, rows removed from it, rows whose stored state the batch did not change, and events that changed
+    nothing on top of earlier events of the same batch (duplicates and stale events, ``Changes.redundant``)."""
 
     applied: int
     already_applied: int
     upserted: int
     removed: int
     unchanged: int
+    redundant: int = 0
 
 
 class BatchWriter:
@@ -185,7 +187,8 @@ class BatchWriter:
         await self._store_partitions(conn, lay, batch, merged, old_parts, now)
         if cp is not None and events:
             await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
-        return WriteResult(len(events) - skipped, skipped, len(records), len(drop_target), unchanged)
+        return WriteResult(len(events) - skipped, skipped, len(records), len(drop_target), unchanged,
+                           batch.redundant)
 
     async def _store(self, conn: Any, lay: Layout, records: list[tuple[Any, ...]],
                      shadow: list[tuple[bytes, bytes, str, datetime.datetime | None]],

@@ -276,3 +276,16 @@ def test_state_json_round_trip() -> None:
     col = merge.collapse(TABLES["col"], [insert("col", (1,), 5, s=["a"], l=["x"], m={"k": 1}, fs=["q"])])
     for row in col.rows.values():
         assert state.decode_row(state.encode_row(row)) == row
+
+
+def test_collapse_counts_events_that_change_nothing() -> None:
+    """Replica copies and stale writes inside one batch are counted (``cdcpipe_apply_duplicates_total``
+    ``kind="in_batch"``), and do not change the merged state."""
+    a = insert("kv", (1,), 10, v="a")
+    copies = [a, a, a]
+    stale = update("kv", (1,), 9, v="old")
+    newer_write = update("kv", (1,), 11, v="b")
+    assert merge.collapse(TABLES["kv"], copies).redundant == 2
+    assert merge.collapse(TABLES["kv"], [*copies, stale]).redundant == 3
+    assert merge.collapse(TABLES["kv"], [*copies, stale, newer_write]).redundant == 3
+    assert merge.collapse(TABLES["kv"], [a, stale]) == merge.collapse(TABLES["kv"], [a])
