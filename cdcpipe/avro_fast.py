@@ -52,31 +52,29 @@ class Unsupported(Exception):
     """This update needs the reference path."""
 
 
-def _zz(n: int) -> bytes:
-    n = (n << 1) ^ (n >> 63)
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-_LONGS: dict[int, bytes] = {i: _zz(i) for i in range(-64, 4096)}
+# Avro longs are zigzag varints of 7-bit groups; two groups (14 bits) are looked up at a time: _MID[c] is c as two
+# continued bytes, _LAST[c] as the final one or two bytes.  Event timestamps and positions are unique, so a memo
+# would only miss.
+_MID = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
+_LAST = [bytes(((c & 0x7F) | 0x80, c >> 7)) if c >> 7 else bytes((c,)) for c in range(1 << 14)]
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def zlong(n: int) -> bytes:
-    """Avro's zigzag varint of a 64-bit int (memoized: timestamps repeat across the cells of a write)."""
-    b = _LONGS.get(n)
-    if b is None:
-        if not -(1 << 63) <= n < (1 << 63):
-            raise Unsupported(f"{n} does not fit a long")
-        b = _zz(n)
-        if len(_LONGS) > 200_000:
-            _LONGS.clear()
-            _LONGS.update({i: _zz(i) for i in range(-64, 4096)})
-        _LONGS[n] = b
-    return b
+    """Avro's zigzag varint of a 64-bit int; raises Unsupported outside the long range."""
+    z = (n << 1) ^ (n >> 63)
+    if 0 <= z < 0x4000:
+        return _LAST[z]
+    if not _LONG_MIN <= n <= _LONG_MAX:
+        raise Unsupported(f"{n} does not fit a long")
+    if z < 0x10000000:
+        return _MID[z & 0x3FFF] + _LAST[z >> 14]
+    if z < 0x40000000000:
+        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _LAST[z >> 28]))
+    if z < 0x100000000000000:  # microsecond timestamps of this era
+        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _LAST[z >> 42]))
+    return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _MID[z >> 42 & 0x3FFF],
+                     _LAST[z >> 56]))
 
 
 def _opt_long(v: int | None) -> bytes:
@@ -95,6 +93,10 @@ _LIVE_TAIL = _h(0) + _h(False) + _NONE_I + _NONE_I  # ttl 0, not deleted, no exp
 def _h_text(s: str) -> bytes:
     b = s.encode()
     return _ONE + len(b).to_bytes(4, "big") + b
+
+
+_H_STATIC, _H_ROW, _H_LIVE, _H_DELETION = _h_text("S"), _h_text("W"), _h_text("L"), _h_text("D")
+_H_ZERO = _h(0)
 
 
 def _h_bytes(v: bytes | None) -> bytes:
@@ -142,7 +144,8 @@ def _string(codec: str, slow: Encoder) -> Encoder:
             raw.decode(codec)
         except UnicodeDecodeError:
             return slow(raw)
-        return zlong(len(raw)) + raw
+        n = len(raw)
+        return (_LAST[n + n] if n < 0x2000 else zlong(n)) + raw
     return enc
 
 
@@ -217,9 +220,14 @@ def _required(enc: Encoder) -> Callable[[bytes], bytes]:
 # ------------------------------------------------------------------------------------------------ cells
 
 CellWriter = Callable[[Any], tuple[bytes, bytes]]  # raw cell -> (Avro Cell record, event-id hash input)
+# a column: (field index, hash of its name, cell writer, value encoder of a simple column, hash prefix of a live cell)
+_Column = tuple[int, bytes, CellWriter, Callable[[bytes | None], bytes] | None, bytes]
 
 
-def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]]) -> CellWriter:
+def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
+                 ) -> tuple[CellWriter, Callable[[bytes | None], bytes] | None]:
+    """The writer of any cell of a column, and for a simple column the (nullable) value encoder that
+    ``TableEncoder`` inlines for live cells."""
     vtype = cell_fields[0]["type"]
     value: Callable[[bytes | None], bytes]
     if vtype == "null":
@@ -252,6 +260,10 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]]) -> CellWriter:
             n = len(raw)
             return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00"]),
                     b"".join([_LIVE_HEAD, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
+        if path is not None and p is not None and not rc.ttl and not rc.deleted:  # a live collection element
+            n, m = len(raw), len(p)
+            return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00", path(p), zlong(m), p]),
+                    b"".join([_ONE, m.to_bytes(4, "big"), p, _ONE, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
         if rc.deleted:
             ttl, exp, ld = 0, None, ldt
             avro = [_NULL if vtype != "null" else b"", zlong(len(raw)), raw, zlong(ts), b"\x00", _NULL, _TRUE,
@@ -264,7 +276,7 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]]) -> CellWriter:
             avro += (path(p), zlong(len(p or b"")), p or b"")
         h = (_h_bytes(p), _h_bytes(raw), _h(ts), _h(ttl), _h(rc.deleted), _h(exp), _h(ld))
         return b"".join(avro), b"".join(h)
-    return write
+    return write, value if path is None else None
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -289,14 +301,16 @@ class TableEncoder:
         col_fields = fields["columns"]["type"]["fields"]
         self.ncols = len(col_fields)
         by_name = {f["cdcpipe.column"]: (i, f) for i, f in enumerate(col_fields)}
-        self.columns: tuple[dict[str, tuple[int, bytes, CellWriter]], dict[str, tuple[int, bytes, CellWriter]]]
-        self.columns = ({}, {})
+        self.nulls = [_NULL] * self.ncols
+        self._segment: tuple[int, bytes] = (-1, b"")  # the last segment id and source + its varint
+        self.columns: tuple[dict[str, _Column], dict[str, _Column]] = ({}, {})
         for static, cols in ((False, table.regular), (True, table.static)):
             for c in cols:
                 i, f = by_name[c.name]
                 cell_fields = f["type"][1]["fields"][0]["type"]["items"]["fields"]
-                self.columns[static][c.name] = (i, _h_text("C") + _h_text(c.name), _cell_writer(c.type, cell_fields))
-
+                h_name = _h_text("C") + _h_text(c.name)
+                write, value = _cell_writer(c.type, cell_fields)
+                self.columns[static][c.name] = (i, h_name, write, value, h_name + _NONE_I + _LIVE_HEAD)
     def _clustering(self, raws: tuple[bytes | None, ...]) -> bytes:
         """The Clustering record for these values (missing trailing values are null)."""
         ck = self.ck
@@ -311,101 +325,162 @@ class TableEncoder:
     def encode(self, u: PartitionUpdate, segment_id: int, position: int) -> list[tuple[str, int, bytes]]:
         """``(op, timestamp_micros, message)`` for each event of ``u``, in ``events.from_mutation`` order.
         Raises Unsupported."""
-        try:
-            raw_key = self.table.partition_key_values(u.key)
-        except ValueError as exc:
-            raise Unsupported(str(exc)) from exc
         key = u.key
-        head = b"".join([self.source, zlong(segment_id), zlong(position), *(w(r) for w, r in zip(
-            self.pk, raw_key, strict=True)), zlong(len(raw_key)), *(zlong(len(r)) + r for r in raw_key), b"\x00"])
-        h_base = self.h_table + _ONE + len(key).to_bytes(4, "big") + key
+        if len(self.pk) == 1:
+            keys = [self.pk[0](key), b"\x02", zlong(len(key)), key, b"\x00"]
+        else:
+            try:
+                raw_key = self.table.partition_key_values(key)
+            except ValueError as exc:
+                raise Unsupported(str(exc)) from exc
+            keys = [w(r) for w, r in zip(self.pk, raw_key, strict=True)]
+            keys.append(zlong(len(raw_key)))
+            keys += [zlong(len(r)) + r for r in raw_key]
+            keys.append(b"\x00")
+        seg = self._segment
+        if seg[0] != segment_id:
+            seg = self._segment = (segment_id, self.source + zlong(segment_id))
+        head = b"".join([seg[1], zlong(position), *keys])
+        h_base = b"".join((self.h_table, _ONE, len(key).to_bytes(4, "big"), key))
         out: list[tuple[str, int, bytes]] = []
         nulls = b"\x00" * self.ncols
-
-        def emit(op: str, ts: int, h: bytes, body: bytes) -> None:
-            eid = hashlib.blake2b(h, digest_size=16).digest()
-            out.append((op, ts, b"".join([self.header, eid, _OPS[op], zlong(ts), head, body])))
+        header = self.header
+        blake2b = hashlib.blake2b
 
         if u.partition_deletion is not None:
             d = u.partition_deletion
             dl = (d.marked_for_delete_at, d.local_deletion_time)
-            emit("partition_delete", dl[0], h_base + _h_text("P") + _h(dl[0]) + _h(dl[1]),
-                 b"\x00\x00\x00\x00\x02" + zlong(dl[0]) + zlong(dl[1]) + b"\x00\x00" + nulls)
+            eid = blake2b(h_base + _h_text("P") + _h(dl[0]) + _h(dl[1]), digest_size=16).digest()
+            out.append(("partition_delete", dl[0], b"".join([
+                header, eid, b"\x04", zlong(dl[0]), head,
+                b"\x00\x00\x00\x00\x02", zlong(dl[0]), zlong(dl[1]), b"\x00\x00", nulls])))
         for (s_raw, s_incl), (e_raw, e_incl), dt in _ranges(u.range_tombstones):
             dl = (dt.marked_for_delete_at, dt.local_deletion_time)
             h = b"".join([h_base, _h_text("R"), _h(dl[0]), _h(dl[1]), _h_text("s"), _h(s_incl), _h_tuple(s_raw),
                           _h_text("e"), _h(e_incl), _h_tuple(e_raw)])
             ncl = len(self.ck)
-            body = b"".join([b"\x00\x00\x00\x00\x02", zlong(dl[0]), zlong(dl[1]),
-                             b"\x02", _TRUE if s_incl else _FALSE, self._clustering(s_raw[:ncl]), self._raws(s_raw),
-                             b"\x02", _TRUE if e_incl else _FALSE, self._clustering(e_raw[:ncl]), self._raws(e_raw),
-                             nulls])
-            emit("range_delete", dl[0], h, body)
-        rows = (u.static_row, *u.rows) if u.static_row is not None else u.rows
-        for row in rows:
-            self._row(row, h_base, emit)
+            eid = blake2b(h, digest_size=16).digest()
+            out.append(("range_delete", dl[0], b"".join([
+                header, eid, b"\x06", zlong(dl[0]), head,
+                b"\x00\x00\x00\x00\x02", zlong(dl[0]), zlong(dl[1]),
+                b"\x02", _TRUE if s_incl else _FALSE, self._clustering(s_raw[:ncl]), self._raws(s_raw),
+                b"\x02", _TRUE if e_incl else _FALSE, self._clustering(e_raw[:ncl]), self._raws(e_raw), nulls])))
+        if u.static_row is not None:
+            self._row(u.static_row, h_base, head, out)
+        for row in u.rows:
+            self._row(row, h_base, head, out)
         return out
 
-    def _row(self, row: Row, h_base: bytes, emit: Callable[[str, int, bytes, bytes], None]) -> None:
+    def _row(self, row: Row, h_base: bytes, head: bytes, out: list[tuple[str, int, bytes]]) -> None:
+        """Append the row's event (if it has one) to ``out``.
+
+        Hash input and Avro are those of ``events._row_change`` + ``avro.encode``: columns in the order of their
+        first cell, then the columns with only a collection deletion.  A live simple cell is inlined (one field,
+        one hash run); the other cells go through the column's writer and are grouped by column."""
         current = self.columns[row.static]
-        cells: dict[str, tuple[int, bytes, list[bytes], list[bytes]]] = {}
+        fields = self.nulls[:]
+        hcols: list[bytes | str] = []  # hash parts; a str marks a grouped column, expanded at the end
+        groups: dict[str, tuple[int, bytes, list[bytes], list[bytes]]] | None = None
         newest = NO_TIMESTAMP
+        last, zts, hts = None, b"", b""
         for rc in row.cells:
-            spec = current.get(rc.column)
+            name, raw, ts, ttl, _, deleted, _ = rc
+            spec = current.get(name)
             if spec is None:  # a dropped column's cell
                 continue
-            entry = cells.get(rc.column)
-            if entry is None:
-                entry = cells[rc.column] = (spec[0], spec[1], [], [])
+            if ts > newest:
+                newest = ts
+            value = spec[3]
+            if value is not None and not ttl and not deleted:
+                if fields[spec[0]] is not _NULL or (groups is not None and name in groups):
+                    raise Unsupported(f"two cells of simple column {name}")  # never in a decoded row
+                if ts != last:
+                    last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
+                n = len(raw)
+                fields[spec[0]] = b"".join((b"\x02\x02", value(raw), _LAST[n + n] if n < 0x2000 else zlong(n), raw,
+                                            zts, b"\x00\x00\x00\x00\x00\x00"))
+                hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
+                continue
+            if groups is None:
+                groups = {}
+            g = groups.get(name)
+            if g is None:
+                if value is not None and fields[spec[0]] is not _NULL:
+                    raise Unsupported(f"two cells of simple column {name}")
+                g = groups[name] = (spec[0], spec[1], [], [])
+                hcols.append(name)
+            elif value is not None:
+                raise Unsupported(f"two cells of simple column {name}")
             a, hb = spec[2](rc)
-            entry[2].append(a)
-            entry[3].append(hb)
-            if rc.timestamp > newest:
-                newest = rc.timestamp
-        deletions: dict[str, tuple[int, int]] = {}
-        for name, dt in row.complex_deletions:
-            if name in current:
-                deletions[name] = (dt.marked_for_delete_at, dt.local_deletion_time)
-                newest = max(newest, dt.marked_for_delete_at)
-        for name in deletions:
-            if name not in cells:
-                spec = current[name]
-                cells[name] = (spec[0], spec[1], [], [])
+            g[2].append(a)
+            g[3].append(hb)
+        if row.complex_deletions:
+            newest = self._complex_deletions(row, current, newest, hcols, groups, fields)
+        elif groups is not None:
+            for name, (i, h_name, cell_avro, cell_h) in groups.items():
+                fields[i] = b"".join([_SOME, zlong(len(cell_avro)), *cell_avro, b"\x00\x00"])
+                hcols[hcols.index(name)] = b"".join([h_name, _NONE_I, *cell_h])
         lv = row.liveness
         live = lv is not None and lv.timestamp != NO_TIMESTAMP
         d = row.deletion
-        if not cells and not live and d is None:
+        if not hcols and not live and d is None:
             return
         clustering = () if row.static else row.clustering
-        h = [h_base, _h_text("S" if row.static else "W"), _h_tuple(row.clustering)]
-        avro = [self._raws(clustering), _TRUE if row.static else _FALSE]
-        if clustering and self.ck:
-            avro.insert(0, _SOME + self._clustering(clustering))
-        else:
-            avro.insert(0, _NULL)
+        h: list[Any] = [h_base, _H_STATIC if row.static else _H_ROW, _h_tuple(row.clustering)]
+        avro = [_SOME + self._clustering(clustering) if clustering and self.ck else _NULL, self._raws(clustering),
+                _TRUE if row.static else _FALSE]
         if live:
             assert lv is not None
             exp = lv.local_expiration_time if lv.ttl > 0 else None
-            newest = max(newest, lv.timestamp)
-            h += [_h_text("L"), _h(lv.timestamp), _h(lv.ttl), _h(exp)]
-            avro += [_SOME, zlong(lv.timestamp), zlong(lv.ttl), _opt_long(exp)]
+            if lv.timestamp > newest:
+                newest = lv.timestamp
+            if lv.timestamp == last and not lv.ttl:  # an INSERT: the marker has the cells' timestamp
+                h += (_H_LIVE, hts, _H_ZERO, _NONE_I)
+                avro += (_SOME, zts, b"\x00\x00")
+            else:
+                h += (_H_LIVE, _h(lv.timestamp), _h(lv.ttl), _h(exp))
+                avro += (_SOME, zlong(lv.timestamp), zlong(lv.ttl), _opt_long(exp))
         else:
             avro.append(_NULL)
         if d is not None:
-            newest = max(newest, d.marked_for_delete_at)
-            h += [_h_text("D"), _h(d.marked_for_delete_at), _h(d.local_deletion_time)]
-            avro += [_SOME, zlong(d.marked_for_delete_at), zlong(d.local_deletion_time)]
+            if d.marked_for_delete_at > newest:
+                newest = d.marked_for_delete_at
+            h += (_H_DELETION, _h(d.marked_for_delete_at), _h(d.local_deletion_time))
+            avro += (_SOME, zlong(d.marked_for_delete_at), zlong(d.local_deletion_time))
         else:
             avro.append(_NULL)
         avro.append(b"\x00\x00")  # range_start, range_end
-        fields = [_NULL] * self.ncols
-        for name, (i, h_name, cell_avro, cell_h) in cells.items():
+        h += hcols
+        eid = hashlib.blake2b(b"".join(h), digest_size=16).digest()
+        zn = zts if newest == last else zlong(newest)
+        if hcols or live:
+            out.append(("upsert", newest, b"".join([self.header, eid, b"\x00", zn, head, *avro, *fields])))
+        else:
+            out.append(("row_delete", newest, b"".join([self.header, eid, b"\x02", zn, head, *avro, *fields])))
+
+    def _complex_deletions(self, row: Row, current: dict[str, _Column], newest: int, hcols: list[bytes | str],
+                           groups: dict[str, tuple[int, bytes, list[bytes], list[bytes]]] | None,
+                           fields: list[bytes]) -> int:
+        """Fold the row's collection deletions into ``groups`` and expand them into ``hcols``/``fields``; the
+        newest timestamp including them."""
+        groups = {} if groups is None else groups
+        deletions: dict[str, tuple[int, int]] = {}
+        for name, dt in row.complex_deletions:
+            spec = current.get(name)
+            if spec is not None:
+                if spec[3] is not None:  # never written by Cassandra: a simple column's cell was inlined
+                    raise Unsupported(f"collection deletion of simple column {name}")
+                deletions[name] = (dt.marked_for_delete_at, dt.local_deletion_time)
+                if dt.marked_for_delete_at > newest:
+                    newest = dt.marked_for_delete_at
+        for name in deletions:
+            if name not in groups:
+                spec = current[name]
+                groups[name] = (spec[0], spec[1], [], [])
+                hcols.append(name)
+        for name, (i, h_name, cell_avro, cell_h) in groups.items():
             cd = deletions.get(name)
-            h.append(h_name)
-            h.append(_NONE_I if cd is None else _h(cd[0]) + _h(cd[1]))
-            h += cell_h
             arr = zlong(len(cell_avro)) + b"".join(cell_avro) + b"\x00" if cell_avro else b"\x00"
             fields[i] = b"".join([_SOME, arr, _NULL if cd is None else _SOME + zlong(cd[0]) + zlong(cd[1])])
-        avro += fields
-        op = "upsert" if cells or live else "row_delete"
-        emit(op, newest, b"".join(h), b"".join(avro))
+            hcols[hcols.index(name)] = b"".join([h_name, _NONE_I if cd is None else _h(cd[0]) + _h(cd[1]), *cell_h])
+        return newest

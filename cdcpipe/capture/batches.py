@@ -13,6 +13,7 @@ import fnmatch
 import json
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -26,8 +27,12 @@ from cdcpipe.capture.producer import Record, dead_letter_topic, table_topic
 from cdcpipe.capture.schema import SchemaRegistry, TableSchema
 from cdcpipe.capture.segment import Position
 from cdcpipe.errors import MutationDecodeError
+from cdcpipe.model import Op
 
 log = structlog.get_logger(__name__)
+_new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__
+# per table schema version: (table, captured?, topic, fast encoder, Avro schema, op -> metrics label tuple)
+_Plan = tuple[TableSchema, bool, str, "TableEncoder | None", "avro.EventSchema | None", dict[str, tuple[str, str, str]]]
 
 
 @dataclass(slots=True)
@@ -81,7 +86,9 @@ class BatchBuilder:
         self.decoder = MutationDecoder(schemas)
         self._avro: dict[int, tuple[TableSchema, avro.EventSchema]] = {}
         self._tables: dict[int, tuple[TableSchema, bool, str]] = {}
-        self._encoders: dict[int, tuple[TableSchema, TableEncoder | None]] = {}
+        self._plans: dict[int, _Plan] = {}
+        self._keyspace_of: dict[bytes, bool] = {}  # raw table id -> its keyspace is captured (this generation)
+        self._generation: object = None
 
     def _event_schema(self, t: TableSchema) -> avro.EventSchema:
         cached = self._avro.get(id(t))
@@ -103,54 +110,75 @@ class BatchBuilder:
         self._tables[id(t)] = entry
         return entry
 
-    def _encoder(self, t: TableSchema) -> TableEncoder | None:
-        cached = self._encoders.get(id(t))
-        if cached is not None and cached[0] is t:
-            return cached[1]
-        encoder = None
-        try:
-            encoder = TableEncoder(t, self._event_schema(t), self.origin)
-        except Exception as exc:
-            log.warning("no fast encoder for table", table=t.name, error=str(exc))
-        self._encoders[id(t)] = (t, encoder)
-        return encoder
+    def _plan(self, t: TableSchema) -> _Plan:
+        """How the fast path ships ``t``'s updates, computed once per table schema version."""
+        _, included, topic = self._table(t)
+        encoder = schema = None
+        counts: dict[str, tuple[str, str, str]] = {}
+        if included:
+            schema = self._event_schema(t)
+            counts = {op.value: (t.keyspace, t.table, op.value) for op in Op}
+            try:
+                encoder = TableEncoder(t, schema, self.origin)
+            except Exception as exc:
+                log.warning("no fast encoder for table", table=t.name, error=str(exc))
+        plan = (t, included, topic, encoder, schema, counts)
+        self._plans[id(t)] = plan
+        return plan
 
     def _fast(self, mutation: Mutation, pos: Position, batch: Batch) -> bool:
         """Encode ``mutation``'s events straight from its raw values into ``batch``; False (nothing added)
         when some update needs the reference path."""
-        out: list[tuple[str, bytes, TableSchema, list[tuple[str, int, bytes]]]] = []
+        out: list[tuple[_Plan, bytes, list[tuple[str, int, bytes]]]] = []
+        plans = self._plans
         for u in mutation.updates:
-            t, included, topic = self._table(u.table)
-            if not included:
+            t = u.table
+            plan = plans.get(id(t))
+            if plan is None or plan[0] is not t:
+                plan = self._plan(t)
+            if not plan[1]:
                 continue
-            encoder = self._encoder(t)
+            encoder = plan[3]
             if encoder is None:
                 return False
             try:
-                out.append((topic, u.key, t, encoder.encode(u, pos.segment_id, pos.offset)))
+                out.append((plan, u.key, encoder.encode(u, pos.segment_id, pos.offset)))
             except Unsupported:
                 return False
             except Exception as exc:
                 log.warning("fast encoder failed, using the reference path", table=t.name, error=str(exc))
                 return False
-        for topic, key, t, events in out:
-            schema = self._event_schema(t)
+        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        for (_, _, topic, _, schema, keys), key, events in out:
+            assert schema is not None
             batch.schemas[schema.fingerprint] = schema
             for op, ts, value in events:
-                batch.records.append(Record(topic, key, value))
-                if ts > batch.newest_micros:
-                    batch.newest_micros = ts
-                batch.counts[(t.keyspace, t.table, op)] += 1
+                records.append(_new(Record, (topic, key, value)))
+                if ts > newest:
+                    newest = ts
+                counts[keys[op]] += 1
+        batch.newest_micros = newest
         return True
 
     def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool:
+        """Whether the entry's keyspace (that of its first table) is captured; cached by raw table id for one
+        schema generation (an unknown id is looked up again, so a new table's schema gets loaded)."""
+        raw = data[1:17] if data[0] < 0x80 else None
+        if raw is not None:
+            hit = self._keyspace_of.get(raw)
+            if hit is not None:
+                return hit
         tid = first_table_id(data)
         t = self.schemas.get(tid) if tid is not None else None
         if t is None:
             return tid is None  # unreadable id: let the decoder report it; unknown after refresh: dropped table
         if t.keyspace not in keyspaces and self._table(t)[1]:  # created since this batch began
             keyspaces.add(t.keyspace)
-        return t.keyspace in keyspaces
+            self._keyspace_of.clear()
+        captured = t.keyspace in keyspaces
+        if raw is not None and self._generation == getattr(self.schemas, "generation", None):
+            self._keyspace_of[raw] = captured
+        return captured
 
     def next(self, max_items: int) -> Batch:
         """Read up to ``max_items`` entries and convert them; ``position`` is set when the follower advanced."""
@@ -159,38 +187,43 @@ class BatchBuilder:
         after = self.follower.position
         batch = Batch(position=after if after != before else None, end=chunk.end)
         keyspaces = {t.keyspace for t in self.schemas.tables() if self._table(t)[1]}
+        generation = getattr(self.schemas, "generation", None)
+        if generation != self._generation:
+            self._keyspace_of.clear()
+            self._generation = generation
         read = decoded = 0
-        for item in chunk.items:
-            if item.error is not None:
+        decode, fast, captured = self.decoder.decode, self._fast, self._captured_keyspace
+        for path, version, entry, error in chunk.items:
+            if entry is None:
+                assert error is not None
                 metrics.SECTION_ERRORS.inc()
-                log.error("damaged segment data", segment=item.path, offset=item.error.offset,
-                          reason=item.error.reason)
+                log.error("damaged segment data", segment=path, offset=error.offset, reason=error.reason)
                 continue
-            entry = item.entry
-            assert entry is not None
             read += 1
-            if not self._captured_keyspace(entry.data, keyspaces):
+            pos, _, data = entry
+            if not captured(data, keyspaces):
                 continue
             decoded += 1
-            pos = entry.position
             try:
-                mutation = self.decoder.decode(entry.data, item.messaging_version, pos, item.path)
-                if self._fast(mutation, pos, batch):
+                mutation = decode(data, version, pos, path)
+                if fast(mutation, pos, batch):
                     continue
-                changes = from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self.include)
-                for c in changes:
-                    schema = self._event_schema(c.table)
-                    value = avro.encode(c.event, schema, c.raw_key, c.raw_clustering, c.raw_bounds)
-                    batch.records.append(Record(table_topic(self.prefix, c.table.keyspace, c.table.table), c.key,
-                                                value))
-                    batch.schemas[schema.fingerprint] = schema
-                    batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
-                    batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
+                self._reference(mutation, pos, batch)
             except (MutationDecodeError, ValueError) as exc:
-                batch.records.append(self._dead_letter(item.path, pos, entry.data, exc))
+                batch.records.append(self._dead_letter(path, pos, data, exc))
         metrics.MUTATIONS_READ.inc(read)
         metrics.MUTATIONS_DECODED.inc(decoded)
         return batch
+
+    def _reference(self, mutation: Mutation, pos: Position, batch: Batch) -> None:
+        """The specification path: ``events.from_mutation`` then ``avro.encode``."""
+        for c in from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self.include):
+            schema = self._event_schema(c.table)
+            value = avro.encode(c.event, schema, c.raw_key, c.raw_clustering, c.raw_bounds)
+            batch.records.append(Record(table_topic(self.prefix, c.table.keyspace, c.table.table), c.key, value))
+            batch.schemas[schema.fingerprint] = schema
+            batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
+            batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
 
     def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception) -> Record:
         metrics.DEAD_LETTERS.inc()

@@ -20,12 +20,14 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor
 from cdcpipe.errors import SegmentError, SegmentHeaderError
 
 _LOG = re.compile(r"^CommitLog-(\d+)-(\d+)\.log$")
 _HEADER_PEEK = 64 * 1024
+_new: Any = tuple.__new__
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,9 +88,9 @@ def disk_usage(cdc_raw: Path) -> int:
     return total
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
-    """An entry read from ``path`` (with the messaging version it was written with) or a framing error."""
+class Item(NamedTuple):
+    """An entry read from ``path`` (with the messaging version it was written with) or a framing error
+    (a NamedTuple: one is built per entry)."""
 
     path: str
     messaging_version: int
@@ -163,11 +165,12 @@ class SegmentFollower:
         mv = reader.descriptor.messaging_version or 0
         path = str(state.log)
         got = 0
+        append = chunk.items.append
         for item in reader.read(start=start, limit=state.offset):
             if isinstance(item, SegmentError):
                 chunk.items.append(Item(path, mv, error=item))
                 continue
-            chunk.items.append(Item(path, mv, entry=item))
+            append(_new(Item, (path, mv, item, None)))
             self.position = item.position
             got += 1
             if got >= max_items:

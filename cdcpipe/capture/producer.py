@@ -9,6 +9,8 @@ Contract
       compacted ``<prefix>.schemas``, keyed by fingerprint), the records, and the position record (compacted
       ``<prefix>.capture-positions``, keyed by node).  Either all of it becomes visible to ``read_committed``
       consumers or none; on an abortable error the transaction is aborted and retried with the same records.
+      Records carry no delivery callback (one Python call per event saved): a record that fails delivery makes
+      ``commit_transaction`` fail with an abortable error, which is handled as above.
     - Table topics ``<prefix>.<keyspace>.<table>`` are created on first use (:meth:`ensure_topic`).
 """
 
@@ -17,8 +19,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
@@ -37,9 +38,8 @@ COMPACTED = {"cleanup.policy": "compact"}
 _ATTEMPTS = 5
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One message to produce."""
+class Record(NamedTuple):
+    """One message to produce (a NamedTuple: one is built per event)."""
 
     topic: str
     key: bytes
@@ -153,21 +153,26 @@ class EventProducer:
             if s.fingerprint not in self._published:
                 p.produce(schemas_topic(self.prefix), key=s.fingerprint, value=s.to_json().encode(),
                           on_delivery=self._on_delivery)
-        for r in records:
-            self._produce(r)
+        produce = p.produce
+        for topic, key, value in records:  # no delivery callback: commit_transaction fails if any delivery did
+            try:
+                produce(topic, value, key)
+            except BufferError:  # local queue full: let it drain
+                self._produce_blocking(topic, key, value)
         p.produce(positions_topic(self.prefix), key=self.node.encode(), value=position_value(self.node, position),
                   on_delivery=self._on_delivery)
         p.commit_transaction(self.timeout_s)
         if self._delivery_error is not None:  # cannot happen after a successful commit; kept as a guard
             raise self._delivery_error
 
-    def _produce(self, r: Record) -> None:
+    def _produce_blocking(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
+            self._producer.poll(0.05)
             try:
-                self._producer.produce(r.topic, key=r.key, value=r.value, on_delivery=self._on_delivery)
+                self._producer.produce(topic, value, key)
                 return
-            except BufferError:  # local queue full: let it drain
-                self._producer.poll(0.05)
+            except BufferError:
+                continue
 
     def _abort(self) -> None:
         try:
