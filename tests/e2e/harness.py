@@ -471,9 +471,14 @@ def create_keyspace(session: Session, keyspace: str, rf: int = 1) -> None:
 
 
 def wait_for(what: str, cond: Callable[[], bool], timeout: float, pipeline: Pipeline | None = None,
-             step: float = 0.5) -> None:
+             step: float = 0.5, progress: Callable[[], object] | None = None) -> None:
+    """Wait until ``cond()``; fail after ``timeout`` seconds — or, with ``progress``, after ``timeout`` seconds
+    during which ``progress()`` did not change (long runs catch up for as long as they move)."""
     deadline = time.monotonic() + timeout
+    last = progress() if progress is not None else None
     while not cond():
+        if progress is not None and (now := progress()) != last:
+            last, deadline = now, time.monotonic() + timeout
         if time.monotonic() > deadline:
             tails = "\n".join(f"--- {p.name}\n{p.tail(15)}" for p in (pipeline.procs if pipeline else []))
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n{tails}")
@@ -532,16 +537,20 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
         def fenced() -> bool:
             log.poll(1.0)
             return len(log.fences.get(token, ())) >= nodes
-        wait_for("the fence from every capture", fenced, settle_timeout, pipeline, step=0)
+        wait_for("the fence from every capture", fenced, settle_timeout, pipeline, step=0,
+                 progress=lambda: log.total)
         wait_for("the event log to reach the end of every partition", lambda: log.poll(0.5) or log.at_end(),
-                 60, pipeline, step=0)
+                 60, pipeline, step=0, progress=lambda: log.total)
         seconds["captured"] = time.monotonic() - t0
         ends = {tp: off + 1 for tp, off in log.last.items()}
 
+        got: dict[tuple[str, int], int] = {}
+
         def applied() -> bool:
-            got = asyncio.run(checkpoints(stack.dsn, pipeline.group))
+            got.update(asyncio.run(checkpoints(stack.dsn, pipeline.group)))
             return all(got.get(tp, -1) >= end for tp, end in ends.items())
-        wait_for("apply's checkpoints to reach the end offsets", applied, settle_timeout, pipeline)
+        wait_for("apply's checkpoints to reach the end offsets", applied, settle_timeout, pipeline,
+                 progress=lambda: sum(got.values()))
         seconds["applied"] = time.monotonic() - t0
         # short TTLs written during the run expire; apply re-views the rows they change (purge_interval_s = 1)
         time.sleep(max(0.0, last_write + workload.SHORT_TTL_MAX_S + 1.5 - time.monotonic()))
