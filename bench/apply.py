@@ -7,7 +7,8 @@ encoding: ``cdcpipe.avro`` single-object Avro + the ``<prefix>.schemas`` topic) 
 
 - apply: ``cdcpipe apply`` as a subprocess (fresh consumer group and PostgreSQL schema each round) until its
   checkpoints reach the end of every partition; events/s from its first checkpoint to its last (steady state;
-  the figure from process start is printed too), and its peak RSS (``VmHWM`` from ``/proc``);
+  the figure from process start is printed too), and its peak RSS (``VmHWM`` from ``/proc``); ``--processes N``
+  runs N of them in one consumer group, the way apply scales (RSS is then the largest process's);
 - ceiling: the same rows, typed, straight from memory, merged into a fresh table of the same 10 columns by
   batches of ``COPY`` into a temporary staging table + one ``INSERT … SELECT … ON CONFLICT DO UPDATE``
   (what any sink must at least pay PostgreSQL);
@@ -181,8 +182,9 @@ def _vm(pid: int, field: str) -> int:
 
 
 async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: int, rnd: int,
-                    profile: Path | None) -> tuple[float, float, int]:
-    """(steady events/s, events/s from process start, peak RSS bytes) of one ``cdcpipe apply`` run."""
+                    profile: Path | None, processes: int = 1) -> tuple[float, float, int]:
+    """(steady events/s, events/s from process start, peak RSS bytes of one process) of one run of
+    ``processes`` ``cdcpipe apply`` processes in one consumer group."""
     run = f"{prefix}_{uuid.uuid4().hex[:6]}_r{rnd}"  # fresh consumer group and schema, also on kept topics
     group = run
     env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_APPLY__GROUP_ID": group,
@@ -194,15 +196,17 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
         cmd = [sys.executable, "-m", "pyinstrument", "-o", str(profile), "-r", "text", "-m", "cdcpipe", "apply"]
     conn = await asyncpg.connect(dsn)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, cwd=ROOT)
+    procs = [subprocess.Popen(cmd if i == 0 else [sys.executable, "-m", "cdcpipe", "apply"], env=env, cwd=ROOT)
+             for i in range(processes)]
     first: tuple[float, int] | None = None
     peak = 0
     try:
         while True:
             await asyncio.sleep(0.05)
-            if proc.poll() is not None:
-                raise SystemExit(f"cdcpipe apply exited with {proc.returncode}")
-            peak = max(peak, _vm(proc.pid, "VmHWM"))
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise SystemExit(f"cdcpipe apply exited with {proc.returncode}")
+                peak = max(peak, _vm(proc.pid, "VmHWM"))
             done = await conn.fetchval("SELECT sum(next_offset) FROM cdcpipe_checkpoints WHERE group_id = $1", group)
             now = time.perf_counter()
             if done is not None and first is None:
@@ -216,11 +220,13 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
         steady = (total - first[1]) / (now - first[0]) if now > first[0] and total > first[1] else total / (now - t0)
         return steady, total / (now - t0), peak
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        for proc in procs:
+            proc.send_signal(signal.SIGINT)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
         await conn.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", group)
         await conn.execute(f'DROP SCHEMA IF EXISTS "{run}_bench" CASCADE')
         await conn.close()
@@ -247,7 +253,7 @@ async def amain(args: argparse.Namespace) -> int:
                                       _executemany)
             manys.append(len(rows) / secs)
             steady, start, peak = await run_apply(dsn, prefix, len(rows), args.batch, args.concurrency, r,
-                                                  args.profile if r == 0 else None)
+                                                  args.profile if r == 0 else None, args.processes)
             applies.append(steady)
             starts.append(start)
             peaks.append(peak)
@@ -265,7 +271,8 @@ async def amain(args: argparse.Namespace) -> int:
     if not applies:
         return 0  # --rounds 0: produce (and --keep) only
     a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)
-    print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions; "
+    print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions, "
+          f"{args.processes} apply process(es); "
           f"apply from process start {statistics.median(starts):.0f}/s")
     print(f"RESULT apply_per_s={a:.0f} ceiling_per_s={c:.0f} executemany_per_s={m:.0f} ceiling_ratio={a / c:.3f} "
           f"executemany_ratio={a / m:.2f} rss_mb={max(peaks) / 2**20:.0f}")
@@ -280,6 +287,8 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=5000, help="rows per batch (apply.batch.max_rows, COPY)")
     parser.add_argument("--batch-executemany", type=int, default=1000, help="rows per executemany batch")
     parser.add_argument("--concurrency", type=int, default=4, help="apply.concurrency and reference connections")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="apply processes in the consumer group (scale = partitions; RSS is per process)")
     parser.add_argument("--keep", action="store_true", help="keep the produced topics for later runs")
     parser.add_argument("--prefix", help="measure topics kept earlier with --keep (same --events) instead of "
                         "producing new ones")
