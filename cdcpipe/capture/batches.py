@@ -45,6 +45,8 @@ class Batch:
     end: SegmentEnd | None = None
     newest_micros: int = 0
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    caught_up: bool = False  # the read reached everything durable: commit without waiting for more
+
 
     def extend(self, other: Batch) -> None:
         self.records += other.records
@@ -53,6 +55,7 @@ class Batch:
         self.end = other.end or self.end
         self.newest_micros = max(self.newest_micros, other.newest_micros)
         self.counts.update(other.counts)
+        self.caught_up = other.caught_up
 
 
 class TableFilter:
@@ -185,7 +188,7 @@ class BatchBuilder:
         before = self.follower.position
         chunk = self.follower.poll(max_items)
         after = self.follower.position
-        batch = Batch(position=after if after != before else None, end=chunk.end)
+        batch = Batch(position=after if after != before else None, end=chunk.end, caught_up=not chunk.more)
         keyspaces = {t.keyspace for t in self.schemas.tables() if self._table(t)[1]}
         generation = getattr(self.schemas, "generation", None)
         if generation != self._generation:

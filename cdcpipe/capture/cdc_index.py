@@ -110,10 +110,12 @@ class SegmentEnd:
 
 @dataclass(slots=True)
 class Chunk:
-    """What one poll read: items in log order, then (at most one) finished segment."""
+    """What one poll read: items in log order, then (at most one) finished segment.  ``more`` is False when the
+    poll read everything durable in cdc_raw (the caller may commit now instead of waiting for more)."""
 
     items: list[Item] = field(default_factory=list)
     end: SegmentEnd | None = None
+    more: bool = False
 
 
 class SegmentFollower:
@@ -144,6 +146,7 @@ class SegmentFollower:
             if start < state.offset or pos is None or pos.segment_id != state.segment_id:
                 try:
                     if not self._read(state, start, max_items, chunk):
+                        chunk.more = True
                         return chunk
                 except SegmentHeaderError as exc:
                     if exc.retriable:
@@ -154,6 +157,7 @@ class SegmentFollower:
                 self._cache = None
                 self._ended = state.segment_id
                 chunk.end = SegmentEnd(state.segment_id, Position(state.segment_id, state.offset), state)
+                chunk.more = True  # the next segment may hold data already
             return chunk
         return chunk
 

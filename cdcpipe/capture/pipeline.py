@@ -8,6 +8,8 @@ One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if 
 cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
 position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
 commits the batches already read, and :func:`run` returns — well within 10 s (the integration tests check it).
+A transaction is committed as soon as the read has caught up with what is durable (the batch says so and the queue
+is empty), when it holds ``capture.batch_max_events``, or ``capture.flush_ms`` after its first batch.
 """
 
 from __future__ import annotations
@@ -126,7 +128,8 @@ class Capture:
                 since = time.monotonic()
             pending.extend(item)
             due = time.monotonic() >= since + c.flush_ms / 1000
-            if pending.position is not None and (due or len(pending.records) >= c.batch_max_events):
+            idle = pending.caught_up and self._queue.empty()  # nothing more to wait for: commit now
+            if pending.position is not None and (due or idle or len(pending.records) >= c.batch_max_events):
                 await self._commit(pending)
                 pending = Batch()
 
