@@ -9,72 +9,42 @@ Contract
     path does not handle (a key that does not decode, a value fastavro rejects) it raises :class:`Unsupported`
     and the caller uses the reference path for the whole mutation, so the two can never disagree.
 
-Values of simple types are written from their serialized form (zigzag varints, length-prefixed strings,
-reversed doubles, uuid text); the others (varint, decimal, inet, duration, collections, tuples, UDTs, vectors,
-edge values such as out-of-range timestamps) go through the driver decode + ``avro_values.converter`` + a
-fastavro writer for that one value, exactly as the reference does.
+Values are written by ``cdcpipe.avro_raw`` from their serialized form.  Cost model (docs/operations.md): a live
+cell of a simple column is inlined into its row (one Avro field, one hash run), other cells go through their
+column's writer; nothing per event is built but bytes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
-import json
 import struct
 from collections.abc import Callable
 from typing import Any
 
-import fastavro
-
 from cdcpipe.avro import MAGIC, EventSchema
-from cdcpipe.avro_values import converter
-from cdcpipe.capture.events import Origin, _ranges, value_of
+from cdcpipe.avro_raw import (
+    SMALL_LONGS,
+    SOME_SMALL_LONGS,
+    Encoder,
+    Unsupported,
+    nullable_encoder,
+    required_encoder,
+    value_encoder,
+    zlong,
+)
+from cdcpipe.capture.events import Origin, _ranges
 from cdcpipe.capture.mutation import PartitionUpdate
 from cdcpipe.capture.rows import NO_TIMESTAMP, Row
 from cdcpipe.capture.schema import TableSchema
 from cdcpipe.capture.values import CqlType, udt_field_index
 
-Encoder = Callable[[bytes], bytes | None]  # serialized CQL value -> Avro binary of the value, None for null
-
 _Q = struct.Struct(">q").pack
-_F_BE = struct.Struct(">f").unpack
-_F_LE = struct.Struct("<f").pack
 _NULL, _SOME, _FALSE, _TRUE = b"\x00", b"\x02", b"\x00", b"\x01"
 _NONE_I = b"\x00"  # the hash's encoding of None
 _ONE = b"\x01" + _Q(1)  # the hash's count prefix of a 1-tuple
 _NULL_PATH = _ONE + b"\xff\xff\xff\xff"
-_OPS = {"upsert": b"\x00", "row_delete": b"\x02", "partition_delete": b"\x04", "range_delete": b"\x06"}
-_TS_MIN_MS, _TS_MAX_MS = -30610224000000, 221845392000000  # years 1000..9000: the driver gives datetimes
-_TIME_MAX_NS = 86_400_000_000_000
-
-
-class Unsupported(Exception):
-    """This update needs the reference path."""
-
-
-# Avro longs are zigzag varints of 7-bit groups; two groups (14 bits) are looked up at a time: _MID[c] is c as two
-# continued bytes, _LAST[c] as the final one or two bytes.  Event timestamps and positions are unique, so a memo
-# would only miss.
-_MID = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
-_LAST = [bytes(((c & 0x7F) | 0x80, c >> 7)) if c >> 7 else bytes((c,)) for c in range(1 << 14)]
-_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
-
-
-def zlong(n: int) -> bytes:
-    """Avro's zigzag varint of a 64-bit int; raises Unsupported outside the long range."""
-    z = (n << 1) ^ (n >> 63)
-    if 0 <= z < 0x4000:
-        return _LAST[z]
-    if not _LONG_MIN <= n <= _LONG_MAX:
-        raise Unsupported(f"{n} does not fit a long")
-    if z < 0x10000000:
-        return _MID[z & 0x3FFF] + _LAST[z >> 14]
-    if z < 0x40000000000:
-        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _LAST[z >> 28]))
-    if z < 0x100000000000000:  # microsecond timestamps of this era
-        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _LAST[z >> 42]))
-    return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _MID[z >> 42 & 0x3FFF],
-                     _LAST[z >> 56]))
+# op enum indexes in the record: upsert 0, row_delete 1, partition_delete 2, range_delete 3 (zigzag: 00 02 04 06)
+__all__ = ["TableEncoder", "Unsupported", "value_encoder", "zlong"]
 
 
 def _opt_long(v: int | None) -> bytes:
@@ -112,122 +82,18 @@ def _h_tuple(values: tuple[bytes | None, ...]) -> bytes:
 
 # ------------------------------------------------------------------------------------------------ values
 
-def _generic(t: CqlType, avro_t: Any) -> Encoder:
-    """The reference conversion for one value: driver decode, converter, fastavro."""
-    parsed = fastavro.parse_schema(json.loads(json.dumps(avro_t)), named_schemas={})
-    conv = converter(t)
-
-    def enc(raw: bytes) -> bytes | None:
-        v = conv(value_of(t, raw))
-        if v is None:
-            return None
-        buf = io.BytesIO()
-        try:
-            fastavro.schemaless_writer(buf, parsed, v, strict=True)
-        except Exception as exc:  # the reference would reject the whole event: let it say so
-            raise Unsupported(str(exc)) from exc
-        return buf.getvalue()
-    return enc
-
-
-def _fixed_int(size: int, slow: Encoder) -> Encoder:
-    def enc(raw: bytes) -> bytes | None:
-        if len(raw) == size:
-            return zlong(int.from_bytes(raw, "big", signed=True))
-        return slow(raw)
-    return enc
-
-
-def _string(codec: str, slow: Encoder) -> Encoder:
-    def enc(raw: bytes) -> bytes | None:
-        try:
-            raw.decode(codec)
-        except UnicodeDecodeError:
-            return slow(raw)
-        n = len(raw)
-        return (_LAST[n + n] if n < 0x2000 else zlong(n)) + raw
-    return enc
-
-
-def value_encoder(t: CqlType, avro_t: Any) -> Encoder:
-    """Raw CQL bytes → Avro binary of ``avro_t`` (the non-null branch), None where the reference writes null."""
-    slow = _generic(t, avro_t)
-    n = t.name
-    if n in ("int", "bigint", "smallint", "tinyint"):
-        return _fixed_int({"int": 4, "bigint": 8, "smallint": 2, "tinyint": 1}[n], slow)
-    if n in ("text", "varchar"):
-        return _string("utf-8", slow)
-    if n == "ascii":
-        return _string("ascii", slow)
-    if n == "blob":
-        return lambda raw: zlong(len(raw)) + raw
-    if n == "boolean":
-        return lambda raw: (_TRUE if raw[0] else _FALSE) if len(raw) == 1 else slow(raw)
-    if n == "double":
-        return lambda raw: raw[::-1] if len(raw) == 8 else slow(raw)
-    if n == "float":
-        def f32(raw: bytes) -> bytes | None:
-            if len(raw) == 4 and (raw[0] & 0x7F != 0x7F or raw[1] & 0x80 == 0):  # not NaN/inf
-                return _F_LE(_F_BE(raw)[0])
-            return slow(raw)
-        return f32
-    if n in ("uuid", "timeuuid"):
-        def uid(raw: bytes) -> bytes | None:
-            if len(raw) != 16:
-                return slow(raw)
-            h = raw.hex()
-            return b"\x48" + f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
-        return uid
-    if n == "timestamp":
-        def ts(raw: bytes) -> bytes | None:
-            if len(raw) == 8:
-                ms = int.from_bytes(raw, "big", signed=True)
-                if _TS_MIN_MS <= ms <= _TS_MAX_MS:
-                    return zlong(ms * 1000)
-            return slow(raw)
-        return ts
-    if n == "date":
-        return lambda raw: zlong(int.from_bytes(raw, "big") - (1 << 31)) if len(raw) == 4 else slow(raw)
-    if n == "time":
-        def tm(raw: bytes) -> bytes | None:
-            if len(raw) == 8:
-                ns = int.from_bytes(raw, "big", signed=True)
-                if 0 <= ns < _TIME_MAX_NS:
-                    return zlong(ns // 1000)
-            return slow(raw)
-        return tm
-    return slow
-
-
-def _nullable(enc: Encoder) -> Callable[[bytes | None], bytes]:
-    def w(raw: bytes | None) -> bytes:
-        if raw is None:
-            return _NULL
-        v = enc(raw)
-        return _NULL if v is None else _SOME + v
-    return w
-
-
-def _required(enc: Encoder) -> Callable[[bytes], bytes]:
-    def w(raw: bytes) -> bytes:
-        v = enc(raw)
-        if v is None:
-            raise Unsupported("key value does not decode")
-        return v
-    return w
-
 
 # ------------------------------------------------------------------------------------------------ cells
 
 CellWriter = Callable[[Any], tuple[bytes, bytes]]  # raw cell -> (Avro Cell record, event-id hash input)
 # a column: (field index, hash of its name, cell writer, value encoder of a simple column, hash prefix of a live cell)
-_Column = tuple[int, bytes, CellWriter, Callable[[bytes | None], bytes] | None, bytes]
+_Column = tuple[int, bytes, CellWriter, Encoder | None, bytes]
 
 
 def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
-                 ) -> tuple[CellWriter, Callable[[bytes | None], bytes] | None]:
-    """The writer of any cell of a column, and for a simple column the (nullable) value encoder that
-    ``TableEncoder`` inlines for live cells."""
+                 ) -> tuple[CellWriter, Encoder | None]:
+    """The writer of any cell of a column, and for a simple column the value encoder of its non-null union
+    branch (None: null) that ``TableEncoder`` inlines for live cells."""
     vtype = cell_fields[0]["type"]
     value: Callable[[bytes | None], bytes]
     if vtype == "null":
@@ -235,7 +101,7 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
             return b""
     else:
         elem = t if not t.multi_cell else t.params[0] if t.name == "list" else t.params[1]
-        value = _nullable(value_encoder(elem, vtype[1]))
+        value = nullable_encoder(elem, vtype[1])
     path: Callable[[bytes | None], bytes] | None = None
     if t.multi_cell:
         ptype = cell_fields[7]["type"][1]
@@ -246,7 +112,7 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
                 v = uid(p) if p is not None and len(p) == 16 else None
                 return _NULL if v is None else _SOME + v
         elif t.name in ("set", "map"):
-            path = _nullable(value_encoder(t.params[0], ptype))
+            path = nullable_encoder(t.params[0], ptype)
         else:
             names = [_SOME + zlong(len(b)) + b for b in (n.encode() for n in t.field_names)]
 
@@ -276,7 +142,7 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
             avro += (path(p), zlong(len(p or b"")), p or b"")
         h = (_h_bytes(p), _h_bytes(raw), _h(ts), _h(ttl), _h(rc.deleted), _h(exp), _h(ld))
         return b"".join(avro), b"".join(h)
-    return write, value if path is None else None
+    return write, value_encoder(t, vtype[1], _SOME) if path is None and vtype != "null" else None
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -293,10 +159,10 @@ class TableEncoder:
         self.source += b"\x48" + str(table.table_id).encode()
         self.h_table = table.table_id.bytes
         pk_types = fields["partition_key"]["type"]["fields"]
-        self.pk = [_required(value_encoder(c.type, f["type"])) for c, f in zip(table.partition_key, pk_types,
+        self.pk = [required_encoder(value_encoder(c.type, f["type"])) for c, f in zip(table.partition_key, pk_types,
                                                                                  strict=True)]
         ck_types = fields["clustering"]["type"][1]["fields"]
-        self.ck = [_nullable(value_encoder(c.type, f["type"][1])) for c, f in zip(table.clustering, ck_types,
+        self.ck = [nullable_encoder(c.type, f["type"][1]) for c, f in zip(table.clustering, ck_types,
                                                                                   strict=True)]
         col_fields = fields["columns"]["type"]["fields"]
         self.ncols = len(col_fields)
@@ -319,15 +185,21 @@ class TableEncoder:
     def _raws(self, raws: tuple[bytes | None, ...]) -> bytes:
         if not raws:
             return b"\x00"
-        return zlong(len(raws)) + b"".join(
-            [_NULL if r is None else _SOME + zlong(len(r)) + r for r in raws]) + b"\x00"
+        n = len(raws)
+        parts = [SMALL_LONGS[n + n] if n < 0x2000 else zlong(n)]
+        for r in raws:
+            m = -1 if r is None else len(r)
+            parts.append(_NULL if r is None else SOME_SMALL_LONGS[m + m] + r if m < 0x2000 else _SOME + zlong(m) + r)
+        parts.append(b"\x00")
+        return b"".join(parts)
 
     def encode(self, u: PartitionUpdate, segment_id: int, position: int) -> list[tuple[str, int, bytes]]:
         """``(op, timestamp_micros, message)`` for each event of ``u``, in ``events.from_mutation`` order.
         Raises Unsupported."""
         key = u.key
         if len(self.pk) == 1:
-            keys = [self.pk[0](key), b"\x02", zlong(len(key)), key, b"\x00"]
+            n = len(key)
+            keys = [self.pk[0](key), b"\x02", SMALL_LONGS[n + n] if n < 0x2000 else zlong(n), key, b"\x00"]
         else:
             try:
                 raw_key = self.table.partition_key_values(key)
@@ -354,7 +226,7 @@ class TableEncoder:
             out.append(("partition_delete", dl[0], b"".join([
                 header, eid, b"\x04", zlong(dl[0]), head,
                 b"\x00\x00\x00\x00\x02", zlong(dl[0]), zlong(dl[1]), b"\x00\x00", nulls])))
-        for (s_raw, s_incl), (e_raw, e_incl), dt in _ranges(u.range_tombstones):
+        for (s_raw, s_incl), (e_raw, e_incl), dt in _ranges(u.range_tombstones) if u.range_tombstones else ():
             dl = (dt.marked_for_delete_at, dt.local_deletion_time)
             h = b"".join([h_base, _h_text("R"), _h(dl[0]), _h(dl[1]), _h_text("s"), _h(s_incl), _h_tuple(s_raw),
                           _h_text("e"), _h(e_incl), _h_tuple(e_raw)])
@@ -397,8 +269,10 @@ class TableEncoder:
                 if ts != last:
                     last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
                 n = len(raw)
-                fields[spec[0]] = b"".join((b"\x02\x02", value(raw), _LAST[n + n] if n < 0x2000 else zlong(n), raw,
-                                            zts, b"\x00\x00\x00\x00\x00\x00"))
+                v = value(raw)
+                fields[spec[0]] = b"".join((b"\x02\x02", _NULL if v is None else v,
+                                            SMALL_LONGS[n + n] if n < 0x2000 else zlong(n), raw, zts,
+                                            b"\x00\x00\x00\x00\x00\x00"))
                 hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
                 continue
             if groups is None:
@@ -426,7 +300,8 @@ class TableEncoder:
         if not hcols and not live and d is None:
             return
         clustering = () if row.static else row.clustering
-        h: list[Any] = [h_base, _H_STATIC if row.static else _H_ROW, _h_tuple(row.clustering)]
+        h: list[Any] = [h_base, _H_STATIC if row.static else _H_ROW,
+                        _h_tuple(row.clustering) if row.clustering else _H_ZERO]
         avro = [_SOME + self._clustering(clustering) if clustering and self.ck else _NULL, self._raws(clustering),
                 _TRUE if row.static else _FALSE]
         if live:

@@ -180,3 +180,22 @@ def test_undecodable_key_needs_the_reference_path() -> None:
         enc.encode(u, 1, 2)
 
 
+
+
+def test_zlong_is_avros_long_encoding_over_the_whole_range() -> None:
+    import io
+
+    import fastavro
+
+    from cdcpipe.avro_fast import zlong
+
+    rng = random.Random(5)
+    edges = [0, -1, 1, 63, -64, 64, 8191, -8192, 8192, 2**27, -(2**27) - 1, 2**41, 2**55 - 1, 2**55, -(2**55) - 1,
+             2**62, -(2**63), 2**63 - 1]
+    for n in edges + [rng.randint(-(2**63), 2**63 - 1) >> rng.randint(0, 63) for _ in range(3000)]:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, "long", n)
+        assert zlong(n) == buf.getvalue(), n
+    for n in (2**63, -(2**63) - 1):
+        with pytest.raises(Unsupported):
+            zlong(n)

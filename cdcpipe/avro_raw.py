@@ -1,0 +1,186 @@
+"""Avro binary straight from serialized CQL values: zigzag varints and one encoder per CQL type.
+
+Contract
+    ``value_encoder(t, avro_t, some)`` returns ``some`` + the Avro binary that ``avro_values.converter(t)``
+    followed by fastavro writes for ``avro_t``, or None where that path writes null (a value the driver cannot
+    decode).  Simple types are written from their serialized form (zigzag varints, length-prefixed strings,
+    reversed doubles, uuid text); the others (varint, decimal, inet, duration, collections, tuples, UDTs,
+    vectors, edge values such as out-of-range timestamps) go through exactly that path for the one value.
+    :class:`Unsupported` means the caller must fall back to the reference path.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import fastavro
+
+from cdcpipe.avro_values import converter
+from cdcpipe.capture.events import value_of
+from cdcpipe.capture.values import CqlType
+
+Encoder = Callable[[bytes], bytes | None]  # serialized CQL value -> Avro binary of the value, None for null
+
+_F_BE = struct.Struct(">f").unpack
+_F_LE = struct.Struct("<f").pack
+_NULL, _SOME, _FALSE, _TRUE = b"\x00", b"\x02", b"\x00", b"\x01"
+_TS_MIN_MS, _TS_MAX_MS = -30610224000000, 221845392000000  # years 1000..9000: the driver gives datetimes
+_TIME_MAX_NS = 86_400_000_000_000
+
+
+class Unsupported(Exception):
+    """This update needs the reference path."""
+
+
+# Avro longs are zigzag varints of 7-bit groups; two groups (14 bits) are looked up at a time: _MID[c] is c as two
+# continued bytes, SMALL_LONGS[c] as the final one or two bytes.  Event timestamps and positions are unique, so a memo
+
+# would only miss.
+_MID = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
+SMALL_LONGS = [bytes(((c & 0x7F) | 0x80, c >> 7)) if c >> 7 else bytes((c,)) for c in range(1 << 14)]
+_LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
+SOME_SMALL_LONGS = [b"\x02" + b for b in SMALL_LONGS]  # the non-null branch of a union, then the varint
+
+
+def zlong(n: int) -> bytes:
+    """Avro's zigzag varint of a 64-bit int; raises Unsupported outside the long range."""
+    z = (n << 1) ^ (n >> 63)
+    if 0 <= z < 0x4000:
+        return SMALL_LONGS[z]
+    if not _LONG_MIN <= n <= _LONG_MAX:
+        raise Unsupported(f"{n} does not fit a long")
+    if z < 0x10000000:
+        return _MID[z & 0x3FFF] + SMALL_LONGS[z >> 14]
+    if z < 0x40000000000:
+        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], SMALL_LONGS[z >> 28]))
+    if z < 0x100000000000000:  # microsecond timestamps of this era
+        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], SMALL_LONGS[z >> 42]))
+    return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _MID[z >> 42 & 0x3FFF],
+                     SMALL_LONGS[z >> 56]))
+
+
+def _generic(t: CqlType, avro_t: Any) -> Encoder:
+    """The reference conversion for one value: driver decode, converter, fastavro."""
+    parsed = fastavro.parse_schema(json.loads(json.dumps(avro_t)), named_schemas={})
+    conv = converter(t)
+
+    def enc(raw: bytes) -> bytes | None:
+        v = conv(value_of(t, raw))
+        if v is None:
+            return None
+        buf = io.BytesIO()
+        try:
+            fastavro.schemaless_writer(buf, parsed, v, strict=True)
+        except Exception as exc:  # the reference would reject the whole event: let it say so
+            raise Unsupported(str(exc)) from exc
+        return buf.getvalue()
+    return enc
+
+
+def _fixed_int(size: int, slow: Encoder, some: bytes) -> Encoder:
+    small = SMALL_LONGS if not some else SOME_SMALL_LONGS if some == _SOME else [some + b for b in SMALL_LONGS]
+
+    def enc(raw: bytes) -> bytes | None:
+        if len(raw) == size:
+            v = int.from_bytes(raw, "big", signed=True)
+            z = (v << 1) ^ (v >> 63)
+            return small[z] if z < 0x4000 else some + zlong(v)
+        return slow(raw)
+    return enc
+
+
+def _string(codec: str, slow: Encoder, some: bytes) -> Encoder:
+    small = SMALL_LONGS if not some else SOME_SMALL_LONGS if some == _SOME else [some + b for b in SMALL_LONGS]
+
+    def enc(raw: bytes) -> bytes | None:
+        try:
+            raw.decode(codec)
+        except UnicodeDecodeError:
+            return slow(raw)
+        n = len(raw)
+        return (small[n + n] if n < 0x2000 else some + zlong(n)) + raw
+    return enc
+
+
+def value_encoder(t: CqlType, avro_t: Any, some: bytes = b"") -> Encoder:
+    """Raw CQL bytes → ``some`` + Avro binary of ``avro_t`` (``some`` = b"\\x02" writes the non-null branch of a
+    nullable union), None where the reference writes null."""
+    generic = _generic(t, avro_t)
+    slow: Encoder = generic
+    if some:
+        def slow(raw: bytes) -> bytes | None:
+            v = generic(raw)
+            return None if v is None else some + v
+    n = t.name
+    if n in ("int", "bigint", "smallint", "tinyint"):
+        return _fixed_int({"int": 4, "bigint": 8, "smallint": 2, "tinyint": 1}[n], slow, some)
+    if n in ("text", "varchar"):
+        return _string("utf-8", slow, some)
+    if n == "ascii":
+        return _string("ascii", slow, some)
+    if n == "blob":
+        return lambda raw: b"".join((some, zlong(len(raw)), raw))
+    if n == "boolean":
+        true, false = some + _TRUE, some + _FALSE
+        return lambda raw: (true if raw[0] else false) if len(raw) == 1 else slow(raw)
+    if n == "double":
+        return lambda raw: some + raw[::-1] if len(raw) == 8 else slow(raw)
+    if n == "float":
+        def f32(raw: bytes) -> bytes | None:
+            if len(raw) == 4 and (raw[0] & 0x7F != 0x7F or raw[1] & 0x80 == 0):  # not NaN/inf
+                return some + _F_LE(_F_BE(raw)[0])
+            return slow(raw)
+        return f32
+    if n in ("uuid", "timeuuid"):
+        head = some + b"\x48"
+
+        def uid(raw: bytes) -> bytes | None:
+            if len(raw) != 16:
+                return slow(raw)
+            h = raw.hex()
+            return head + f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()
+        return uid
+    if n == "timestamp":
+        def ts(raw: bytes) -> bytes | None:
+            if len(raw) == 8:
+                ms = int.from_bytes(raw, "big", signed=True)
+                if _TS_MIN_MS <= ms <= _TS_MAX_MS:
+                    return some + zlong(ms * 1000)
+            return slow(raw)
+        return ts
+    if n == "date":
+        return lambda raw: some + zlong(int.from_bytes(raw, "big") - (1 << 31)) if len(raw) == 4 else slow(raw)
+    if n == "time":
+        def tm(raw: bytes) -> bytes | None:
+            if len(raw) == 8:
+                ns = int.from_bytes(raw, "big", signed=True)
+                if 0 <= ns < _TIME_MAX_NS:
+                    return some + zlong(ns // 1000)
+            return slow(raw)
+        return tm
+    return slow
+
+
+def nullable_encoder(t: CqlType, avro_t: Any) -> Callable[[bytes | None], bytes]:
+    """The nullable union of ``avro_t``: null for None and wherever the reference writes null."""
+    enc = value_encoder(t, avro_t, _SOME)
+
+    def w(raw: bytes | None) -> bytes:
+        if raw is None:
+            return _NULL
+        v = enc(raw)
+        return _NULL if v is None else v
+    return w
+
+
+def required_encoder(enc: Encoder) -> Callable[[bytes], bytes]:
+    def w(raw: bytes) -> bytes:
+        v = enc(raw)
+        if v is None:
+            raise Unsupported("key value does not decode")
+        return v
+    return w
