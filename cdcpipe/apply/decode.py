@@ -11,7 +11,7 @@ import io
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import fastavro
 
@@ -24,6 +24,7 @@ from cdcpipe.errors import EventDecodeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
 
 _TABLES: dict[bytes, TableSchema] = {}
+_T = TypeVar("_T")
 
 
 def table_of(schema: EventSchema) -> TableSchema:
@@ -86,20 +87,7 @@ def decode_record(data: bytes, reader: SchemaReader) -> tuple[ChangeEvent, Table
 
     Gives the same event as :func:`cdcpipe.avro.decode` (checked by the unit tests), faster: the per-column
     value codecs of a schema are looked up once (:class:`_Plan`), not per cell."""
-    fp = fingerprint_of(data)
-    schema = reader.lookup(fp)
-    if schema is None:
-        raise EventDecodeError(f"unknown schema fingerprint {fp.hex()}", retriable=True)
-    plan = _PLANS.get(fp)
-    if plan is None or plan.schema is not schema:
-        plan = _PLANS[fp] = _Plan(schema)
-    try:
-        rec = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.plain, None)
-        return plan.event(rec), plan.table
-    except EventDecodeError:
-        raise
-    except Exception as exc:  # fastavro raises assorted types on malformed bodies
-        raise EventDecodeError(f"{schema.keyspace}.{schema.table}: cannot decode event: {exc}") from exc
+    return _decode(data, reader, lambda plan, rec: plan.event(rec))
 
 
 def decode_delta(data: bytes, reader: SchemaReader) -> tuple[merge.Delta, TableSchema]:
@@ -107,6 +95,15 @@ def decode_delta(data: bytes, reader: SchemaReader) -> tuple[merge.Delta, TableS
     :func:`decode_record`.  Equal to ``merge.delta(table, decode_record(...)[0])`` (checked by the unit tests),
     built straight from the Avro record for upserts and row deletions whose key columns have a canonical
     encoding — without typed values (the view reads them from the bytes) and without the event objects."""
+
+    def build(plan: _Plan, rec: Any) -> merge.Delta:
+        found = plan.delta(rec)
+        return found if found is not None else merge.delta(plan.table, plan.event(rec))
+    return _decode(data, reader, build)
+
+
+def _decode(data: bytes, reader: SchemaReader, build: Callable[[_Plan, Any], _T]) -> tuple[_T, TableSchema]:
+    """The schema and plan of a record, its Avro body read, ``build`` applied; errors as EventDecodeError."""
     fp = fingerprint_of(data)
     schema = reader.lookup(fp)
     if schema is None:
@@ -115,9 +112,7 @@ def decode_delta(data: bytes, reader: SchemaReader) -> tuple[merge.Delta, TableS
     if plan is None or plan.schema is not schema:
         plan = _PLANS[fp] = _Plan(schema)
     try:
-        rec = fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.plain, None)
-        found = plan.delta(rec)
-        return (found if found is not None else merge.delta(plan.table, plan.event(rec))), plan.table
+        return build(plan, fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.plain, None)), plan.table
     except EventDecodeError:
         raise
     except Exception as exc:  # fastavro raises assorted types on malformed bodies
