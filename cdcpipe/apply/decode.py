@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import fastavro
 
 from cdcpipe.apply import merge
-from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, newer
+from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, expiry, newer
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
 from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
 from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
@@ -207,11 +207,7 @@ def _fast_version(c: Any, is_set: bool) -> Version:
     if c["deleted"]:
         return Version(c["timestamp"], c["local_deletion_time"] or 0, 0, True)
     ttl = c["ttl"]
-    ldt = None
-    if ttl > 0:
-        ldt = c["expires_at"]
-        if ldt is None:
-            ldt = c["timestamp"] // 1_000_000 + ttl
+    ldt = expiry(c["timestamp"], ttl, c["expires_at"]) if ttl > 0 else None
     if is_set:
         return Version(c["timestamp"], ldt, ttl, False, b"", None)
     return Version(c["timestamp"], ldt, ttl, False, c["raw"], _UNSET)
@@ -286,13 +282,7 @@ class _Plan:
         if op is Op.ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
             marker = None
             if lv is not None and not static_only:
-                ttl = lv["ttl"]
-                ldt = None
-                if ttl > 0:
-                    ldt = lv["expires_at"]
-                    if ldt is None:
-                        ldt = lv["timestamp"] // 1_000_000 + ttl
-                marker = Version(lv["timestamp"], ldt, ttl)
+                marker = Version(lv["timestamp"], expiry(lv["timestamp"], lv["ttl"], lv["expires_at"]), lv["ttl"])
             row = RowState(marker, deletion, cells, complex_)
         return merge.Delta(op, pk, ck, part, row)
 

@@ -362,19 +362,23 @@ def _row_from_columns(columns: Mapping[str, tuple[Column, bool]], changes: Seque
                                                _version(col.type, cell))  # type: ignore[assignment]
     marker = None
     if liveness is not None:
-        ldt = liveness.expires_at if liveness.ttl > 0 else None
-        if liveness.ttl > 0 and ldt is None:
-            ldt = liveness.timestamp // 1_000_000 + liveness.ttl
-        marker = Version(liveness.timestamp, ldt, liveness.ttl)
+        marker = Version(liveness.timestamp, expiry(liveness.timestamp, liveness.ttl, liveness.expires_at),
+                         liveness.ttl)
     return RowState(marker, deletion, cells, complex_)
+
+
+def expiry(ts: int, ttl: int, expires_at: int | None) -> int | None:
+    """The expiry (seconds) of a cell or marker written at ``ts`` (µs) with ``ttl``: its recorded expiry, or
+    ``ts`` + ``ttl`` when none was recorded; None when it does not expire (``ttl`` <= 0)."""
+    if ttl <= 0:
+        return None
+    return expires_at if expires_at is not None else ts // 1_000_000 + ttl
 
 
 def _version(t: CqlType | None, cell: Cell, element_of: CqlType | None = None) -> Version:
     if cell.deleted:
         return Version(cell.timestamp, cell.local_deletion_time or 0, 0, True)
-    ldt = None
-    if cell.ttl > 0:
-        ldt = cell.expires_at if cell.expires_at is not None else cell.timestamp // 1_000_000 + cell.ttl
+    ldt = expiry(cell.timestamp, cell.ttl, cell.expires_at)
     if element_of is not None and element_of.name == "set":
         return Version(cell.timestamp, ldt, cell.ttl, False, b"", None)
     assert t is not None
