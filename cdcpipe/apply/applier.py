@@ -63,6 +63,11 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, CdcpipeError) and exc.retriable and not isinstance(exc, UnsupportedTableError)
 
 
+def _poison(exc: CdcpipeError) -> bool:
+    """Whether a write error is the records' fault (isolate them), not the table's or the connection's."""
+    return not exc.retriable and not isinstance(exc, UnsupportedTableError)
+
+
 @dataclass(frozen=True, slots=True)
 class _Item:
     record: Record
@@ -114,7 +119,7 @@ class BatchApplier:
         try:
             await self._write(table, items)
         except CdcpipeError as exc:
-            if exc.retriable or isinstance(exc, UnsupportedTableError):
+            if not _poison(exc):
                 raise
             if len(items) == 1:
                 confirmed = await self._reproduce(table, items)
@@ -129,27 +134,30 @@ class BatchApplier:
         """Before a record becomes a dead letter: wait until PostgreSQL answers, then write it once more.
         Returns the error if a reachable server refuses it again, ``None`` if it was applied this time — so
         an error that the client raised while the server was going away never dead-letters a good event."""
-        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
-                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
-                                           before_sleep=lambda rs: self._failed(table, rs)):
+        async for attempt in self._retrying(table):
             with attempt:
                 await self._writer.ping()
         try:
             await self._write(table, items)
         except CdcpipeError as exc:
-            if exc.retriable or isinstance(exc, UnsupportedTableError):
+            if not _poison(exc):
                 raise
             return exc
         return None
+
+    def _retrying(self, table: TableSchema | None = None) -> AsyncRetrying:
+        """The retry policy: retriable errors, forever, backing off 1 s → ``max_wait_s``; with ``table``, each
+        failure is counted and fed to the circuit breaker."""
+        return AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
+                             wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
+                             before_sleep=None if table is None else lambda rs: self._failed(table, rs))
 
     async def _write(self, table: TableSchema, items: list[_Item]) -> None:
         last = items[-1].record
         cp = Checkpoint(self._group, last.topic, last.partition, last.offset + 1)
         positioned = [Positioned(i.event, i.record.offset) for i in items]
         started = time.monotonic()
-        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
-                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
-                                           before_sleep=lambda rs: self._failed(table, rs)):
+        async for attempt in self._retrying(table):
             with attempt:
                 result = await self._writer.write(table, positioned, cp)
         self._breaker.success()
@@ -181,8 +189,7 @@ class BatchApplier:
         r = letter.record
         log.error("dead letter", table=letter.table, topic=r.topic, partition=r.partition, offset=r.offset,
                   error_type=type(letter.error).__name__, error=str(letter.error))
-        async for attempt in AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
-                                           wait=wait_exponential(multiplier=1, min=1, max=self._max_wait)):
+        async for attempt in self._retrying():
             with attempt:
                 await asyncio.to_thread(self._dlq.send_blocking, letter)
                 await self._dlq.store(letter)

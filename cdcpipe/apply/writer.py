@@ -232,7 +232,8 @@ class BatchWriter:
             await conn.execute(f"DELETE FROM {lay.partitions} WHERE _cdc_partition = ANY($1::bytea[])", drops)
 
     async def ping(self) -> None:
-        """Raise a retriable :class:`ApplyError` unless PostgreSQL answers a trivial query."""
+        """Return once PostgreSQL answers a trivial query; else raise :class:`ApplyError`, classified as every
+        PostgreSQL error (retriable when the server is unreachable)."""
         try:
             await self._pool.fetchval("SELECT 1", timeout=5)
         except Exception as exc:
