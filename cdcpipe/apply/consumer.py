@@ -40,6 +40,13 @@ def events_pattern(prefix: str) -> str:
     return "^" + re.escape(prefix) + r"\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$"
 
 
+def _committed(err: Any, partitions: list[Any]) -> None:
+    """librdkafka's report of an asynchronous offset commit (served by the polling thread)."""
+    failed = [f"{tp.topic}[{tp.partition}]" for tp in partitions if tp.error is not None]
+    if err is not None or failed:
+        log.warning("kafka offset commit failed", error=str(err), partitions=failed)
+
+
 class EventConsumer:
     """Wraps a confluent-kafka Consumer.  ``load_checkpoints(topic, partitions)`` returns PostgreSQL's
     next offsets; it is called from the polling thread during a rebalance."""
@@ -57,6 +64,7 @@ class EventConsumer:
             "auto.offset.reset": "earliest",
             "queued.max.messages.kbytes": 16384,  # bounds librdkafka's prefetch (default 64 MB) for apply's RSS
             "topic.metadata.refresh.interval.ms": 5000,
+            "on_commit": _committed,
         }
         self._consumer = Consumer(conf)
         self._load = load_checkpoints
@@ -114,12 +122,14 @@ class EventConsumer:
         return out
 
     def commit(self, topic: str, partition: int, next_offset: int) -> None:
-        """Commit ``next_offset`` for one partition (synchronously)."""
+        """Commit ``next_offset`` for one partition, asynchronously (does not block: the next batch of the
+        partition need not wait for Kafka).  A failure is only logged: PostgreSQL holds the checkpoint that
+        counts, Kafka's offset is for tools that read consumer-group lag."""
         from confluent_kafka import KafkaException, TopicPartition
 
         try:
-            self._consumer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=False)
-        except KafkaException as exc:  # not fatal: PostgreSQL holds the checkpoint that counts
+            self._consumer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=True)
+        except KafkaException as exc:
             log.warning("kafka offset commit failed", topic=topic, partition=partition, error=str(exc))
 
     def lag(self) -> dict[tuple[str, int], int]:

@@ -41,6 +41,8 @@ log = structlog.get_logger(__name__)
 DRAIN_S = 8.0
 WATCH_S = 2.0  # period of the health probes and lag gauge
 PROBE_TIMEOUT_S = 5.0
+POLL_MAX = 2000  # records per consume call; a call that returns fewer means the consumer has caught up
+POLL_S = 0.025  # how long one consume call waits for records (bounds the latency it adds)
 
 
 def _reason(exc: BaseException) -> str:
@@ -120,24 +122,37 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
     applier = BatchApplier(writer, reader, dlq, group, CircuitBreaker(health, "circuit", cfg.circuit_failures))
     queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
     polling_done = asyncio.Event()
+    wake = asyncio.Event()  # set when records arrive or a batch finishes: the dispatcher looks again
+    caught_up = False  # the last consume call returned everything there was
 
     async def poll() -> None:
+        nonlocal caught_up
         while not stop.is_set():
             if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency:
                 await asyncio.sleep(0.01)  # backpressure: writers are behind
                 continue
-            for rec in await asyncio.to_thread(consumer.poll, 2000, 0.1):
+            records = await asyncio.to_thread(consumer.poll, POLL_MAX, POLL_S)
+            for rec in records:
                 batcher.add(rec)
+            caught_up = len(records) < POLL_MAX
+            if records:
+                wake.set()
         polling_done.set()
+        wake.set()
 
     async def dispatch() -> None:
+        # A batch closes at max_rows, max_wait_ms after its first record, or as soon as the consumer has caught
+        # up (nothing more to wait for: waiting would only add latency).  Under a backlog consume calls return
+        # full and batches fill up; while a partition's batch is in flight its next one keeps filling.
         while True:
             done = polling_done.is_set()
-            for batch in batcher.ready(force=done):
+            for batch in batcher.ready(force=done or caught_up):
                 await queue.put(batch)
             if done and batcher.idle:
                 break
-            await asyncio.sleep(min(0.02, cfg.batch.max_wait_ms / 4000))
+            wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), min(0.02, cfg.batch.max_wait_ms / 4000))
         for _ in range(cfg.concurrency):
             await queue.put(None)
 
@@ -146,9 +161,10 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
             try:
                 if consumer.current(batch.topic, batch.partition, batch.generation):
                     await applier.apply(batch)
-                    await asyncio.to_thread(consumer.commit, batch.topic, batch.partition, batch.next_offset)
+                    consumer.commit(batch.topic, batch.partition, batch.next_offset)
             finally:
                 batcher.done(batch.topic, batch.partition)
+                wake.set()
 
     async def maintain() -> None:
         while not stop.is_set():
