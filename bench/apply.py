@@ -15,7 +15,9 @@ encoding: ``cdcpipe.avro`` single-object Avro + the ``<prefix>.schemas`` topic) 
 - executemany: the same rows written by batched ``executemany`` of ``INSERT … ON CONFLICT DO UPDATE`` (what
   JDBC sinks do).
 
-Both references use the same batch size and number of concurrent connections as apply.  The machine is a
+Both references use the same batch size and number of concurrent connections as apply.  For each of the three
+the CPU time per event is printed too, split into the client (the apply processes; this script's asyncpg for the
+references) and PostgreSQL (all its processes, read from ``/proc``: the stack's server is local).  The machine is a
 noisy shared 2-core one: medians of rounds, and ratios rather than absolute figures.  The last line is
 ``RESULT apply_per_s=... ceiling_per_s=... executemany_per_s=... ceiling_ratio=... executemany_ratio=...
 rss_mb=...``.  Run it with the stack up: ``eval "$(deploy/local/stack env)"; .venv/bin/python bench/apply.py``
@@ -173,6 +175,39 @@ async def _executemany(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> 
                            f"ON CONFLICT (id) DO UPDATE SET {_UPDATE}", chunk)
 
 
+def _cpu_s(pid: int, children: bool = False) -> float:
+    """CPU seconds of process ``pid`` (user + system), with ``children`` also those of its reaped children."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12]) + ((int(fields[13]) + int(fields[14])) if children else 0)
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pg_cpu_s(postmaster: int) -> float:
+    """CPU seconds PostgreSQL has used so far: the postmaster, its live children, and the children it reaped
+    (connections that closed).  The stack's PostgreSQL is on this machine, so its cost per event can be shown."""
+    total = _cpu_s(postmaster, children=True)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                    total += _cpu_s(int(d.name))
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+async def postmaster_pid(dsn: str) -> int:
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+    finally:
+        await conn.close()
+    return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
 def _vm(pid: int, field: str) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -182,9 +217,9 @@ def _vm(pid: int, field: str) -> int:
 
 
 async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: int, rnd: int,
-                    profile: Path | None, processes: int = 1) -> tuple[float, float, int]:
-    """(steady events/s, events/s from process start, peak RSS bytes of one process) of one run of
-    ``processes`` ``cdcpipe apply`` processes in one consumer group."""
+                    profile: Path | None, processes: int = 1) -> tuple[float, float, int, float]:
+    """(steady events/s, events/s from process start, peak RSS bytes of one process, CPU seconds of the
+    processes) of one run of ``processes`` ``cdcpipe apply`` processes in one consumer group."""
     run = f"{prefix}_{uuid.uuid4().hex[:6]}_r{rnd}"  # fresh consumer group and schema, also on kept topics
     group = run
     env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_APPLY__GROUP_ID": group,
@@ -200,6 +235,7 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
              for i in range(processes)]
     first: tuple[float, int] | None = None
     peak = 0
+    cpu: dict[int, float] = {}
     try:
         while True:
             await asyncio.sleep(0.05)
@@ -207,6 +243,7 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
                 if proc.poll() is not None:
                     raise SystemExit(f"cdcpipe apply exited with {proc.returncode}")
                 peak = max(peak, _vm(proc.pid, "VmHWM"))
+                cpu[proc.pid] = _cpu_s(proc.pid)
             done = await conn.fetchval("SELECT sum(next_offset) FROM cdcpipe_checkpoints WHERE group_id = $1", group)
             now = time.perf_counter()
             if done is not None and first is None:
@@ -218,7 +255,7 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
         if rows != total:  # e.g. events dead-lettered: the figure would be meaningless
             raise SystemExit(f"apply wrote {rows} rows for {total} events")
         steady = (total - first[1]) / (now - first[0]) if now > first[0] and total > first[1] else total / (now - t0)
-        return steady, total / (now - t0), peak
+        return steady, total / (now - t0), peak, sum(cpu.values())
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGINT)
@@ -245,15 +282,26 @@ async def amain(args: argparse.Namespace) -> int:
               f"{time.perf_counter() - t0:.1f} s", flush=True)
     pg_rows = _pg_rows(rows)
     applies, starts, ceilings, manys, peaks = [], [], [], [], []
+    postmaster = await postmaster_pid(dsn)
+    # CPU µs per event, per run: (this client or the apply processes, PostgreSQL)
+    costs: dict[str, list[tuple[float, float]]] = {"apply": [], "ceiling": [], "executemany": []}
+
+    def cost(name: str, client_s: float, pg_s: float) -> None:
+        costs[name].append((client_s / len(rows) * 1e6, pg_s / len(rows) * 1e6))
+
+    async def reference(name: str, batch: int, write: Any) -> float:
+        c0, p0 = time.process_time(), pg_cpu_s(postmaster)
+        secs = await _run_batches(dsn, pg_rows, batch, args.concurrency, f"{prefix}_{name}", write)
+        cost(name, time.process_time() - c0, pg_cpu_s(postmaster) - p0)
+        return len(rows) / secs
     try:
         for r in range(args.rounds):
-            secs = await _run_batches(dsn, pg_rows, args.batch, args.concurrency, f"{prefix}_ceiling", _copy_merge)
-            ceilings.append(len(rows) / secs)
-            secs = await _run_batches(dsn, pg_rows, args.batch_executemany, args.concurrency, f"{prefix}_many",
-                                      _executemany)
-            manys.append(len(rows) / secs)
-            steady, start, peak = await run_apply(dsn, prefix, len(rows), args.batch, args.concurrency, r,
-                                                  args.profile if r == 0 else None, args.processes)
+            ceilings.append(await reference("ceiling", args.batch, _copy_merge))
+            manys.append(await reference("executemany", args.batch_executemany, _executemany))
+            p0 = pg_cpu_s(postmaster)
+            steady, start, peak, apply_cpu = await run_apply(dsn, prefix, len(rows), args.batch, args.concurrency,
+                                                             r, args.profile if r == 0 else None, args.processes)
+            cost("apply", apply_cpu, pg_cpu_s(postmaster) - p0)
             applies.append(steady)
             starts.append(start)
             peaks.append(peak)
@@ -274,6 +322,10 @@ async def amain(args: argparse.Namespace) -> int:
     print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions, "
           f"{args.processes} apply process(es); "
           f"apply from process start {statistics.median(starts):.0f}/s")
+    print("CPU per event, medians (client = the apply processes or this script's asyncpg; PostgreSQL = all its "
+          "processes): " + ", ".join(
+              f"{name} client {statistics.median(c for c, _ in v):.1f} µs + PostgreSQL "
+              f"{statistics.median(p for _, p in v):.1f} µs" for name, v in costs.items()))
     print(f"RESULT apply_per_s={a:.0f} ceiling_per_s={c:.0f} executemany_per_s={m:.0f} ceiling_ratio={a / c:.3f} "
           f"executemany_ratio={a / m:.2f} rss_mb={max(peaks) / 2**20:.0f}")
     return 0
