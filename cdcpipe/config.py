@@ -127,7 +127,8 @@ class CaptureSettings(_Section):
 
 
 class ApplyBatchSettings(_Section):
-    """When apply closes a batch of one topic partition: ``max_rows`` events or ``max_wait_ms`` after its first."""
+    """When apply closes a batch of one topic partition: at ``max_rows`` events, ``max_wait_ms`` after its first,
+    or as soon as the consumer has read everything there was (waiting longer would only add latency)."""
 
     max_rows: int = Field(default=5000, gt=0)
     max_wait_ms: int = Field(default=200, gt=0)

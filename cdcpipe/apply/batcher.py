@@ -49,7 +49,8 @@ class Batcher:
         self.buffered += 1
 
     def ready(self, force: bool = False) -> list[Batch]:
-        """Batches that may be applied now (``force``: every non-empty buffer, for shutdown)."""
+        """Batches that may be applied now (``force``: every non-empty buffer whose partition has no batch in
+        flight — the consumer has caught up, or shutdown)."""
         now = self._clock()
         out = []
         for key, buf in self._buffers.items():
