@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,9 +47,13 @@ class Batch:
     newest_micros: int = 0
     counts: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     caught_up: bool = False  # the read reached everything durable: commit without waiting for more
-
+    durable_ns: int = 0  # when the oldest data read was made durable (its idx written; 0: nothing read)
+    read_ns: int = 0  # when the read of that data began
+    encoded_ns: int = 0  # ... and when its records were ready
 
     def extend(self, other: Batch) -> None:
+        if other.durable_ns and (not self.durable_ns or other.durable_ns < self.durable_ns):
+            self.durable_ns, self.read_ns, self.encoded_ns = other.durable_ns, other.read_ns, other.encoded_ns
         self.records += other.records
         self.schemas.update(other.schemas)
         self.position = other.position or self.position
@@ -186,9 +191,11 @@ class BatchBuilder:
     def next(self, max_items: int) -> Batch:
         """Read up to ``max_items`` entries and convert them; ``position`` is set when the follower advanced."""
         before = self.follower.position
+        started = time.time_ns()
         chunk = self.follower.poll(max_items)
         after = self.follower.position
-        batch = Batch(position=after if after != before else None, end=chunk.end, caught_up=not chunk.more)
+        batch = Batch(position=after if after != before else None, end=chunk.end, caught_up=not chunk.more,
+                      durable_ns=chunk.durable_ns, read_ns=started if chunk.durable_ns else 0)
         keyspaces = {t.keyspace for t in self.schemas.tables() if self._table(t)[1]}
         generation = getattr(self.schemas, "generation", None)
         if generation != self._generation:
@@ -216,6 +223,8 @@ class BatchBuilder:
                 batch.records.append(self._dead_letter(path, pos, data, exc))
         metrics.MUTATIONS_READ.inc(read)
         metrics.MUTATIONS_DECODED.inc(decoded)
+        if batch.durable_ns:
+            batch.encoded_ns = time.time_ns()
         return batch
 
     def _reference(self, mutation: Mutation, pos: Position, batch: Batch) -> None:

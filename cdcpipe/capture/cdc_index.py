@@ -39,19 +39,34 @@ class IndexState:
     idx: Path
     offset: int | None
     completed: bool
+    written_ns: int = 0  # the idx file's modification time (wall clock, ns): when Cassandra last rewrote it
 
 
 def read_index(idx: Path) -> tuple[int | None, bool]:
     """(durable offset, completed) of a ``_cdc.idx``; (None, False) while it is empty, half-written or gone."""
+    offset, completed, _ = _read_index(idx)
+    return offset, completed
+
+
+def _read_index(idx: Path) -> tuple[int | None, bool, int]:
+    """:func:`read_index` and the file's modification time, taken before reading (so never later than the
+    content read)."""
     try:
-        text = idx.read_text(encoding="ascii", errors="replace")
+        fd = os.open(idx, os.O_RDONLY)
     except OSError:
-        return None, False
+        return None, False, 0
+    try:
+        written = os.fstat(fd).st_mtime_ns
+        text = os.read(fd, 256).decode("ascii", errors="replace")
+    except OSError:
+        return None, False, 0
+    finally:
+        os.close(fd)
     lines = text.split("\n")
     first = lines[0].strip()
     if not first.isdigit():
-        return None, False
-    return int(first), len(lines) > 1 and lines[1].strip() == "COMPLETED"
+        return None, False, written
+    return int(first), len(lines) > 1 and lines[1].strip() == "COMPLETED", written
 
 
 def scan(cdc_raw: Path) -> list[IndexState]:
@@ -69,8 +84,8 @@ def scan(cdc_raw: Path) -> list[IndexState]:
         idx_name = name[:-4] + "_cdc.idx"
         if idx_name not in present:
             continue
-        offset, completed = read_index(cdc_raw / idx_name)
-        out.append(IndexState(int(m.group(2)), cdc_raw / name, cdc_raw / idx_name, offset, completed))
+        offset, completed, written = _read_index(cdc_raw / idx_name)
+        out.append(IndexState(int(m.group(2)), cdc_raw / name, cdc_raw / idx_name, offset, completed, written))
     out.sort(key=lambda s: s.segment_id)
     return out
 
@@ -111,11 +126,13 @@ class SegmentEnd:
 @dataclass(slots=True)
 class Chunk:
     """What one poll read: items in log order, then (at most one) finished segment.  ``more`` is False when the
-    poll read everything durable in cdc_raw (the caller may commit now instead of waiting for more)."""
+    poll read everything durable in cdc_raw (the caller may commit now instead of waiting for more).
+    ``durable_ns`` is when the idx that exposed the entries read was written (0: none read)."""
 
     items: list[Item] = field(default_factory=list)
     end: SegmentEnd | None = None
     more: bool = False
+    durable_ns: int = 0
 
 
 class SegmentFollower:
@@ -144,6 +161,7 @@ class SegmentFollower:
                 return chunk  # idx being rewritten: wait, never skip ahead of it
             start = pos.offset if pos is not None and pos.segment_id == state.segment_id else 0
             if start < state.offset or pos is None or pos.segment_id != state.segment_id:
+                chunk.durable_ns = state.written_ns
                 try:
                     if not self._read(state, start, max_items, chunk):
                         chunk.more = True

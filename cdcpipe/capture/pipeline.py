@@ -8,8 +8,10 @@ One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if 
 cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
 position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
 commits the batches already read, and :func:`run` returns — well within 10 s (the integration tests check it).
-A transaction is committed as soon as the read has caught up with what is durable (the batch says so and the queue
-is empty), when it holds ``capture.batch_max_events``, or ``capture.flush_ms`` after its first batch.
+When idle, reading sleeps until inotify reports a new segment or a rewritten ``_cdc.idx`` in cdc_raw, or
+``capture.poll_interval_ms`` passes (the fallback).  A transaction is committed as soon as the read has caught up
+with what is durable (the batch says so and the queue is empty), when it holds ``capture.batch_max_events``, or
+``capture.flush_ms`` after its first batch.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from cdcpipe.capture.batches import Batch, BatchBuilder, TableFilter
 from cdcpipe.capture.cdc_index import SegmentFollower
 from cdcpipe.capture.checkpoint import read_checkpoint
 from cdcpipe.capture.events import Origin
+from cdcpipe.capture.inotify import DirectoryWatcher
 from cdcpipe.capture.producer import EventProducer, positions_topic
 from cdcpipe.capture.schema import SchemaRegistry, SystemSchemaSource, connect_system_schema
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
@@ -96,19 +99,37 @@ class Capture:
         log.info("capture stopped", position=str(self.committed) if self.committed else None)
 
     async def _read(self, stop: asyncio.Event) -> None:
+        """Read while there is something durable to read; when idle, sleep until cdc_raw changes (inotify) or
+        ``capture.poll_interval_ms`` passes (the fallback: inotify is a hint, and may be unavailable)."""
         c = self.settings.capture
+        wake = asyncio.Event()
+        watcher = DirectoryWatcher.open(self.builder.follower.cdc_raw)
+        loop = asyncio.get_running_loop()
+        if watcher is not None:
+            def on_event() -> None:
+                if watcher.drain():
+                    wake.set()
+                if watcher.dead:
+                    loop.remove_reader(watcher.fileno())
+            loop.add_reader(watcher.fileno(), on_event)
+        relay = asyncio.create_task(_relay(stop, wake))
         try:
             while not stop.is_set():
+                wake.clear()  # a change seen while reading wakes the next wait at once
                 batch = await asyncio.to_thread(self.builder.next, c.batch_max_events)
                 self.health.ok("reading")
                 if batch.position is None:
                     if self._queue.empty():
                         metrics.LAG_SECONDS.set(0)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), c.poll_interval_ms / 1000)
+                        await asyncio.wait_for(wake.wait(), c.poll_interval_ms / 1000)
                     continue
                 await self._queue.put(batch)
         finally:
+            relay.cancel()
+            if watcher is not None:
+                loop.remove_reader(watcher.fileno())  # False when already removed
+                watcher.close()
             await self._queue.put(None)
 
     async def _ship(self) -> None:
@@ -142,6 +163,10 @@ class Capture:
             self.health.fail("kafka", str(exc))
             raise
         self.health.ok("kafka")
+        if batch.durable_ns:
+            metrics.DELAY_SECONDS.labels("read").observe(max(0.0, (batch.read_ns - batch.durable_ns) / 1e9))
+            metrics.DELAY_SECONDS.labels("encoded").observe(max(0.0, (batch.encoded_ns - batch.durable_ns) / 1e9))
+            metrics.DELAY_SECONDS.labels("committed").observe(max(0.0, time.time() - batch.durable_ns / 1e9))
         self.committed = batch.position
         for (ks, table, op), n in batch.counts.items():
             metrics.EVENTS_PRODUCED.labels(ks, table, op).inc(n)
@@ -164,6 +189,11 @@ class Capture:
                 self.health.fail("reading", f"cdc_raw: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+
+async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
+    await stop.wait()
+    wake.set()
 
 
 def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:

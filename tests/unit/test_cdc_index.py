@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 from cdcpipe.capture.cdc_index import SegmentFollower, read_index, scan
+from cdcpipe.capture.inotify import DirectoryWatcher
 from cdcpipe.capture.segment import Position, SegmentReader
 
 SEG1, SEG2 = 1700000000001, 1700000000002
@@ -95,3 +97,40 @@ def test_collector_deletes_only_completed_segments_covered_by_the_position(
     assert gc.collect(Position(SEG2, ends2[0])) == [SEG1]  # SEG2 is live: never deleted
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"CommitLog-7-{SEG2}.log", f"CommitLog-7-{SEG2}_cdc.idx"]
     assert gc.usage() > 0
+
+
+def test_watcher_wakes_on_idx_rewrite_and_new_segment_only(tmp_path: Path) -> None:
+    """inotify (Linux, as in production): an idx written and closed or a new segment link wakes the follower;
+    capture's own reads and deletions, and unrelated files, do not."""
+    watcher = DirectoryWatcher.open(tmp_path)
+    assert watcher is not None
+    try:
+        idx = tmp_path / f"CommitLog-7-{SEG1}_cdc.idx"
+        assert not watcher.drain()
+        idx.write_text("100")  # Cassandra: truncate, write, close
+        assert watcher.drain()
+        assert not watcher.drain()  # consumed
+        idx.read_text()
+        (tmp_path / "notes.txt").write_text("x")
+        idx.unlink()
+        assert not watcher.drain()
+        os.link(tmp_path / "notes.txt", tmp_path / f"CommitLog-7-{SEG2}.log")  # the hard link of a new segment
+        assert watcher.drain()
+        (tmp_path / "tmp").write_text("7\nCOMPLETED")
+        os.replace(tmp_path / "tmp", tmp_path / f"CommitLog-7-{SEG2}_cdc.idx")  # moved into place
+        assert watcher.drain() and not watcher.dead
+    finally:
+        watcher.close()
+
+
+def test_watcher_is_dead_once_its_directory_is_gone(tmp_path: Path) -> None:
+    raw = tmp_path / "cdc_raw"
+    raw.mkdir()
+    watcher = DirectoryWatcher.open(raw)
+    assert watcher is not None
+    try:
+        raw.rmdir()
+        assert watcher.drain() and watcher.dead
+    finally:
+        watcher.close()
+    assert DirectoryWatcher.open(tmp_path / "missing") is None
