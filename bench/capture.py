@@ -17,6 +17,9 @@ project's stack script, so the shared node's cdc_raw is untouched; Kafka is the 
 - ``--sustain SECONDS`` instead runs only a sustained write load (larger rows) with ``cdcpipe capture`` running,
   sampling cdc_raw every second: shipped segments are deleted, so usage stays bounded.
 
+The live runs are in ``bench/capture_live.py``, which also reports where the latency goes: the intervals between
+Cassandra's syncs that exposed data, and capture's own share (``cdcpipe_capture_delay_seconds``).
+
 Medians over rounds.  The last line is ``RESULT events_per_s=... p50_ms=... p99_ms=... ceiling_events_per_s=...``
 (with ``--sustain``: ``RESULT sustain_s=... cdc_raw_max_bytes=... cdc_raw_final_bytes=... ...``).
 Run it with the stack up (``deploy/local/stack up``): ``.venv/bin/python bench/capture.py``.
@@ -31,14 +34,10 @@ import os
 import random
 import resource
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -46,63 +45,27 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cassandra import OperationTimedOut  # noqa: E402
-from cassandra.cluster import Cluster, Session  # noqa: E402
+from capture_live import (  # noqa: E402  (bench/ is the script's directory)
+    HOST,
+    PARTITIONS,
+    TABLES,
+    bootstrap,
+    capture_env,
+    connect,
+    latency,
+    pin,
+    stack,
+    sustain,
+)
+from cassandra.cluster import Session  # noqa: E402
 from cassandra.concurrent import execute_concurrent_with_args  # noqa: E402
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.cimpl import NewTopic  # noqa: E402
 
-from cdcpipe.capture.cdc_index import disk_usage, scan  # noqa: E402
-
-STACK = ROOT / "deploy" / "local" / "stack"
-OCTET = 14
-HOST = f"127.0.0.{OCTET}"
-PARTITIONS = 6
-TABLES = ("orders", "items")
-
-
-def stack(state: Path, *args: str) -> None:
-    env = {**os.environ, "CDCPIPE_STACK_DIR": str(state / "aux" / "bench-capture"),
-           "CDCPIPE_STACK_CACHE": str(state / "cache"), "CDCPIPE_STACK_SERVICES": "cassandra",
-           "CDCPIPE_STACK_CASSANDRA_FIRST": str(OCTET)}
-    subprocess.run([str(STACK), *args], env=env, check=True)
-
-
-def one_core() -> int:
-    return max(os.sched_getaffinity(0))
-
-
-def pin() -> None:
-    """preexec_fn of the measured child: every thread it starts inherits one CPU."""
-    os.sched_setaffinity(0, {one_core()})
-
-
-def capture_env(cdc_raw: Path, prefix: str, http_port: int = 0) -> dict[str, str]:
-    return {**os.environ, "CDCPIPE_CAPTURE__CDC_RAW_DIR": str(cdc_raw), "CDCPIPE_CASSANDRA__HOSTS": f"{HOST}:9042",
-            "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_CAPTURE__NODE_ID": "bench",
-            "CDCPIPE_CAPTURE__INCLUDE_TABLES": "bench.*", "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": str(PARTITIONS),
-            "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(http_port), "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
-            "CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"}
-
-
-def bootstrap() -> str:
-    return os.environ.get("CDCPIPE_KAFKA__BOOTSTRAP_SERVERS", "127.0.0.1:9092")
-
+from cdcpipe.capture.cdc_index import scan  # noqa: E402
 
 # ------------------------------------------------------------------------------------------------ workload
-
-def connect() -> tuple[Cluster, Session]:
-    cluster = Cluster([HOST], protocol_version=5)
-    s = cluster.connect()
-    s.execute("CREATE KEYSPACE IF NOT EXISTS bench WITH replication = "
-              "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    s.execute("CREATE TABLE IF NOT EXISTS bench.orders (id bigint PRIMARY KEY, customer int, status text, "
-              "amount double, placed timestamp) WITH cdc = true")
-    s.execute("CREATE TABLE IF NOT EXISTS bench.items (order_id bigint, line int, sku text, qty int, "
-              "tags set<text>, PRIMARY KEY (order_id, line)) WITH cdc = true")
-    return cluster, s
-
 
 def generate(s: Session, writes: int) -> int:
     """``writes`` writes: 70 % order inserts, 20 % item updates adding a set element, 10 % item row deletes."""
@@ -268,192 +231,6 @@ def throughput(state: Path, cdc_raw: Path, writes: int, rounds: int) -> tuple[fl
         shutil.rmtree(run)
     shutil.rmtree(work, ignore_errors=True)
     return statistics.median(rates), statistics.median(cpu_rates), statistics.median(ceilings), events
-
-
-# ------------------------------------------------------------------------------------------------ live capture
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LiveCapture:
-    """``cdcpipe capture`` pinned to one CPU, following the bench node's live cdc_raw."""
-
-    def __init__(self, cdc_raw: Path, prefix: str, log: Path) -> None:
-        self.port = free_port()
-        env = capture_env(cdc_raw, prefix, self.port)
-        with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "capture"], env=env, stdout=out,
-                                         stderr=out, cwd=ROOT, preexec_fn=pin)
-        deadline = time.monotonic() + 60
-        while self.get("/health") is None:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"capture did not become healthy; see {log}")
-            time.sleep(0.2)
-
-    def get(self, path: str) -> str | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
-                return str(r.read().decode())
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def metric(self, name: str) -> float:
-        text = self.get("/metrics") or ""
-        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                   if line.startswith(name) and not line.startswith("#"))
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        try:
-            return self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(5)
-
-
-def create_topics(prefix: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap()})
-    news = [NewTopic(f"{prefix}.bench.{t}", num_partitions=PARTITIONS, replication_factor=1) for t in TABLES]
-    for f in admin.create_topics(news).values():
-        f.result(30)
-
-
-def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float, float, int]:
-    cluster, s = connect()
-    insert = s.prepare("INSERT INTO bench.orders (id, customer, status, amount, placed) VALUES (?, ?, ?, ?, ?)")
-    prefix = f"benchlat{uuid.uuid4().hex[:8]}"
-    create_topics(prefix)
-    cap = LiveCapture(cdc_raw, prefix, log)
-    acked: dict[int, float] = {}
-    arrived: dict[int, float] = {}
-    dup = 0
-    done = threading.Event()
-
-    def consume() -> None:
-        nonlocal dup
-        c = Consumer({"bootstrap.servers": bootstrap(), "group.id": f"bench-{uuid.uuid4()}",
-                      "enable.auto.commit": False, "isolation.level": "read_committed", "fetch.wait.max.ms": 10})
-        c.assign([TopicPartition(f"{prefix}.bench.orders", p, -2) for p in range(PARTITIONS)])
-        while not done.is_set():
-            msgs = c.consume(1000, 0.02)
-            now = time.time()
-            for m in msgs:
-                if m.error() is None:
-                    k = int.from_bytes(m.key() or b"", "big", signed=True)
-                    if k in arrived:
-                        dup += 1
-                    arrived.setdefault(k, now)
-        c.close()
-
-    consumer = threading.Thread(target=consume, daemon=True)
-    consumer.start()
-    time.sleep(2)  # consumer assigned, capture idle and following
-    print(f"latency: {rate} writes/s for {seconds:.0f} s with capture following the live cdc_raw ...", flush=True)
-
-    def on_ack(_: Any, k: int) -> None:
-        acked[k] = time.time()
-
-    def on_err(exc: Exception, k: int) -> None:
-        print(f"  write {k} failed: {exc}", flush=True)
-
-    base = random.Random(7).getrandbits(40) << 20
-    t0 = time.monotonic()
-    sent = 0
-    while (elapsed := time.monotonic() - t0) < seconds:
-        due = int(elapsed * rate)
-        while sent < due:
-            k = base + sent
-            f = s.execute_async(insert, (k, sent, "new", 1.0, int(time.time() * 1000)))
-            f.add_callbacks(on_ack, on_err, callback_args=(k,), errback_args=(k,))
-            sent += 1
-        time.sleep(0.002)
-    deadline = time.monotonic() + 30
-    while len(arrived) < sent and time.monotonic() < deadline:
-        time.sleep(0.1)
-    done.set()
-    consumer.join(5)
-    rc = cap.stop()
-    cluster.shutdown()
-    lat = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived)
-    missing = sent - len(arrived)
-    print(f"  {sent} writes at {sent / seconds:.0f}/s, {len(lat)} events received, {missing} missing, {dup} "
-          f"duplicates; capture exit {rc}", flush=True)
-    if missing or dup or not lat:
-        raise RuntimeError("latency run lost or repeated events")
-    p50 = lat[len(lat) // 2]
-    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    print(f"  latency ms: p50 {p50:.0f}, p90 {lat[int(len(lat) * 0.9)]:.0f}, p99 {p99:.0f}, max {lat[-1]:.0f}",
-          flush=True)
-    return p50, p99, sent
-
-
-def wait_all(futures: list[Any]) -> int:
-    """Wait for the writes; how many failed (an overloaded node times out; the write may still have landed)."""
-    failed = 0
-    for f in futures:
-        try:
-            f.result()
-        except OperationTimedOut:
-            failed += 1
-    futures.clear()
-    return failed
-
-
-def sustain(cdc_raw: Path, seconds: float, rate: int, log: Path) -> str:
-    cluster, s = connect()
-    insert = s.prepare("INSERT INTO bench.orders (id, customer, status, amount, placed) VALUES (?, ?, ?, ?, ?)")
-    prefix = f"benchsus{uuid.uuid4().hex[:8]}"
-    create_topics(prefix)
-    cap = LiveCapture(cdc_raw, prefix, log)
-    samples: list[int] = []
-    segments: set[int] = set()
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.wait(1.0):
-            samples.append(disk_usage(cdc_raw))
-            segments.update(st.segment_id for st in scan(cdc_raw))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    print(f"sustain: {rate} writes/s of ~1 KB rows for {seconds:.0f} s, cdc_raw sampled every second ...", flush=True)
-    payload = "x" * 1000
-    rng = random.Random(3)
-    t0 = time.monotonic()
-    sent = 0
-    futures: list[Any] = []
-    failed = 0
-    while (elapsed := time.monotonic() - t0) < seconds:
-        due = int(elapsed * rate)
-        while sent < due:
-            futures.append(s.execute_async(insert, (rng.getrandbits(62), sent, payload, 1.0, 0)))
-            sent += 1
-        if len(futures) > 2000:
-            failed += wait_all(futures)
-        if sent % (rate * 30) < rate // 100 + 1 and samples:
-            print(f"  {elapsed:.0f} s: cdc_raw {samples[-1] / 1e6:.1f} MB", flush=True)
-        time.sleep(0.005)
-    failed += wait_all(futures)
-    deadline = time.monotonic() + 120
-    while cap.metric("cdcpipe_capture_events_produced_total") < sent - failed and time.monotonic() < deadline:
-        time.sleep(0.5)
-    produced = cap.metric("cdcpipe_capture_events_produced_total")
-    deleted = cap.metric("cdcpipe_capture_segments_deleted_total")
-    time.sleep(2)
-    stop.set()
-    sampler.join(5)
-    rc = cap.stop()
-    cluster.shutdown()
-    final = disk_usage(cdc_raw)
-    left = len(scan(cdc_raw))
-    print(f"  {sent} writes ({failed} timed out on the client), {int(produced)} events committed, "
-          f"{len(segments)} segments seen, {int(deleted)} deleted, "
-          f"{left} left; capture exit {rc}", flush=True)
-    return (f"RESULT sustain_s={seconds:.0f} writes={sent} events={int(produced)} segments_seen={len(segments)} "
-            f"segments_deleted={int(deleted)} cdc_raw_max_bytes={max(samples)} cdc_raw_final_bytes={final}")
 
 
 # ------------------------------------------------------------------------------------------------ main
