@@ -112,6 +112,11 @@ class LiveCapture:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith(name) and not line.startswith("#"))
 
+    def cpu_seconds(self) -> float:
+        """CPU time the capture process has used so far (all its threads)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> int:
         self.proc.terminate()
         try:
@@ -195,6 +200,7 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
     syncs = threading.Thread(target=watch_syncs, args=(cdc_raw, done, advances), daemon=True)
     syncs.start()
     print(f"latency: {rate} writes/s for {seconds:.0f} s with capture following the live cdc_raw ...", flush=True)
+    cpu0, wall0 = cap.cpu_seconds(), time.monotonic()
 
     def on_ack(_: Any, k: int) -> None:
         acked[k] = time.time()
@@ -221,6 +227,7 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
     syncs.join(5)
     intervals = sorted((b - a) * 1000 for a, b in itertools.pairwise(advances))
     metrics = cap.get("/metrics") or ""
+    cpu, wall = cap.cpu_seconds() - cpu0, time.monotonic() - wall0
     rc = cap.stop()
     cluster.shutdown()
     lat = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived)
@@ -237,6 +244,8 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
         n = len(intervals)
         print(f"  Cassandra: durable offset advanced {n + 1} times, interval ms p50 {intervals[n // 2]:.0f}, "
               f"p99 {intervals[min(n - 1, int(n * 0.99))]:.0f}, max {intervals[-1]:.0f}", flush=True)
+    print(f"  capture CPU {cpu:.1f} s in {wall:.0f} s ({cpu / wall:.0%} of its core), "
+          f"{cpu / max(len(arrived), 1) * 1e6:.0f} us/event; load average {os.getloadavg()[0]:.1f}", flush=True)
     for stage in ("read", "encoded", "committed"):
         q50, q99 = quantiles(metrics, "cdcpipe_capture_delay_seconds", stage, (0.5, 0.99))
         print(f"  capture: idx written -> {stage} ms p50 {q50 * 1000:.0f}, p99 {q99 * 1000:.0f} "

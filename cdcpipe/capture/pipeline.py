@@ -8,8 +8,8 @@ One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if 
 cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
 position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
 commits the batches already read, and :func:`run` returns — well within 10 s (the integration tests check it).
-When idle, reading sleeps until inotify reports a new segment or a rewritten ``_cdc.idx`` in cdc_raw, or
-``capture.poll_interval_ms`` passes (the fallback).  A transaction is committed as soon as the read has caught up
+When idle, reading sleeps until inotify reports a new segment or a rewritten ``_cdc.idx`` in cdc_raw (or, without
+inotify, until ``capture.poll_interval_ms`` passes).  A transaction is committed as soon as the read has caught up
 with what is durable (the batch says so and the queue is empty), when it holds ``capture.batch_max_events``, or
 ``capture.flush_ms`` after its first batch.
 """
@@ -41,6 +41,7 @@ from cdcpipe.runtime import Health
 
 log = structlog.get_logger(__name__)
 _QUEUE_BATCHES = 4
+_SAFETY_POLL_S = 1.0  # while inotify works: a poll only in case an event was missed (an idle poll costs ~1 ms CPU)
 
 
 def _origin(source: SystemSchemaSource, settings: Settings) -> Origin:
@@ -99,8 +100,9 @@ class Capture:
         log.info("capture stopped", position=str(self.committed) if self.committed else None)
 
     async def _read(self, stop: asyncio.Event) -> None:
-        """Read while there is something durable to read; when idle, sleep until cdc_raw changes (inotify) or
-        ``capture.poll_interval_ms`` passes (the fallback: inotify is a hint, and may be unavailable)."""
+        """Read while there is something durable to read; when idle, sleep until cdc_raw changes (inotify) or a
+        poll is due: every ``capture.poll_interval_ms`` where inotify is unavailable (or its watch is gone), else
+        every ``_SAFETY_POLL_S`` (inotify is a hint; the safety poll bounds the cost of a missed event)."""
         c = self.settings.capture
         wake = asyncio.Event()
         watcher = DirectoryWatcher.open(self.builder.follower.cdc_raw)
@@ -121,8 +123,11 @@ class Capture:
                 if batch.position is None:
                     if self._queue.empty():
                         metrics.LAG_SECONDS.set(0)
+                    poll = c.poll_interval_ms / 1000
+                    if watcher is not None and not watcher.dead:
+                        poll = max(poll, _SAFETY_POLL_S)
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(wake.wait(), c.poll_interval_ms / 1000)
+                        await asyncio.wait_for(wake.wait(), poll)
                     continue
                 await self._queue.put(batch)
         finally:
