@@ -16,7 +16,6 @@ Contract of :class:`DirectoryWatcher`
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import struct
 import sys
@@ -39,7 +38,7 @@ def _libc_calls() -> tuple[Callable[..., int], Callable[..., int]] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        libc: Any = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc: Any = ctypes.CDLL(None, use_errno=True)  # the process's own symbols, libc's among them
         init1, add = libc.inotify_init1, libc.inotify_add_watch
     except (OSError, AttributeError):
         return None
