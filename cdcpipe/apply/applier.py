@@ -163,6 +163,9 @@ class BatchApplier:
         self._breaker.success()
         metrics.BATCH_SIZE.observe(len(items))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        oldest = min((i.record.timestamp_ms for i in items if i.record.timestamp_ms), default=0)
+        if oldest:
+            metrics.DELAY.labels(table.name).observe(max(0.0, time.time() - oldest / 1000))
         if result.already_applied:
             metrics.DUPLICATES.labels(table.name, "already_applied").inc(result.already_applied)
         if result.unchanged:

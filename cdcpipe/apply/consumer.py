@@ -33,6 +33,7 @@ class Record:
     key: bytes | None
     value: bytes
     generation: int
+    timestamp_ms: int = 0  # the record's Kafka timestamp (capture's produce time); 0 when the broker gave none
 
 
 def events_pattern(prefix: str) -> str:
@@ -117,8 +118,9 @@ class EventConsumer:
             with self._lock:
                 gen = self.generations.get((topic, partition), 0)
             key = m.key()
+            kind, stamp = m.timestamp()
             out.append(Record(topic, partition, offset, bytes(key) if key is not None else None,
-                              bytes(m.value() or b""), gen))
+                              bytes(m.value() or b""), gen, stamp if kind != 0 and stamp > 0 else 0))
         return out
 
     def commit(self, topic: str, partition: int, next_offset: int) -> None:

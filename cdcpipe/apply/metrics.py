@@ -15,5 +15,9 @@ BATCH_SIZE = Histogram("cdcpipe_apply_batch_events", "Events per committed batch
                        buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000, 10000, 20000))
 BATCH_SECONDS = Histogram("cdcpipe_apply_batch_seconds", "Wall time of one batch transaction",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+DELAY = Histogram("cdcpipe_apply_delay_seconds",
+                  "From an event's Kafka timestamp (when capture produced it) to the PostgreSQL commit that applied "
+                  "it: per batch, its oldest event (apply's share of the end-to-end latency, with capture's commit)",
+                  ["table"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 RETRIES = Counter("cdcpipe_apply_retries_total", "Retried batch writes after a transient failure", ["table"])
 LAG = Gauge("cdcpipe_apply_consumer_lag", "High watermark minus the next offset to apply", ["topic", "partition"])

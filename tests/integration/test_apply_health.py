@@ -145,6 +145,9 @@ async def test_circuit_opens_and_closes_and_metrics(settings: Settings, tmp_path
         assert metric(text, "cdcpipe_apply_dlq_events_total") == 1
         assert metric(text, "cdcpipe_apply_batch_events_count") >= 3
         assert metric(text, "cdcpipe_apply_batch_seconds_count") >= 3
+        # every committed batch's oldest event: Kafka timestamp → PostgreSQL commit (the retried one waited > 0.3 s)
+        assert metric(text, "cdcpipe_apply_delay_seconds_count", table="ks.kv") >= 3
+        assert metric(text, "cdcpipe_apply_delay_seconds_sum", table="ks.kv") > 0.3
         lags = [line for line in text.splitlines() if line.startswith("cdcpipe_apply_consumer_lag{")]
         assert lags and all(line.endswith(" 0.0") for line in lags), lags
         rc, took = proc.terminate()
