@@ -102,7 +102,7 @@ class CaptureSettings(_Section):
 
     cdc_raw_dir: Path | None = None
     node_id: str | None = None
-    poll_interval_ms: int = Field(default=25, gt=0, le=100)  # idle: an idle poll costs ~0.1 ms of CPU
+    poll_interval_ms: int = Field(default=25, gt=0, le=100)  # idle, without inotify (a poll costs ~1 ms of CPU)
     encryption_key: SecretStr | None = None
     keystore: Path | None = None
     keystore_password: SecretStr | None = None
