@@ -201,11 +201,11 @@ def pg_cpu_s(postmaster: int) -> float:
 
 async def postmaster_pid(dsn: str) -> int:
     conn = await asyncpg.connect(dsn)
-    try:
+    try:  # read while the backend lives
         backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
     finally:
         await conn.close()
-    return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def _vm(pid: int, field: str) -> int:
