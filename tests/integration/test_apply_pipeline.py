@@ -127,3 +127,54 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
     assert [h["offset"] for h in letters] == [b"2", b"5"]
     assert letters[1]["table"] == b"ks.tx" and letters[1]["topic"] == topic.encode()
     assert letters[1]["partition"] == b"0" and letters[1]["retry_count"] == b"0"
+
+
+async def test_batch_closes_once_caught_up(settings: Settings) -> None:
+    """With ``max_wait_ms`` at 60 s and ``max_rows`` far away, each event still applies within seconds: a batch
+    closes as soon as the consumer has read everything there was (waiting would only add latency)."""
+    prefix = f"it{uuid.uuid4().hex[:8]}"
+    topic, schemas_topic = f"{prefix}.ks.tx", f"{prefix}.schemas"
+    kafka = settings.kafka.client_config()
+    admin = AdminClient(kafka)
+    for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
+        f.result(30)
+    schema = avro.table_schema(TX)
+    producer = Producer(kafka)
+    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    assert producer.flush(30) == 0
+    cfg = settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
+        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
+        "apply": settings.apply.model_copy(update={
+            "group_id": prefix, "batch": settings.apply.batch.model_copy(
+                update={"max_wait_ms": 60_000, "max_rows": 5000})}),
+    })
+    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(cfg, Health(), stop))
+    try:
+        async def applied(n: int) -> bool:
+            if task.done():
+                task.result()
+            try:
+                found = await pool.fetchval(
+                    "SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+            except asyncpg.UndefinedTableError:
+                return False
+            return found == n
+        for i in range(3):
+            producer.produce(topic, key=b"k", value=encode(schema, event(TX, f"k{i}", 10, insert=True, v=i)))
+            assert producer.flush(30) == 0
+            sent = time.monotonic()
+            await wait_for(lambda n=i + 1: applied(n), timeout=45 if i == 0 else 15)  # the first one: start-up
+            print(f"event {i} applied {time.monotonic() - sent:.2f} s after its produce")
+        stop.set()
+        assert await asyncio.wait_for(task, 10) == 0
+    finally:
+        stop.set()
+        if not task.done():
+            task.cancel()
+        for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
+            await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
+        await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+        await pool.close()
