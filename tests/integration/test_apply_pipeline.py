@@ -52,6 +52,35 @@ async def wait_for(predicate: Any, timeout: float = 40.0) -> None:
         await asyncio.sleep(0.3)
 
 
+def run_settings(settings: Settings, prefix: str, **batch: int) -> Settings:
+    """``settings`` for one test run: its own topic prefix, schema prefix and consumer group; ``batch`` overrides
+    ``apply.batch``."""
+    return settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
+        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
+        "apply": settings.apply.model_copy(update={
+            "group_id": prefix, "batch": settings.apply.batch.model_copy(update=batch)}),
+    })
+
+
+async def next_offset(pool: Any, prefix: str, task: asyncio.Task[int]) -> int | None:
+    """The run's checkpoint (None before apply created its table or stored one); re-raises if apply died."""
+    if task.done():
+        task.result()
+    try:
+        found = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+    except asyncpg.UndefinedTableError:  # a fresh database: apply has not created it yet
+        return None
+    return None if found is None else int(found)
+
+
+async def drop_run(pool: Any, prefix: str) -> None:
+    """Remove what one run wrote to PostgreSQL: its schemas and its checkpoint rows."""
+    for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
+        await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
+    await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+
+
 async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
     prefix = f"it{uuid.uuid4().hex[:8]}"
     topic, schemas_topic, dlq_topic = f"{prefix}.ks.tx", f"{prefix}.schemas", f"{prefix}.dlq"
@@ -73,13 +102,7 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
         producer.produce(topic, key=b"k", value=p)
     assert producer.flush(30) == 0
 
-    cfg = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
-        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
-        "apply": settings.apply.model_copy(update={
-            "group_id": prefix, "batch": settings.apply.batch.model_copy(
-                update={"max_wait_ms": 100})}),
-    })
+    cfg = run_settings(settings, prefix, max_wait_ms=100)
     pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
     health = Health()
     stop = asyncio.Event()
@@ -87,13 +110,7 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
     target = f"{ident(prefix + '_ks')}.{ident('tx')}"
     try:
         async def done() -> bool:
-            if task.done():
-                task.result()
-            try:
-                n = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
-            except asyncpg.UndefinedTableError:  # a fresh database: apply has not created it yet
-                return False
-            return n == len(payloads)
+            return await next_offset(pool, prefix, task) == len(payloads)
         await wait_for(done)
         rows = await pool.fetch(f"SELECT k, v, n FROM {target} ORDER BY k")
         assert [tuple(r) for r in rows] == [("a", 5, None), ("b", 2, None)]
@@ -111,9 +128,7 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
         stop.set()
         if not task.done():
             task.cancel()
-        for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
-            await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
-        await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+        await drop_run(pool, prefix)
         await pool.close()
     reader = Consumer({**kafka, "group.id": prefix + "-check", "auto.offset.reset": "earliest"})
     reader.subscribe([dlq_topic])
@@ -142,26 +157,13 @@ async def test_batch_closes_once_caught_up(settings: Settings) -> None:
     producer = Producer(kafka)
     producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
     assert producer.flush(30) == 0
-    cfg = settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
-        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
-        "apply": settings.apply.model_copy(update={
-            "group_id": prefix, "batch": settings.apply.batch.model_copy(
-                update={"max_wait_ms": 60_000, "max_rows": 5000})}),
-    })
+    cfg = run_settings(settings, prefix, max_wait_ms=60_000, max_rows=5000)
     pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(cfg, Health(), stop))
     try:
         async def applied(n: int) -> bool:
-            if task.done():
-                task.result()
-            try:
-                found = await pool.fetchval(
-                    "SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
-            except asyncpg.UndefinedTableError:
-                return False
-            return found == n
+            return await next_offset(pool, prefix, task) == n
         for i in range(3):
             producer.produce(topic, key=b"k", value=encode(schema, event(TX, f"k{i}", 10, insert=True, v=i)))
             assert producer.flush(30) == 0
@@ -174,7 +176,5 @@ async def test_batch_closes_once_caught_up(settings: Settings) -> None:
         stop.set()
         if not task.done():
             task.cancel()
-        for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
-            await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
-        await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+        await drop_run(pool, prefix)
         await pool.close()
