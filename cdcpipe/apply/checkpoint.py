@@ -21,7 +21,7 @@ DDL = (
 UPSERT = (
     "INSERT INTO cdcpipe_checkpoints (group_id, topic, partition, next_offset) VALUES ($1, $2, $3, $4) "
     "ON CONFLICT (group_id, topic, partition) DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now() "
-    "WHERE cdcpipe_checkpoints.next_offset <= EXCLUDED.next_offset"
+    "WHERE cdcpipe_checkpoints.next_offset < EXCLUDED.next_offset"
 )
 
 

@@ -10,7 +10,8 @@ Steps of :meth:`BatchWriter.write`, all on one connection inside one transaction
 3. visible rows are COPYed into a temporary staging table on this connection and merged into the target table
    with one ``INSERT … ON CONFLICT DO UPDATE``; rows that stopped being visible are deleted, and their tombstones
    kept in the shadow table (set-based statements over arrays: no per-row round trip);
-4. the checkpoint row ``(group, topic, partition, next_offset)`` is upserted; then the transaction commits.
+4. the checkpoint row ``(group, topic, partition, next_offset)`` is upserted if it moves forward (a retried batch
+   whose first commit went through writes nothing); then the transaction commits.
 
 A failure raises :class:`cdcpipe.errors.ApplyError` (``retriable`` by SQLSTATE class); nothing is half-applied.
 """
@@ -185,7 +186,8 @@ class BatchWriter:
                 drop_shadow.append(key)
         await self._store(conn, lay, records, shadow, drop_target, drop_shadow)
         await self._store_partitions(conn, lay, batch, merged, old_parts, now)
-        if cp is not None and events:
+        if cp is not None and events and (next_offset is None or cp.next_offset > next_offset):
+            # a batch wholly below the checkpoint (a retry whose first commit went through) writes nothing
             await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
         return WriteResult(len(events) - skipped, skipped, len(records), len(drop_target), unchanged,
                            batch.redundant)

@@ -137,8 +137,15 @@ async def test_checkpoint_makes_reapplying_a_no_op(pool: Any, prefix: str, clean
     # a later event, then the same batch again (a redelivery after a crash before the Kafka commit)
     later = [Positioned(delete_columns("kv", (1,), 12, "n"), 2)]
     await writer.write(TABLES["kv"], later, Checkpoint(prefix, "tp", 3, 3))
+    stamp = "SELECT updated_at FROM cdcpipe_checkpoints WHERE group_id=$1 AND topic='tp' AND partition=3"
+    written = await pool.fetchval(stamp, prefix)
     again = await writer.write(TABLES["kv"], batch, Checkpoint(prefix, "tp", 3, 2))
     assert (first.applied, again.applied, again.already_applied) == (2, 0, 2)
+    # the very batch that wrote the checkpoint, retried (its commit went through but the reply was lost): the
+    # checkpoint is not written again, so each committed checkpoint write is one batch applied
+    repeat = await writer.write(TABLES["kv"], later, Checkpoint(prefix, "tp", 3, 3))
+    assert (repeat.applied, repeat.already_applied) == (0, 1)
+    assert await pool.fetchval(stamp, prefix) == written
     assert await content(pool, prefix, "kv") == []
     assert await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id=$1 AND topic='tp' "
                                "AND partition=3", prefix) == 3
