@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import fastavro
 
 from cdcpipe.apply import merge
+from cdcpipe.apply.avro_read import compile_reader, key_sizes
 from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, expiry, newer
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
 from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
@@ -92,18 +93,25 @@ def decode_record(data: bytes, reader: SchemaReader) -> tuple[ChangeEvent, Table
 
 def decode_delta(data: bytes, reader: SchemaReader) -> tuple[merge.Delta, TableSchema]:
     """What one record writes (:class:`cdcpipe.apply.merge.Delta`) and its table; raises as
-    :func:`decode_record`.  Equal to ``merge.delta(table, decode_record(...)[0])`` (checked by the unit tests),
-    built straight from the Avro record for upserts and row deletions whose key columns have a canonical
-    encoding — without typed values (the view reads them from the bytes) and without the event objects."""
+    :func:`decode_record`.  Equal to ``merge.delta(table, decode_record(...)[0])`` (checked by the unit tests).
+    Upserts and row deletions whose key columns have a canonical encoding are read by the schema's compiled
+    :class:`cdcpipe.apply.avro_read.DeltaReader` straight from the bytes; whatever it leaves (other events,
+    bodies not in canonical form) is read by fastavro and built by :meth:`_Plan.delta` or, failing that, from the
+    decoded event."""
+    plan = _plan_of(data, reader)
+    if plan.reader is not None:
+        found = plan.reader.delta(data)
+        if found is not None:
+            return found, plan.table
 
     def build(plan: _Plan, rec: Any) -> merge.Delta:
         found = plan.delta(rec)
         return found if found is not None else merge.delta(plan.table, plan.event(rec))
-    return _decode(data, reader, build)
+    return _decode(data, reader, build, plan)
 
 
-def _decode(data: bytes, reader: SchemaReader, build: Callable[[_Plan, Any], _T]) -> tuple[_T, TableSchema]:
-    """The schema and plan of a record, its Avro body read, ``build`` applied; errors as EventDecodeError."""
+def _plan_of(data: bytes, reader: SchemaReader) -> _Plan:
+    """The plan of the record's schema; raises EventDecodeError (retriable when the schema is not known yet)."""
     fp = fingerprint_of(data)
     schema = reader.lookup(fp)
     if schema is None:
@@ -111,6 +119,16 @@ def _decode(data: bytes, reader: SchemaReader, build: Callable[[_Plan, Any], _T]
     plan = _PLANS.get(fp)
     if plan is None or plan.schema is not schema:
         plan = _PLANS[fp] = _Plan(schema)
+    return plan
+
+
+def _decode(data: bytes, reader: SchemaReader, build: Callable[[_Plan, Any], _T], plan: _Plan | None = None
+            ) -> tuple[_T, TableSchema]:
+    """The schema and plan of a record, its Avro body read by fastavro, ``build`` applied; errors as
+    EventDecodeError."""
+    if plan is None:
+        plan = _plan_of(data, reader)
+    schema = plan.schema
     try:
         return build(plan, fastavro.schemaless_reader(io.BytesIO(data[10:]), schema.plain, None)), plan.table
     except EventDecodeError:
@@ -183,21 +201,10 @@ def _deletion(d: Any) -> Deletion | None:
     return None if d is None else Deletion(d["timestamp"], d["local_deletion_time"])
 
 
-# key column types whose serialized form is canonical (re-serializing the typed value gives the same bytes),
-# with their fixed size (None: any): only for those may a key's bytes be taken as they are
-_CANONICAL = {"int": 4, "bigint": 8, "smallint": 2, "tinyint": 1, "uuid": 16, "timeuuid": 16, "timestamp": 8,
-              "date": 4, "time": 8, "text": None, "varchar": None, "ascii": None, "blob": None}
 _OPS = {op.value: op for op in Op}
 
 
-def _sizes(columns: tuple[Any, ...]) -> tuple[int | None, ...] | None:
-    """Fixed sizes of key columns, -1 for any size; None when a column's type is not canonical."""
-    if any(c.type.name not in _CANONICAL for c in columns):
-        return None
-    return tuple(_CANONICAL[c.type.name] or -1 for c in columns)
-
-
-def _fits(sizes: tuple[int | None, ...], raws: Any) -> bool:
+def _fits(sizes: tuple[int, ...], raws: Any) -> bool:
     return len(raws) == len(sizes) and all(
         r is not None and (n == -1 or len(r) == n) for n, r in zip(sizes, raws, strict=True))
 
@@ -225,8 +232,9 @@ class _Plan:
         # delta: per Avro field, (column name, multi-cell, static, set); key sizes (None: no fast path)
         self.flat = {c.field: (c.name, c.type.multi_cell, c.kind == "static", c.type.name == "set")
                      for c in schema.columns}
-        self.pk_sizes = _sizes(schema.partition_key)
-        self.ck_sizes = _sizes(schema.clustering)
+        self.pk_sizes = key_sizes(schema.partition_key)
+        self.ck_sizes = key_sizes(schema.clustering)
+        self.reader = compile_reader(schema)
 
     def delta(self, rec: Any) -> merge.Delta | None:
         """The event's :class:`merge.Delta` (as :func:`merge.event_state`), None when the fast path does not
