@@ -67,6 +67,11 @@ def _h_text(s: str) -> bytes:
 
 _H_STATIC, _H_ROW, _H_LIVE, _H_DELETION = _h_text("S"), _h_text("W"), _h_text("L"), _h_text("D")
 _H_ZERO = _h(0)
+# an inlined live cell: "\x02\x02" (the column's union branch, a 1-element array), the value's union branch...,
+# then after the raw value and timestamp: ttl 0, no expiry, not deleted, no deletion time, end of array, no
+# collection deletion
+_LIVE_SOME, _LIVE_NULL, _LIVE_REST = b"\x02\x02\x02", b"\x02\x02\x00", b"\x00\x00\x00\x00\x00\x00"
+_LEN4 = [n.to_bytes(4, "big") for n in range(0x2000)]  # the hash's length prefix of a short value
 
 
 def _h_bytes(v: bytes | None) -> bytes:
@@ -80,7 +85,8 @@ def _h_tuple(values: tuple[bytes | None, ...]) -> bytes:
     return b"".join(parts)
 
 
-# ------------------------------------------------------------------------------------------------ values
+def _apply(f: Callable[[bytes | None], bytes], v: bytes | None) -> bytes:
+    return f(v)
 
 
 # ------------------------------------------------------------------------------------------------ cells
@@ -142,7 +148,8 @@ def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
             avro += (path(p), zlong(len(p or b"")), p or b"")
         h = (_h_bytes(p), _h_bytes(raw), _h(ts), _h(ttl), _h(rc.deleted), _h(exp), _h(ld))
         return b"".join(avro), b"".join(h)
-    return write, value_encoder(t, vtype[1], _SOME) if path is None and vtype != "null" else None
+    # the inlined live cell begins with the column's and the value's union branches: written by the encoder
+    return write, value_encoder(t, vtype[1], _LIVE_SOME) if path is None and vtype != "null" else None
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -180,6 +187,10 @@ class TableEncoder:
     def _clustering(self, raws: tuple[bytes | None, ...]) -> bytes:
         """The Clustering record for these values (missing trailing values are null)."""
         ck = self.ck
+        if len(raws) == len(ck):
+            if len(ck) == 1:
+                return ck[0](raws[0])
+            return b"".join(map(_apply, ck, raws))
         return b"".join([ck[i](raws[i]) if i < len(raws) else _NULL for i in range(len(ck))])
 
     def _raws(self, raws: tuple[bytes | None, ...]) -> bytes:
@@ -270,10 +281,13 @@ class TableEncoder:
                     last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
                 n = len(raw)
                 v = value(raw)
-                fields[spec[0]] = b"".join((b"\x02\x02", _NULL if v is None else v,
-                                            SMALL_LONGS[n + n] if n < 0x2000 else zlong(n), raw, zts,
-                                            b"\x00\x00\x00\x00\x00\x00"))
-                hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
+                if n < 0x2000:
+                    fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, SMALL_LONGS[n + n], raw, zts,
+                                                _LIVE_REST))
+                    hcols += (spec[4], _LEN4[n], raw, hts, _LIVE_TAIL)
+                else:
+                    fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, zlong(n), raw, zts, _LIVE_REST))
+                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
                 continue
             if groups is None:
                 groups = {}
@@ -295,26 +309,29 @@ class TableEncoder:
                 fields[i] = b"".join([_SOME, zlong(len(cell_avro)), *cell_avro, b"\x00\x00"])
                 hcols[hcols.index(name)] = b"".join([h_name, _NONE_I, *cell_h])
         lv = row.liveness
-        live = lv is not None and lv.timestamp != NO_TIMESTAMP
+        live = lv is not None and lv[0] != NO_TIMESTAMP
         d = row.deletion
         if not hcols and not live and d is None:
             return
-        clustering = () if row.static else row.clustering
-        h: list[Any] = [h_base, _H_STATIC if row.static else _H_ROW,
-                        _h_tuple(row.clustering) if row.clustering else _H_ZERO]
-        avro = [_SOME + self._clustering(clustering) if clustering and self.ck else _NULL, self._raws(clustering),
-                _TRUE if row.static else _FALSE]
+        static = row.static
+        clustering = row.clustering
+        h: list[Any] = [h_base, _H_STATIC if static else _H_ROW, _h_tuple(clustering) if clustering else _H_ZERO]
+        if static or not clustering:
+            avro = [b"\x00\x00\x01" if static else b"\x00\x00\x00"]  # no clustering, no raw values, static?
+        else:
+            avro = [_SOME + self._clustering(clustering) if self.ck else _NULL, self._raws(clustering), _FALSE]
         if live:
             assert lv is not None
-            exp = lv.local_expiration_time if lv.ttl > 0 else None
-            if lv.timestamp > newest:
-                newest = lv.timestamp
-            if lv.timestamp == last and not lv.ttl:  # an INSERT: the marker has the cells' timestamp
+            lts, lttl = lv[0], lv[1]
+            if lts > newest:
+                newest = lts
+            if lts == last and not lttl:  # an INSERT: the marker has the cells' timestamp
                 h += (_H_LIVE, hts, _H_ZERO, _NONE_I)
                 avro += (_SOME, zts, b"\x00\x00")
             else:
-                h += (_H_LIVE, _h(lv.timestamp), _h(lv.ttl), _h(exp))
-                avro += (_SOME, zlong(lv.timestamp), zlong(lv.ttl), _opt_long(exp))
+                exp = lv[2] if lttl > 0 else None
+                h += (_H_LIVE, _h(lts), _h(lttl), _h(exp))
+                avro += (_SOME, zlong(lts), zlong(lttl), _opt_long(exp))
         else:
             avro.append(_NULL)
         if d is not None:

@@ -37,30 +37,49 @@ class Unsupported(Exception):
 
 
 # Avro longs are zigzag varints of 7-bit groups; two groups (14 bits) are looked up at a time: _MID[c] is c as two
-# continued bytes, SMALL_LONGS[c] as the final one or two bytes.  Event timestamps and positions are unique, so a memo
-
-# would only miss.
+# continued bytes, SMALL_LONGS[c] as the final one or two bytes.  Event timestamps and positions are unique, but the
+# bits above the low 28 of a microsecond timestamp change only every ~134 s: their bytes are memoized (_HIGH).
 _MID = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
 SMALL_LONGS = [bytes(((c & 0x7F) | 0x80, c >> 7)) if c >> 7 else bytes((c,)) for c in range(1 << 14)]
 _LONG_MIN, _LONG_MAX = -(1 << 63), (1 << 63) - 1
 SOME_SMALL_LONGS = [b"\x02" + b for b in SMALL_LONGS]  # the non-null branch of a union, then the varint
+_HIGH: dict[int, bytes] = {}  # z >> 28 -> its final groups, for 28 <= bits(z) < 56
+
+
+def _high(h: int) -> bytes:
+    b = SMALL_LONGS[h] if h < 0x4000 else _MID[h & 0x3FFF] + SMALL_LONGS[h >> 14]
+    if len(_HIGH) >= 4096:
+        _HIGH.clear()
+    _HIGH[h] = b
+    return b
 
 
 def zlong(n: int) -> bytes:
     """Avro's zigzag varint of a 64-bit int; raises Unsupported outside the long range."""
-    z = (n << 1) ^ (n >> 63)
-    if 0 <= z < 0x4000:
+    z = (n << 1) ^ (n >> 63)  # >= 0; < 2**64 exactly when n is a long
+    if z < 0x4000:
         return SMALL_LONGS[z]
-    if not _LONG_MIN <= n <= _LONG_MAX:
-        raise Unsupported(f"{n} does not fit a long")
     if z < 0x10000000:
         return _MID[z & 0x3FFF] + SMALL_LONGS[z >> 14]
-    if z < 0x40000000000:
-        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], SMALL_LONGS[z >> 28]))
     if z < 0x100000000000000:  # microsecond timestamps of this era
-        return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], SMALL_LONGS[z >> 42]))
+        hi = _HIGH.get(z >> 28)
+        if hi is None:
+            hi = _high(z >> 28)
+        return _MID[z & 0x3FFF] + _MID[z >> 14 & 0x3FFF] + hi
+    if not _LONG_MIN <= n <= _LONG_MAX:
+        raise Unsupported(f"{n} does not fit a long")
     return b"".join((_MID[z & 0x3FFF], _MID[z >> 14 & 0x3FFF], _MID[z >> 28 & 0x3FFF], _MID[z >> 42 & 0x3FFF],
                      SMALL_LONGS[z >> 56]))
+
+
+_PREFIXED = {b"": SMALL_LONGS, _SOME: SOME_SMALL_LONGS}  # some -> some + SMALL_LONGS[c], shared by encoders
+
+
+def _prefixed(some: bytes) -> list[bytes]:
+    table = _PREFIXED.get(some)
+    if table is None:
+        table = _PREFIXED[some] = [some + b for b in SMALL_LONGS]
+    return table
 
 
 def _generic(t: CqlType, avro_t: Any) -> Encoder:
@@ -82,7 +101,7 @@ def _generic(t: CqlType, avro_t: Any) -> Encoder:
 
 
 def _fixed_int(size: int, slow: Encoder, some: bytes) -> Encoder:
-    small = SMALL_LONGS if not some else SOME_SMALL_LONGS if some == _SOME else [some + b for b in SMALL_LONGS]
+    small = _prefixed(some)
 
     def enc(raw: bytes) -> bytes | None:
         if len(raw) == size:
@@ -94,7 +113,7 @@ def _fixed_int(size: int, slow: Encoder, some: bytes) -> Encoder:
 
 
 def _string(codec: str, slow: Encoder, some: bytes) -> Encoder:
-    small = SMALL_LONGS if not some else SOME_SMALL_LONGS if some == _SOME else [some + b for b in SMALL_LONGS]
+    small = _prefixed(some)
 
     def enc(raw: bytes) -> bytes | None:
         try:
