@@ -32,6 +32,7 @@ Skip = Callable[[bytes, int], int]  # (message, position of a value) -> position
 CANONICAL = {"int": 4, "bigint": 8, "smallint": 2, "tinyint": 1, "uuid": 16, "timeuuid": 16, "timestamp": 8,
              "date": 4, "time": 8, "text": None, "varchar": None, "ascii": None, "blob": None}
 _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
+_UPSERT, _ROW_DELETE = Op.UPSERT, Op.ROW_DELETE  # an enum member's lookup costs more than a global
 
 
 class _Bad(Exception):
@@ -240,6 +241,46 @@ def _live(ts: int, value: bytes, obj: Any) -> Version:
     return v
 
 
+def _marker(ts: int, ldt: int | None, ttl: int) -> Version:
+    """``Version(ts, ldt, ttl)``."""
+    v: Version = _new(Version)
+    _V_TS(v, ts)
+    _V_LDT(v, ldt)
+    _V_TTL(v, ttl)
+    _V_TOMB(v, False)
+    _V_VALUE(v, b"")
+    _V_OBJ(v, _UNSET)
+    return v
+
+
+_R_MARKER, _R_DELETION, _R_CELLS, _R_COMPLEX = _slot_setters(RowState, ("marker", "deletion", "cells", "complex"))
+_D_OP, _D_PARTITION, _D_CLUSTERING, _D_PART, _D_ROW = _slot_setters(
+    Delta, ("op", "partition", "clustering", "part", "row"))
+
+
+def _row(marker: Version | None, deletion: Deletion | None, cells: dict[str, Version],
+         complex_: dict[str, ComplexState]) -> RowState:
+    """``RowState(marker, deletion, cells, complex_)``."""
+    r: RowState = _new(RowState)
+    _R_MARKER(r, marker)
+    _R_DELETION(r, deletion)
+    _R_CELLS(r, cells)
+    _R_COMPLEX(r, complex_)
+    return r
+
+
+def _delta_of(op: Op, partition: bytes, clustering: bytes, part: PartitionState | None, row: RowState | None
+              ) -> Delta:
+    """``Delta(op, partition, clustering, part, row)``."""
+    d: Delta = _new(Delta)
+    _D_OP(d, op)
+    _D_PARTITION(d, partition)
+    _D_CLUSTERING(d, clustering)
+    _D_PART(d, part)
+    _D_ROW(d, row)
+    return d
+
+
 def _deletion(data: bytes, p: int) -> tuple[Deletion | None, int]:
     """A ``["null", Deletion]`` union."""
     u = data[p]
@@ -295,8 +336,9 @@ _ZEROS = b"\x00\x00\x00\x00"  # ttl 0, expires_at null, not deleted, local_delet
 _NO_WINDOW = b"\x00" * 9  # longer than any window: matches none
 _NO_ELEMENTS: dict[bytes, Version] = {}  # a simple column's (never written)
 
-# per column: name, multi-cell, static, set, value skip (None: the value is Avro null, no bytes), path skip
-_Column = tuple[str, bool, bool, bool, Skip | None, Skip | None]
+# per column: name, multi-cell, static, set, value skip (None: the value is Avro null, no bytes), the value's
+# inlined skip (a size, 0 for a varint; None: call the skip), path skip
+_Column = tuple[str, bool, bool, bool, Skip | None, int | None, Skip | None]
 
 
 def _shape(fields: list[dict[str, Any]]) -> list[tuple[str, Any]]:
@@ -378,9 +420,13 @@ class DeltaReader:
                 path = skips.of(shape[7][1])
             value_t = shape[0][1]
             value = None if value_t == "null" else skips.of(_branch(value_t))
+            plain = _branch(value_t) if value is not None else None
+            plain = plain.get("type") if isinstance(plain, dict) else plain
+            width = {"int": 0, "long": 0, "float": 4, "double": 8, "boolean": None}.get(plain) \
+                if isinstance(plain, str) else None
             skips.of(change)  # registers the Column and Cell records
             is_set = multi and info.type.name == "set"  # a frozen set's cell keeps its value bytes
-            columns.append((info.name, multi, info.kind == "static", is_set, value, path))
+            columns.append((info.name, multi, info.kind == "static", is_set, value, width, path))
         self._columns = tuple(columns)
         self.fallbacks = 0
 
@@ -399,7 +445,7 @@ class DeltaReader:
         if b & 1 or b >= 2 * len(self._ops):
             raise _Bad("op")
         op = self._ops[b >> 1]
-        if op is not Op.UPSERT and op is not Op.ROW_DELETE:
+        if op is not _UPSERT and op is not _ROW_DELETE:
             return None
         p = _skip_long(data, 27)
         src = self._source
@@ -424,9 +470,14 @@ class DeltaReader:
                 keys.append(data[p:q])
                 p = q
         sizes = self._pk_sizes
-        if len(keys) != len(sizes) or any(n != -1 and len(r) != n for n, r in zip(sizes, keys, strict=True)):
-            return None
-        pk = keys[0] if len(keys) == 1 else b"".join([len(r).to_bytes(2, "big") + r + b"\x00" for r in keys])
+        if len(keys) == 1 and len(sizes) == 1:
+            pk = keys[0]
+            if sizes[0] != -1 and len(pk) != sizes[0]:
+                return None
+        else:
+            if len(keys) != len(sizes) or any(n != -1 and len(r) != n for n, r in zip(sizes, keys, strict=True)):
+                return None
+            pk = b"".join([len(r).to_bytes(2, "big") + r + b"\x00" for r in keys])
         p = self._skip_clustering(data, p)
         # clustering_raw
         ck = b""
@@ -458,10 +509,16 @@ class DeltaReader:
         # liveness
         u = data[p + 1]
         lv: tuple[int, int, int | None] | None = None
+        tw, tv, tl = _NO_WINDOW, 0, 0  # the last timestamp read: its 8-byte window, value, length
         if u == 0:
             p += 2
         elif u == 2:
-            lts, p = _long(data, p + 2)
+            p += 2
+            tw = data[p:p + 8]
+            lts, q = _long(data, p)
+            tv, tl, p = lts, q - p, q
+            if tl > 8:
+                tw = _NO_WINDOW
             lttl, p = _long(data, p)
             if not _INT_MIN <= lttl <= _INT_MAX:
                 raise _Bad("int")
@@ -470,14 +527,16 @@ class DeltaReader:
         else:
             raise _Bad("union index")
         deletion, p = _deletion(data, p)
-        p = self._skip_range_end(data, self._skip_range(data, p))
+        if data[p] == 0 and data[p + 1] == 0:  # no range bounds
+            p += 2
+        else:
+            p = self._skip_range_end(data, self._skip_range(data, p))
         cells: dict[str, Version] = {}
         complex_: dict[str, ComplexState] = {}
         s_cells: dict[str, Version] = {}
         s_complex: dict[str, ComplexState] = {}
         has_static = has_regular = False
-        tw, tv, tl = _NO_WINDOW, 0, 0  # the last timestamp read: its 8-byte window, value, length
-        for name, multi, is_static, is_set, value, path in self._columns:
+        for name, multi, is_static, is_set, value, width, path in self._columns:
             u = data[p]
             if u == 0:
                 p += 1
@@ -503,7 +562,18 @@ class DeltaReader:
                     if value is not None:
                         u = data[p]
                         if u == 2:
-                            p = value(data, p + 1)
+                            p += 1
+                            if width is None:
+                                p = value(data, p)
+                            elif width:
+                                p += width
+                            else:  # a varint
+                                q = p
+                                while data[p] >= 0x80:
+                                    p += 1
+                                if p - q > 9:
+                                    raise _Bad("long over 10 bytes")
+                                p += 1
                         elif u == 0:
                             p += 1
                         else:
@@ -554,14 +624,14 @@ class DeltaReader:
         if p > len(data):
             raise _Bad("truncated")
         static_only = static == 1 and self._has_clustering
-        part = PartitionState(static=RowState(None, None, s_cells, s_complex)) if has_static else None
+        part = PartitionState(static=_row(None, None, s_cells, s_complex)) if has_static else None
         row = None
-        if op is Op.ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
+        if op is _ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
             marker = None
             if lv is not None and not static_only:
-                marker = Version(lv[0], expiry(lv[0], lv[1], lv[2]), lv[1])
-            row = RowState(marker, deletion, cells, complex_)
-        return Delta(op, pk, ck, part, row)
+                marker = _marker(lv[0], expiry(lv[0], lv[1], lv[2]), lv[1])
+            row = _row(marker, deletion, cells, complex_)
+        return _delta_of(op, pk, ck, part, row)
 
 
 def compile_reader(schema: EventSchema) -> DeltaReader | None:
