@@ -9,6 +9,10 @@ Contract
     path does not handle (a key that does not decode, a value fastavro rejects) it raises :class:`Unsupported`
     and the caller uses the reference path for the whole mutation, so the two can never disagree.
 
+    :meth:`TableEncoder.begin` / :meth:`TableEncoder.row` make it a ``RowSink`` of the mutation decoder: the
+    regular rows of an update are read from the wire straight into the same events (``out``), without Rows or
+    Cells (one pass; ``tests/unit/test_avro_fast_wire.py`` compares it with both passes and the reference).
+
 Values are written by ``cdcpipe.avro_raw`` from their serialized form.  Cost model (docs/operations.md): a live
 cell of a simple column is inlined into its row (one Avro field, one hash run), other cells go through their
 column's writer; nothing per event is built but bytes.
@@ -17,139 +21,76 @@ column's writer; nothing per event is built but bytes.
 from __future__ import annotations
 
 import hashlib
-import struct
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdcpipe.avro import MAGIC, EventSchema
 from cdcpipe.avro_raw import (
+    _LIVE_HEAD,
+    _LIVE_TAIL,
+    _NONE_I,
+    _ONE,
+    _Q,
     SMALL_LONGS,
     SOME_SMALL_LONGS,
+    CellWriter,
     Encoder,
     Unsupported,
+    _h,
+    _h_text,
+    _h_tuple,
+    cell_writer,
     nullable_encoder,
+    opt_long,
     required_encoder,
     value_encoder,
     zlong,
 )
 from cdcpipe.capture.events import Origin, _ranges
 from cdcpipe.capture.mutation import PartitionUpdate
-from cdcpipe.capture.rows import NO_TIMESTAMP, Row
+from cdcpipe.capture.rows import (
+    HAS_ALL_COLUMNS,
+    HAS_COMPLEX_DELETION,
+    HAS_DELETION,
+    HAS_EMPTY_VALUE,
+    HAS_TIMESTAMP,
+    HAS_TTL,
+    IS_DELETED,
+    IS_EXPIRING,
+    NO_TIMESTAMP,
+    USE_ROW_TIMESTAMP,
+    USE_ROW_TTL,
+    Cell,
+    DeletionTime,
+    Header,
+    Row,
+    RowReader,
+    WireError,
+    _2_63,
+    _2_64,
+    uvint,
+)
 from cdcpipe.capture.schema import TableSchema
-from cdcpipe.capture.values import CqlType, udt_field_index
+from cdcpipe.capture.segment import Position
 
-_Q = struct.Struct(">q").pack
 _NULL, _SOME, _FALSE, _TRUE = b"\x00", b"\x02", b"\x00", b"\x01"
-_NONE_I = b"\x00"  # the hash's encoding of None
-_ONE = b"\x01" + _Q(1)  # the hash's count prefix of a 1-tuple
-_NULL_PATH = _ONE + b"\xff\xff\xff\xff"
 # op enum indexes in the record: upsert 0, row_delete 1, partition_delete 2, range_delete 3 (zigzag: 00 02 04 06)
 __all__ = ["TableEncoder", "Unsupported", "value_encoder", "zlong"]
-
-
-def _opt_long(v: int | None) -> bytes:
-    return _NULL if v is None else _SOME + zlong(v)
-
-
-def _h(v: int | None) -> bytes:
-    """The event-id hash's encoding of an int (``events._Hasher.int``)."""
-    return _NONE_I if v is None else b"\x01" + _Q(int(v))
-
-
-_LIVE_HEAD = _NULL_PATH + _ONE  # no path, then the value as a 1-tuple
-_LIVE_TAIL = _h(0) + _h(False) + _NONE_I + _NONE_I  # ttl 0, not deleted, no expiry, no deletion time
-
-
-def _h_text(s: str) -> bytes:
-    b = s.encode()
-    return _ONE + len(b).to_bytes(4, "big") + b
-
-
 _H_STATIC, _H_ROW, _H_LIVE, _H_DELETION = _h_text("S"), _h_text("W"), _h_text("L"), _h_text("D")
 _H_ZERO = _h(0)
 # an inlined live cell: "\x02\x02" (the column's union branch, a 1-element array), the value's union branch...,
 # then after the raw value and timestamp: ttl 0, no expiry, not deleted, no deletion time, end of array, no
 # collection deletion
-_LIVE_SOME, _LIVE_NULL, _LIVE_REST = b"\x02\x02\x02", b"\x02\x02\x00", b"\x00\x00\x00\x00\x00\x00"
+_LIVE_NULL, _LIVE_REST = b"\x02\x02\x00", b"\x00\x00\x00\x00\x00\x00"  # _LIVE_SOME: avro_raw
 _LEN4 = [n.to_bytes(4, "big") for n in range(0x2000)]  # the hash's length prefix of a short value
-
-
-def _h_bytes(v: bytes | None) -> bytes:
-    return _NULL_PATH if v is None else _ONE + len(v).to_bytes(4, "big") + v
-
-
-def _h_tuple(values: tuple[bytes | None, ...]) -> bytes:
-    parts = [_h(len(values))]
-    for v in values:
-        parts.append(b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v)
-    return b"".join(parts)
+# a column: (field index, hash of its name, cell writer, value encoder of a simple column, hash prefix of a live cell)
+_Column = tuple[int, bytes, CellWriter, Encoder | None, bytes]
+_Groups = dict[str, tuple[int, bytes, list[bytes], list[bytes]]]  # column -> (field, name hash, Avro, hash parts)
+_new: Any = tuple.__new__
 
 
 def _apply(f: Callable[[bytes | None], bytes], v: bytes | None) -> bytes:
     return f(v)
-
-
-# ------------------------------------------------------------------------------------------------ cells
-
-CellWriter = Callable[[Any], tuple[bytes, bytes]]  # raw cell -> (Avro Cell record, event-id hash input)
-# a column: (field index, hash of its name, cell writer, value encoder of a simple column, hash prefix of a live cell)
-_Column = tuple[int, bytes, CellWriter, Encoder | None, bytes]
-
-
-def _cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
-                 ) -> tuple[CellWriter, Encoder | None]:
-    """The writer of any cell of a column, and for a simple column the value encoder of its non-null union
-    branch (None: null) that ``TableEncoder`` inlines for live cells."""
-    vtype = cell_fields[0]["type"]
-    value: Callable[[bytes | None], bytes]
-    if vtype == "null":
-        def value(raw: bytes | None) -> bytes:
-            return b""
-    else:
-        elem = t if not t.multi_cell else t.params[0] if t.name == "list" else t.params[1]
-        value = nullable_encoder(elem, vtype[1])
-    path: Callable[[bytes | None], bytes] | None = None
-    if t.multi_cell:
-        ptype = cell_fields[7]["type"][1]
-        if t.name == "list":
-            uid = value_encoder(CqlType("timeuuid"), ptype)
-
-            def path(p: bytes | None) -> bytes:
-                v = uid(p) if p is not None and len(p) == 16 else None
-                return _NULL if v is None else _SOME + v
-        elif t.name in ("set", "map"):
-            path = nullable_encoder(t.params[0], ptype)
-        else:
-            names = [_SOME + zlong(len(b)) + b for b in (n.encode() for n in t.field_names)]
-
-            def path(p: bytes | None) -> bytes:
-                i = udt_field_index(p or b"\0\0")
-                return names[i] if i < len(names) else _NULL
-
-    def write(rc: Any) -> tuple[bytes, bytes]:
-        raw, ts, p, ldt = rc.value, rc.timestamp, rc.path, rc.local_deletion_time
-        if path is None and not rc.ttl and not rc.deleted:  # the common case: a live simple cell
-            n = len(raw)
-            return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00"]),
-                    b"".join([_LIVE_HEAD, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
-        if path is not None and p is not None and not rc.ttl and not rc.deleted:  # a live collection element
-            n, m = len(raw), len(p)
-            return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00", path(p), zlong(m), p]),
-                    b"".join([_ONE, m.to_bytes(4, "big"), p, _ONE, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
-        if rc.deleted:
-            ttl, exp, ld = 0, None, ldt
-            avro = [_NULL if vtype != "null" else b"", zlong(len(raw)), raw, zlong(ts), b"\x00", _NULL, _TRUE,
-                    _opt_long(ldt)]
-        else:
-            ttl, ld = rc.ttl, None
-            exp = ldt if ttl > 0 else None
-            avro = [value(raw), zlong(len(raw)), raw, zlong(ts), zlong(ttl), _opt_long(exp), _FALSE, _NULL]
-        if path is not None:
-            avro += (path(p), zlong(len(p or b"")), p or b"")
-        h = (_h_bytes(p), _h_bytes(raw), _h(ts), _h(ttl), _h(rc.deleted), _h(exp), _h(ld))
-        return b"".join(avro), b"".join(h)
-    # the inlined live cell begins with the column's and the value's union branches: written by the encoder
-    return write, value_encoder(t, vtype[1], _LIVE_SOME) if path is None and vtype != "null" else None
 
 
 # ------------------------------------------------------------------------------------------------ events
@@ -176,13 +117,15 @@ class TableEncoder:
         by_name = {f["cdcpipe.column"]: (i, f) for i, f in enumerate(col_fields)}
         self.nulls = [_NULL] * self.ncols
         self._segment: tuple[int, bytes] = (-1, b"")  # the last segment id and source + its varint
+        self.out: list[tuple[str, int, bytes]] = []  # the events of the rows since begin()
+        self._ctx: tuple[bytes, bytes] = (b"", b"")  # begin()'s partition: hash base, Avro head
         self.columns: tuple[dict[str, _Column], dict[str, _Column]] = ({}, {})
         for static, cols in ((False, table.regular), (True, table.static)):
             for c in cols:
                 i, f = by_name[c.name]
                 cell_fields = f["type"][1]["fields"][0]["type"]["items"]["fields"]
                 h_name = _h_text("C") + _h_text(c.name)
-                write, value = _cell_writer(c.type, cell_fields)
+                write, value = cell_writer(c.type, cell_fields)
                 self.columns[static][c.name] = (i, h_name, write, value, h_name + _NONE_I + _LIVE_HEAD)
     def _clustering(self, raws: tuple[bytes | None, ...]) -> bytes:
         """The Clustering record for these values (missing trailing values are null)."""
@@ -204,10 +147,8 @@ class TableEncoder:
         parts.append(b"\x00")
         return b"".join(parts)
 
-    def encode(self, u: PartitionUpdate, segment_id: int, position: int) -> list[tuple[str, int, bytes]]:
-        """``(op, timestamp_micros, message)`` for each event of ``u``, in ``events.from_mutation`` order.
-        Raises Unsupported."""
-        key = u.key
+    def _head(self, key: bytes, segment_id: int, position: int) -> tuple[bytes, bytes]:
+        """(the event-id hash input common to the partition's events, the Avro of its source and key)."""
         if len(self.pk) == 1:
             n = len(key)
             keys = [self.pk[0](key), b"\x02", SMALL_LONGS[n + n] if n < 0x2000 else zlong(n), key, b"\x00"]
@@ -225,6 +166,12 @@ class TableEncoder:
             seg = self._segment = (segment_id, self.source + zlong(segment_id))
         head = b"".join([seg[1], zlong(position), *keys])
         h_base = b"".join((self.h_table, _ONE, len(key).to_bytes(4, "big"), key))
+        return h_base, head
+
+    def encode(self, u: PartitionUpdate, segment_id: int, position: int) -> list[tuple[str, int, bytes]]:
+        """``(op, timestamp_micros, message)`` for each event of ``u``, in ``events.from_mutation`` order.
+        Raises Unsupported."""
+        h_base, head = self._head(u.key, segment_id, position)
         out: list[tuple[str, int, bytes]] = []
         nulls = b"\x00" * self.ncols
         header = self.header
@@ -263,7 +210,7 @@ class TableEncoder:
         current = self.columns[row.static]
         fields = self.nulls[:]
         hcols: list[bytes | str] = []  # hash parts; a str marks a grouped column, expanded at the end
-        groups: dict[str, tuple[int, bytes, list[bytes], list[bytes]]] | None = None
+        groups: _Groups | None = None
         newest = NO_TIMESTAMP
         last, zts, hts = None, b"", b""
         for rc in row.cells:
@@ -291,30 +238,154 @@ class TableEncoder:
                 continue
             if groups is None:
                 groups = {}
-            g = groups.get(name)
-            if g is None:
-                if value is not None and fields[spec[0]] is not _NULL:
+            _group(rc, spec, groups, fields, hcols)
+        self._emit(row.static, row.clustering, row.liveness, row.deletion, row.complex_deletions, current, fields,
+                   hcols, groups, newest, last, zts, hts, h_base, head, out)
+
+    # RowSink (cdcpipe.capture.mutation): a row decoded from the wire straight into its event (see begin)
+    def begin(self, key: bytes, position: Position) -> None:
+        """Start a PartitionUpdate of ``key`` read at ``position``; its rows' events go to ``self.out``."""
+        self.out = []
+        self._ctx = self._head(key, position.segment_id, position.offset)
+
+    def row(self, r: RowReader, p: int, flags: int, ext: int, header: Header) -> int:
+        """Decode the regular row at ``p`` (after its flags) as ``RowReader.row`` does and append the event that
+        ``_row`` appends for it to ``self.out``; the offset after the row.  Raises Unsupported, WireError."""
+        buf = r.buf
+        end = r.end
+        min_ts = r.min_ts
+        clustering: tuple[bytes | None, ...] = ()
+        if r.clustering_fixed:
+            clustering, p = r.clustering(p, len(r.clustering_fixed))
+        liveness = None
+        row_ts, row_ttl, row_ldt = NO_TIMESTAMP, 0, None
+        if flags & HAS_TIMESTAMP:
+            b = buf[p]
+            if b < 0x80:
+                p += 1
+            else:
+                b, p = uvint(buf, p)
+            row_ts = b + min_ts
+            if row_ts >= _2_63:
+                row_ts -= _2_64
+            if flags & HAS_TTL:
+                row_ttl, p = r.ttl(p)
+                row_ldt, p = r.ldt(p)
+            liveness = (row_ts, row_ttl, row_ldt)
+        deletion = None
+        if flags & HAS_DELETION:
+            deletion, p = r.deletion_time(p)
+        if flags & HAS_ALL_COLUMNS:
+            columns = header.columns
+        else:
+            columns, p = r._subset(p, header)
+        current = self.columns[False]
+        fields = self.nulls[:]
+        hcols: list[bytes | str] = []
+        groups: _Groups | None = None
+        cds: list[tuple[str, DeletionTime]] | None = None
+        newest = NO_TIMESTAMP
+        last, zts, hts = None, b"", b""
+        for col in columns:
+            name, _, fixed, is_complex, dropped = col
+            if is_complex:
+                cells: list[Cell] = []
+                if cds is None:
+                    cds = []
+                p = r._complex(p, col, row_ts, row_ttl, row_ldt, flags & HAS_COMPLEX_DELETION, cells.append, cds)
+                spec = current.get(name)
+                if spec is not None and cells:
+                    if groups is None:
+                        groups = {}
+                    for rc in cells:
+                        if rc[2] > newest:
+                            newest = rc[2]
+                        _group(rc, spec, groups, fields, hcols)
+                continue
+            cflags = buf[p]  # a simple cell, as in RowReader.row
+            p += 1
+            if cflags & USE_ROW_TIMESTAMP:
+                ts = row_ts
+            else:
+                b = buf[p]
+                if b < 0x80:
+                    p += 1
+                else:
+                    b, p = uvint(buf, p)
+                ts = b + min_ts
+                if ts >= _2_63:
+                    ts -= _2_64
+            if cflags & USE_ROW_TTL:
+                ttl, ldt = row_ttl, row_ldt
+            elif cflags & (IS_DELETED | IS_EXPIRING):
+                ldt, p = r.ldt(p)
+                ttl = 0
+                if cflags & IS_EXPIRING:
+                    ttl, p = r.ttl(p)
+            else:
+                ttl, ldt = 0, None
+            if cflags & HAS_EMPTY_VALUE:
+                raw = b""
+            else:
+                n = fixed
+                if n < 0:
+                    n = buf[p]
+                    if n < 0x80:
+                        p += 1
+                    else:
+                        n, p = uvint(buf, p)
+                e = p + n
+                if e > end:
+                    raise WireError(f"value of {n} bytes at {p} overruns the mutation")
+                raw = buf[p:e]
+                p = e
+            if dropped is not None and ts <= dropped:
+                continue
+            spec = current.get(name)
+            if spec is None:
+                continue
+            if ts > newest:
+                newest = ts
+            value = spec[3]
+            if value is not None and not ttl and not cflags & IS_DELETED:  # inlined as in _row
+                if fields[spec[0]] is not _NULL:
                     raise Unsupported(f"two cells of simple column {name}")
-                g = groups[name] = (spec[0], spec[1], [], [])
-                hcols.append(name)
-            elif value is not None:
-                raise Unsupported(f"two cells of simple column {name}")
-            a, hb = spec[2](rc)
-            g[2].append(a)
-            g[3].append(hb)
-        if row.complex_deletions:
-            newest = self._complex_deletions(row, current, newest, hcols, groups, fields)
+                if ts != last:
+                    last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
+                n = len(raw)
+                v = value(raw)
+                if n < 0x2000:
+                    fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, SMALL_LONGS[n + n], raw, zts,
+                                                _LIVE_REST))
+                    hcols += (spec[4], _LEN4[n], raw, hts, _LIVE_TAIL)
+                else:
+                    fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, zlong(n), raw, zts, _LIVE_REST))
+                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
+                continue
+            if groups is None:
+                groups = {}
+            _group(_new(Cell, (name, raw, ts, ttl, ldt, (cflags & IS_DELETED) != 0, None)), spec, groups, fields,
+                   hcols)
+        h_base, head = self._ctx
+        self._emit(False, clustering, liveness, deletion, cds, current, fields, hcols, groups, newest, last, zts, hts,
+                   h_base, head, self.out)
+        return p
+
+    def _emit(self, static: bool, clustering: tuple[bytes | None, ...], lv: tuple[int, int, int | None] | None,
+              d: DeletionTime | None, cds: Sequence[tuple[str, DeletionTime]] | None, current: dict[str, _Column],
+              fields: list[bytes], hcols: list[bytes | str], groups: _Groups | None, newest: int, last: int | None,
+              zts: bytes, hts: bytes, h_base: bytes, head: bytes, out: list[tuple[str, int, bytes]]) -> None:
+        """The row's event from its cells as ``_row`` gathered them (``last``/``zts``/``hts``: the timestamp of
+        the last inlined cell and its encodings), appended to ``out`` unless the row has none."""
+        if cds:
+            newest = self._complex_deletions(cds, current, newest, hcols, groups, fields)
         elif groups is not None:
             for name, (i, h_name, cell_avro, cell_h) in groups.items():
                 fields[i] = b"".join([_SOME, zlong(len(cell_avro)), *cell_avro, b"\x00\x00"])
                 hcols[hcols.index(name)] = b"".join([h_name, _NONE_I, *cell_h])
-        lv = row.liveness
         live = lv is not None and lv[0] != NO_TIMESTAMP
-        d = row.deletion
         if not hcols and not live and d is None:
             return
-        static = row.static
-        clustering = row.clustering
         h: list[Any] = [h_base, _H_STATIC if static else _H_ROW, _h_tuple(clustering) if clustering else _H_ZERO]
         if static or not clustering:
             avro = [b"\x00\x00\x01" if static else b"\x00\x00\x00"]  # no clustering, no raw values, static?
@@ -331,7 +402,7 @@ class TableEncoder:
             else:
                 exp = lv[2] if lttl > 0 else None
                 h += (_H_LIVE, _h(lts), _h(lttl), _h(exp))
-                avro += (_SOME, zlong(lts), zlong(lttl), _opt_long(exp))
+                avro += (_SOME, zlong(lts), zlong(lttl), opt_long(exp))
         else:
             avro.append(_NULL)
         if d is not None:
@@ -350,14 +421,13 @@ class TableEncoder:
         else:
             out.append(("row_delete", newest, b"".join([self.header, eid, b"\x02", zn, head, *avro, *fields])))
 
-    def _complex_deletions(self, row: Row, current: dict[str, _Column], newest: int, hcols: list[bytes | str],
-                           groups: dict[str, tuple[int, bytes, list[bytes], list[bytes]]] | None,
-                           fields: list[bytes]) -> int:
+    def _complex_deletions(self, cds: Sequence[tuple[str, DeletionTime]], current: dict[str, _Column], newest: int,
+                           hcols: list[bytes | str], groups: _Groups | None, fields: list[bytes]) -> int:
         """Fold the row's collection deletions into ``groups`` and expand them into ``hcols``/``fields``; the
         newest timestamp including them."""
         groups = {} if groups is None else groups
         deletions: dict[str, tuple[int, int]] = {}
-        for name, dt in row.complex_deletions:
+        for name, dt in cds:
             spec = current.get(name)
             if spec is not None:
                 if spec[3] is not None:  # never written by Cassandra: a simple column's cell was inlined
@@ -376,3 +446,19 @@ class TableEncoder:
             fields[i] = b"".join([_SOME, arr, _NULL if cd is None else _SOME + zlong(cd[0]) + zlong(cd[1])])
             hcols[hcols.index(name)] = b"".join([h_name, _NONE_I if cd is None else _h(cd[0]) + _h(cd[1]), *cell_h])
         return newest
+
+
+def _group(rc: Cell, spec: _Column, groups: _Groups, fields: list[bytes], hcols: list[bytes | str]) -> None:
+    """A cell that is not inlined, written by its column's writer into the column's group."""
+    name = rc[0]
+    g = groups.get(name)
+    if g is None:
+        if spec[3] is not None and fields[spec[0]] is not _NULL:
+            raise Unsupported(f"two cells of simple column {name}")
+        g = groups[name] = (spec[0], spec[1], [], [])
+        hcols.append(name)
+    elif spec[3] is not None:
+        raise Unsupported(f"two cells of simple column {name}")
+    a, hb = spec[2](rc)
+    g[2].append(a)
+    g[3].append(hb)

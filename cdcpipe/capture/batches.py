@@ -3,7 +3,9 @@
 :class:`BatchBuilder` owns the schema lookup, the mutation decoder and the Avro schema cache (all used from one
 worker thread).  Each :meth:`BatchBuilder.next` returns a :class:`Batch`: the records to produce, the Avro
 schemas they use, and the position to commit with them.  Entries of keyspaces without a captured table are
-skipped before decoding (a mutation touches one keyspace).  An entry that cannot be decoded becomes a dead-letter
+skipped before decoding (a mutation touches one keyspace).  An entry is decoded with the tables' fast encoders as row
+sinks (rows straight to Avro, one pass); one the sinks refuse is decoded again into Rows for the fast encoder or
+the reference path.  An entry that cannot be decoded becomes a dead-letter
 record with its coordinates — it is never silently skipped.
 """
 
@@ -23,7 +25,7 @@ from cdcpipe.avro_fast import TableEncoder, Unsupported
 from cdcpipe.capture import metrics
 from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower
 from cdcpipe.capture.events import Origin, from_mutation
-from cdcpipe.capture.mutation import Mutation, MutationDecoder, first_table_id
+from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id
 from cdcpipe.capture.producer import Record, dead_letter_topic, table_topic
 from cdcpipe.capture.schema import SchemaRegistry, TableSchema
 from cdcpipe.capture.segment import Position
@@ -168,6 +170,48 @@ class BatchBuilder:
         batch.newest_micros = newest
         return True
 
+    def _sink(self, t: TableSchema) -> TableEncoder | None:
+        """``MutationDecoder.decode``'s sinks: the fast encoder of a captured table."""
+        plan = self._plans.get(id(t))
+        if plan is None or plan[0] is not t:
+            plan = self._plan(t)
+        return plan[3] if plan[1] else None
+
+    def _fused(self, data: bytes, version: int, pos: Position, path: str, batch: Batch) -> bool:
+        """Decode the entry with the fast encoders as row sinks (no Rows built) into ``batch``; False (nothing
+        added) when it needs the separate passes (``decode`` then ``_fast`` or the reference path)."""
+        try:
+            mutation = self.decoder.decode(data, version, pos, path, self._sink)
+        except (Unsupported, SinkRefused, MutationDecodeError):
+            return False  # decoded again without sinks: the same verdict, or the reference path
+        except Exception as exc:
+            log.warning("fast encoder failed, using the reference path", error=str(exc))
+            return False
+        updates = mutation.updates
+        if len(updates) > 1 and len({id(u.table) for u in updates}) < len(updates):
+            return False  # one sink per table: never two updates of one table in an entry
+        plans = self._plans
+        shipped = []
+        for u in updates:
+            plan = plans.get(id(u.table))
+            if plan is None or plan[0] is not u.table:
+                return False
+            if plan[1]:
+                if plan[3] is None:
+                    return False  # no fast encoder: its rows were decoded, the reference path ships them
+                shipped.append((plan, u.key))
+        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        for (_, _, topic, encoder, schema, keys), key in shipped:
+            assert encoder is not None and schema is not None
+            batch.schemas[schema.fingerprint] = schema
+            for op, ts, value in encoder.out:
+                records.append(_new(Record, (topic, key, value)))
+                if ts > newest:
+                    newest = ts
+                counts[keys[op]] += 1
+        batch.newest_micros = newest
+        return True
+
     def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool:
         """Whether the entry's keyspace (that of its first table) is captured; cached by raw table id for one
         schema generation (an unknown id is looked up again, so a new table's schema gets loaded)."""
@@ -202,7 +246,7 @@ class BatchBuilder:
             self._keyspace_of.clear()
             self._generation = generation
         read = decoded = 0
-        decode, fast, captured = self.decoder.decode, self._fast, self._captured_keyspace
+        decode, fast, fused, captured = self.decoder.decode, self._fast, self._fused, self._captured_keyspace
         for path, version, entry, error in chunk.items:
             if entry is None:
                 assert error is not None
@@ -214,6 +258,8 @@ class BatchBuilder:
             if not captured(data, keyspaces):
                 continue
             decoded += 1
+            if fused(data, version, pos, path, batch):
+                continue
             try:
                 mutation = decode(data, version, pos, path)
                 if fast(mutation, pos, batch):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 import uuid
+from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from cdcpipe.capture.rows import (
@@ -43,7 +44,7 @@ from cdcpipe.errors import MutationDecodeError, UnknownTableError
 
 __all__ = [
     "Cell", "DeletionTime", "Liveness", "Mutation", "MutationDecoder", "PartitionUpdate",
-    "RangeTombstoneMarker", "Row", "SchemaLookup", "first_table_id",
+    "RangeTombstoneMarker", "Row", "RowSink", "SchemaLookup", "SinkRefused", "first_table_id",
 ]
 
 # PartitionUpdate flags (UnfilteredRowIteratorSerializer)
@@ -75,6 +76,22 @@ class Mutation(NamedTuple):
 
     position: Position | None
     updates: tuple[PartitionUpdate, ...]
+
+
+class RowSink(Protocol):
+    """Takes the regular rows of a table's PartitionUpdate straight from the wire (``avro_fast.TableEncoder``
+    writes their events without building Rows)."""
+
+    def begin(self, key: bytes, position: Position) -> None:
+        """A PartitionUpdate of partition ``key`` begins (in the entry that ends at ``position``)."""
+
+    def row(self, r: RowReader, p: int, flags: int, ext: int, header: Header) -> int:
+        """Consume the row at ``p`` (after its flags ``flags``/``ext``), read with ``r``; the offset after it."""
+
+
+class SinkRefused(Exception):
+    """An update for a RowSink has what a sink does not take (a partition deletion, a static row, a range
+    tombstone marker): decode the entry without sinks."""
 
 
 class SchemaLookup(Protocol):
@@ -115,9 +132,13 @@ class MutationDecoder:
         self._reader = RowReader(b"", 0, 0, 0, False, ())  # reset for every PartitionUpdate
 
     def decode(self, data: bytes, messaging_version: int, position: Position | None = None,
-               segment: str = "") -> Mutation:
+               segment: str = "", sinks: Callable[[TableSchema], RowSink | None] | None = None) -> Mutation:
         """Decode one entry written with ``messaging_version`` (10..13). Raises UnknownTableError or
-        MutationDecodeError carrying ``segment``, ``position`` and the table id."""
+        MutationDecodeError carrying ``segment``, ``position`` and the table id.
+
+        With ``sinks`` (and a ``position``), the rows of an update whose table ``sinks`` gives a RowSink go to
+        that sink instead, and the update comes back without rows; SinkRefused (nothing was lost: decode again
+        without sinks) and whatever a sink raises escape as they are."""
         if not 10 <= messaging_version <= 13:
             raise MutationDecodeError(f"unsupported messaging version {messaging_version}",
                                       segment=segment, position=_offset(position))
@@ -151,7 +172,7 @@ class MutationDecoder:
                         if len(self._ids) < 65536:
                             self._ids[raw_id] = table_id
                     state = self._lookup(raw_id, table_id, generation, segment, position)
-                update, p = self._partition_update(data, p + 16, state, ldt_unsigned, segment, position)
+                update, p = self._partition_update(data, p + 16, state, ldt_unsigned, segment, position, sinks)
                 if update is not None:
                     if count == 1:  # the common case: no list
                         if p != end:
@@ -184,7 +205,8 @@ class MutationDecoder:
         return state
 
     def _partition_update(self, buf: bytes, p: int, state: _TableState, ldt_unsigned: bool, segment: str,
-                          position: Position | None) -> tuple[PartitionUpdate | None, int]:
+                          position: Position | None, sinks: Callable[[TableSchema], RowSink | None] | None,
+                          ) -> tuple[PartitionUpdate | None, int]:
         n = buf[p]
         if n < 0x80:
             p += 1
@@ -237,6 +259,9 @@ class MutationDecoder:
         reader.min_ttl = min_ttl
         reader.ldt_unsigned = ldt_unsigned
         reader.clustering_fixed = state.clustering_fixed
+        sink = sinks(state.table) if sinks is not None else None
+        if sink is not None and (flags & (HAS_PARTITION_DELETION | HAS_STATIC_ROW) or position is None):
+            raise SinkRefused  # a sink takes rows only
         partition_deletion = None
         if flags & HAS_PARTITION_DELETION:
             partition_deletion, p = reader.deletion_time(p)
@@ -252,6 +277,9 @@ class MutationDecoder:
                 p += 1
             else:
                 _, p = uvint(buf, p)
+        if sink is not None:
+            assert position is not None
+            return self._sunk_rows(buf, p, state.table, key, position, sink, regulars)
         rows: list[Row] = []
         markers: list[RangeTombstoneMarker] = []
         row = reader.row
@@ -274,6 +302,28 @@ class MutationDecoder:
             rows.append(r)
         update: PartitionUpdate = _new(PartitionUpdate, (state.table, key, partition_deletion, static_row,
                                                          tuple(rows), tuple(markers) if markers else ()))
+        return update, p
+
+    def _sunk_rows(self, buf: bytes, p: int, table: TableSchema, key: bytes, position: Position, sink: RowSink,
+                   regulars: Header) -> tuple[PartitionUpdate, int]:
+        """The rows of an update handed to ``sink`` (the reader is set up); the update without them."""
+        sink.begin(key, position)
+        reader, row = self._reader, sink.row
+        while True:
+            rflags = buf[p]
+            p += 1
+            if rflags & END_OF_PARTITION:
+                break
+            if rflags & IS_MARKER:
+                raise SinkRefused
+            ext = 0
+            if rflags & EXTENSION_FLAG:
+                ext = buf[p]
+                p += 1
+                if ext & IS_STATIC:
+                    raise WireError("static row in the middle of a partition")
+            p = row(reader, p, rflags, ext, regulars)
+        update: PartitionUpdate = _new(PartitionUpdate, (table, key, None, None, (), ()))
         return update, p
 
     def _state(self, table: TableSchema) -> _TableState:
