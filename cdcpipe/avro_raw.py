@@ -108,7 +108,9 @@ def _fixed_int(size: int, slow: Encoder, some: bytes) -> Encoder:
         if len(raw) == size:
             v = int.from_bytes(raw, "big", signed=True)
             z = (v << 1) ^ (v >> 63)
-            return small[z] if z < 0x4000 else some + zlong(v)
+            if z < 0x4000:
+                return small[z]
+            return some + _MID[z & 0x3FFF] + SMALL_LONGS[z >> 14] if z < 0x10000000 else some + zlong(v)
         return slow(raw)
     return enc
 

@@ -188,7 +188,25 @@ class BatchBuilder:
             log.warning("fast encoder failed, using the reference path", error=str(exc))
             return False
         updates = mutation.updates
-        if len(updates) > 1 and len({id(u.table) for u in updates}) < len(updates):
+        if len(updates) == 1:  # the common case, without the lists below
+            u = updates[0]
+            plan = self._plans.get(id(u.table))
+            if plan is None or plan[0] is not u.table:
+                return False
+            if plan[1]:
+                _, _, topic, encoder, schema, keys = plan
+                if encoder is None or schema is None:
+                    return False
+                batch.schemas[schema.fingerprint] = schema
+                records, counts, newest, key = batch.records, batch.counts, batch.newest_micros, u.key
+                for op, ts, value in encoder.out:
+                    records.append(_new(Record, (topic, key, value)))
+                    if ts > newest:
+                        newest = ts
+                    counts[keys[op]] += 1
+                batch.newest_micros = newest
+            return True
+        if len({id(u.table) for u in updates}) < len(updates):
             return False  # one sink per table: never two updates of one table in an entry
         plans = self._plans
         shipped = []
