@@ -200,6 +200,8 @@ class _Skips:
                 n, p = _len(data, p)
                 if not n:
                     return p
+                if n > len(data) - p:  # more items than bytes left (a fixed-size item would never read them)
+                    raise _Bad("block count")
                 for _ in range(n):
                     p = item(data, p)
         return array

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import uuid
 from typing import Any
 
@@ -237,3 +238,21 @@ def test_fast_version_is_the_dataclass() -> None:
     v = _live(5, b"x", merge._UNSET)
     assert v == merge.Version(5, None, 0, False, b"x") and v.obj is merge._UNSET
     assert hash(v) == hash(merge.Version(5, None, 0, False, b"x"))
+
+
+def test_a_block_count_beyond_the_body_is_left_to_fastavro() -> None:
+    """A corrupted count of fixed-size items (a vector's floats) would never read past the body: refused."""
+    t = parse_cql_schema(f"CREATE TABLE ks.v (k int PRIMARY KEY, v vector<float, 2>) WITH id = {uuid.UUID(int=3)} "
+                         "AND cdc = true;")[0]
+    schema = avro.table_schema(t)
+    reader = compile_reader(schema)
+    assert reader is not None
+    rng = random.Random(1)
+    data = next(d for d in _messages(rng, t, schema, 50)
+                if d[26] == 0 and re.search(rb"\x02\x04.{8}\x00\x10", d, re.DOTALL))
+    assert reader.delta(data) is not None
+    found = re.search(rb"\x02\x04.{8}\x00\x10", data, re.DOTALL)  # the typed vector (two floats), its raw
+    assert found is not None
+    i = found.start() + 1
+    huge = b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f"  # 2**62 - 1 items
+    assert reader.delta(data[:i] + huge + data[i + 1:]) is None
