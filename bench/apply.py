@@ -331,6 +331,52 @@ async def amain(args: argparse.Namespace) -> int:
     return 0
 
 
+def decode_only(n: int, rounds: int) -> int:
+    """In-process A/B of apply's decoding, no Kafka or PostgreSQL: ``n`` of the bench's events decoded into merge
+    deltas by fastavro + ``decode._Plan.delta`` (the path before the compiled reader) and by ``decode_delta``,
+    alternating rounds; medians of CPU µs per event, their ratio and the load average."""
+    import io
+
+    import fastavro
+
+    from cdcpipe.apply import decode
+
+    schema = avro.table_schema(TABLE)
+    types = [c.type for c in TABLE.regular]
+    names = [c.name for c in TABLE.regular]
+    src = Source("bench", "dc1", "n1", "bench", "t10", TABLE.table_id, 1, 0)
+    ts = 1_700_000_000_000_000
+    messages = []
+    for i, row in enumerate(make_rows(n)):
+        cells = tuple(ColumnChange(nm, (Cell(v, ts + i, raw=serialize(t, v)),))
+                      for nm, t, v in zip(names, types, row[1:], strict=True))
+        ev = ChangeEvent(i.to_bytes(16, "big"), Op.UPSERT, ts + i, src, (row[0],), liveness=Liveness(ts + i),
+                         columns=cells)
+        messages.append(avro.encode(ev, schema, (serialize(TABLE.partition_key[0].type, row[0]),)))
+    reader = decode.SchemaReader(None, "")
+    reader.cache.add(schema.to_json())
+    plan = decode._Plan(reader.cache.get(schema.fingerprint))  # type: ignore[arg-type]
+
+    def fastavro_path() -> list[Any]:
+        return [plan.delta(fastavro.schemaless_reader(io.BytesIO(m[10:]), plan.schema.plain, None))
+                for m in messages]
+
+    def compiled() -> list[Any]:
+        return [decode.decode_delta(m, reader)[0] for m in messages]
+
+    assert fastavro_path() == compiled()
+    times: dict[str, list[float]] = {"fastavro": [], "compiled": []}
+    for r in range(rounds):
+        for name, f in (("fastavro", fastavro_path), ("compiled", compiled))[::1 if r % 2 else -1]:
+            t0 = time.process_time()
+            f()
+            times[name].append((time.process_time() - t0) / n * 1e6)
+    old, new = statistics.median(times["fastavro"]), statistics.median(times["compiled"])
+    print(f"decode into merge deltas, {n} events x {rounds} rounds: fastavro {old:.1f} µs/event, compiled "
+          f"{new:.1f} µs/event, ratio {old / new:.2f}, load {os.getloadavg()[0]:.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=500_000)
@@ -346,7 +392,13 @@ def main() -> int:
                         "producing new ones")
     parser.add_argument("--profile", type=Path, metavar="FILE",
                         help="run the first apply round under pyinstrument, text report to FILE")
-    return asyncio.run(amain(parser.parse_args()))
+    parser.add_argument("--decode-only", action="store_true",
+                        help="only the in-process A/B of event decoding (fastavro vs compiled), --events events, "
+                        "--rounds rounds (no stack needed)")
+    args = parser.parse_args()
+    if args.decode_only:
+        return decode_only(args.events, max(args.rounds, 1))
+    return asyncio.run(amain(args))
 
 
 if __name__ == "__main__":
