@@ -21,11 +21,19 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+from cdcpipe.apply.avro_skip import (
+    Malformed,
+    Skip,
+    Skips,
+    Unsupported,
+    read_len,
+    read_long,
+    skip_long,
+    skip_string,
+)
 from cdcpipe.apply.merge import _UNSET, ComplexState, Delta, PartitionState, RowState, Version, expiry, newer
 from cdcpipe.avro import EventSchema
 from cdcpipe.model import Deletion, Op
-
-Skip = Callable[[bytes, int], int]  # (message, position of a value) -> position after it; raises on bad input
 
 # key column types whose serialized form is canonical (re-serializing the typed value gives the same bytes),
 # with their fixed size (None: any): only for those may a key's bytes be taken as they are
@@ -35,185 +43,11 @@ _INT_MIN, _INT_MAX = -(1 << 31), (1 << 31) - 1
 _UPSERT, _ROW_DELETE = Op.UPSERT, Op.ROW_DELETE  # an enum member's lookup costs more than a global
 
 
-class _Bad(Exception):
-    """Not the canonical encoding: leave the message to fastavro."""
-
-
 def key_sizes(columns: tuple[Any, ...]) -> tuple[int, ...] | None:
     """Fixed sizes of key columns (``ColumnInfo``), -1 for any size; None when a column's type is not canonical."""
     if any(c.type.name not in CANONICAL for c in columns):
         return None
     return tuple(CANONICAL[c.type.name] or -1 for c in columns)
-
-
-# ------------------------------------------------------------------------------------------------ primitives
-
-def _long(data: bytes, p: int) -> tuple[int, int]:
-    """A zigzag varint at ``p``: (value, position after it).  Longer than 10 bytes or over 64 bits: _Bad."""
-    b = data[p]
-    if b < 0x80:
-        return (b >> 1) ^ -(b & 1), p + 1
-    n = b & 0x7F
-    shift = 7
-    while True:
-        p += 1
-        b = data[p]
-        n |= (b & 0x7F) << shift
-        if b < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise _Bad("long over 10 bytes")
-    if n >> 64:
-        raise _Bad("long over 64 bits")
-    return (n >> 1) ^ -(n & 1), p + 1
-
-
-def _len(data: bytes, p: int) -> tuple[int, int]:
-    """A length or block count (not negative)."""
-    b = data[p]
-    if b < 0x80:
-        if b & 1:
-            raise _Bad("negative length")
-        return b >> 1, p + 1
-    n, p = _long(data, p)
-    if n < 0:
-        raise _Bad("negative length")
-    return n, p
-
-
-def _skip_long(data: bytes, p: int) -> int:
-    q = p
-    while data[q] >= 0x80:
-        q += 1
-    if q - p > 9:
-        raise _Bad("long over 10 bytes")
-    return q + 1
-
-
-def _skip_bytes(data: bytes, p: int) -> int:
-    n = data[p]
-    if n < 0x80 and not n & 1:
-        return p + 1 + (n >> 1)
-    n, p = _len(data, p)
-    return p + n
-
-
-def _skip_string(data: bytes, p: int) -> int:
-    n = data[p]
-    if n < 0x80 and not n & 1:
-        p += 1
-        n >>= 1
-    else:
-        n, p = _len(data, p)
-    q = p + n
-    data[p:q].decode()  # fastavro rejects a string that is not UTF-8
-    return q
-
-
-def _skip_boolean(data: bytes, p: int) -> int:
-    if data[p] > 1:
-        raise _Bad("boolean")
-    return p + 1
-
-
-def _skip_null(data: bytes, p: int) -> int:
-    return p
-
-
-def _fixed(size: int) -> Skip:
-    return lambda data, p: p + size
-
-
-_PRIMITIVE: dict[str, Skip] = {"null": _skip_null, "boolean": _skip_boolean, "int": _skip_long, "long": _skip_long,
-                               "float": _fixed(4), "double": _fixed(8), "bytes": _skip_bytes,
-                               "string": _skip_string}
-
-
-class Unsupported(Exception):
-    """The schema is not of the layout this reader knows: use fastavro for its events."""
-
-
-class _Skips:
-    """Skip functions for the Avro types of one schema; named types are registered as they are defined."""
-
-    def __init__(self, namespace: str) -> None:
-        self.namespace = namespace
-        self.named: dict[str, Skip] = {}
-
-    def of(self, t: Any, ns: str | None = None) -> Skip:
-        ns = self.namespace if ns is None else ns
-        if isinstance(t, str):
-            found = _PRIMITIVE.get(t) or self.named.get(t) or self.named.get(f"{ns}.{t}")
-            if found is None:
-                raise Unsupported(f"unknown type {t!r}")
-            return found
-        if isinstance(t, list):
-            return self._union([self.of(b, ns) for b in t])
-        kind = t.get("type")
-        if kind in _PRIMITIVE:
-            return _PRIMITIVE[kind]
-        if kind == "array":
-            return self._array(self.of(t["items"], ns))
-        name = t.get("name", "")
-        full = name if "." in name else f"{t.get('namespace', ns)}.{name}"
-        inner = full.rsplit(".", 1)[0]
-        if kind == "record":
-            fields = tuple(self.of(f["type"], inner) for f in t["fields"])
-            skip = self._record(fields)
-        elif kind == "fixed":
-            skip = _fixed(int(t["size"]))
-        elif kind == "enum":
-            skip = self._enum(len(t["symbols"]))
-        else:
-            raise Unsupported(f"Avro type {kind!r}")
-        self.named[full] = self.named[name] = skip
-        return skip
-
-    @staticmethod
-    def _record(fields: tuple[Skip, ...]) -> Skip:
-        def record(data: bytes, p: int) -> int:
-            for f in fields:
-                p = f(data, p)
-            return p
-        return record
-
-    @staticmethod
-    def _union(branches: list[Skip]) -> Skip:
-        limit = 2 * len(branches)
-        if limit > 0x80:
-            raise Unsupported("union of over 64 branches")
-        table = tuple(None if b is _skip_null else b for b in branches)
-
-        def union(data: bytes, p: int) -> int:
-            b = data[p]
-            if b & 1 or b >= limit:
-                raise _Bad("union index")
-            skip = table[b >> 1]
-            return p + 1 if skip is None else skip(data, p + 1)
-        return union
-
-    @staticmethod
-    def _array(item: Skip) -> Skip:
-        def array(data: bytes, p: int) -> int:
-            while True:
-                n, p = _len(data, p)
-                if not n:
-                    return p
-                if n > len(data) - p:  # more items than bytes left (a fixed-size item would never read them)
-                    raise _Bad("block count")
-                for _ in range(n):
-                    p = item(data, p)
-        return array
-
-    @staticmethod
-    def _enum(size: int) -> Skip:
-        def enum(data: bytes, p: int) -> int:
-            i, p = _long(data, p)
-            if not 0 <= i < size:
-                raise _Bad("enum index")
-            return p
-        return enum
 
 
 # ------------------------------------------------------------------------------------------------ values
@@ -289,9 +123,9 @@ def _deletion(data: bytes, p: int) -> tuple[Deletion | None, int]:
     if u == 0:
         return None, p + 1
     if u != 2:
-        raise _Bad("union index")
-    ts, p = _long(data, p + 1)
-    ldt, p = _long(data, p)
+        raise Malformed("union index")
+    ts, p = read_long(data, p + 1)
+    ldt, p = read_long(data, p)
     return Deletion(ts, ldt), p
 
 
@@ -301,20 +135,20 @@ def _opt_long(data: bytes, p: int) -> tuple[int | None, int]:
     if u == 0:
         return None, p + 1
     if u != 2:
-        raise _Bad("union index")
-    return _long(data, p + 1)
+        raise Malformed("union index")
+    return read_long(data, p + 1)
 
 
 def _cell_tail(data: bytes, p: int, raw: bytes, ts: int, is_set: bool) -> tuple[Version, int]:
     """ttl, expires_at, deleted, local_deletion_time of a cell that is not a plain live one; its Version
     (``decode._fast_version``)."""
-    ttl, p = _long(data, p)
+    ttl, p = read_long(data, p)
     if not _INT_MIN <= ttl <= _INT_MAX:
-        raise _Bad("int")
+        raise Malformed("int")
     exp, p = _opt_long(data, p)
     deleted = data[p]
     if deleted > 1:
-        raise _Bad("boolean")
+        raise Malformed("boolean")
     ldt, p = _opt_long(data, p + 1)
     if deleted:
         return Version(ts, ldt or 0, 0, True), p
@@ -372,7 +206,7 @@ class DeltaReader:
         self._pk_sizes, self._ck_sizes = pk_sizes, ck_sizes
         self._has_clustering = bool(schema.clustering)
         ft = {f["name"]: f["type"] for f in fields}
-        skips = _Skips(s["namespace"])
+        skips = Skips(s["namespace"])
         for name in _FIELDS[:3]:
             skips.of(ft[name])  # registers EventId and Op
         ops = ft["op"]
@@ -436,7 +270,7 @@ class DeltaReader:
         """The message's Delta, or None: the fastavro path decides (see the module docstring)."""
         try:
             found = self._delta(data)
-        except Exception:  # not canonical Avro (IndexError, _Bad, UnicodeDecodeError...): fastavro decides
+        except Exception:  # not canonical Avro (IndexError, Malformed, UnicodeDecodeError...): fastavro decides
             found = None
         if found is None:
             self.fallbacks += 1
@@ -445,29 +279,29 @@ class DeltaReader:
     def _delta(self, data: bytes) -> Delta | None:
         b = data[26]  # after magic, fingerprint and the 16-byte event id
         if b & 1 or b >= 2 * len(self._ops):
-            raise _Bad("op")
+            raise Malformed("op")
         op = self._ops[b >> 1]
         if op is not _UPSERT and op is not _ROW_DELETE:
             return None
-        p = _skip_long(data, 27)
+        p = skip_long(data, 27)
         src = self._source
         if data.startswith(src, p):  # the same cluster, datacenter, node, table names as the last event's
             p += len(src)
         else:
             q = p
             for _ in range(6):
-                p = _skip_string(data, p)
+                p = skip_string(data, p)
             if p <= len(data):  # six whole strings (a truncated one must not be remembered)
                 self._source = data[q:p]
-        p = self._skip_key(data, _skip_long(data, _skip_long(data, p)))
+        p = self._skip_key(data, skip_long(data, skip_long(data, p)))
         # key_raw
         keys: list[bytes] = []
         while True:
-            n, p = _len(data, p)
+            n, p = read_len(data, p)
             if not n:
                 break
             for _ in range(n):
-                m, p = _len(data, p)
+                m, p = read_len(data, p)
                 q = p + m
                 keys.append(data[p:q])
                 p = q
@@ -483,7 +317,7 @@ class DeltaReader:
         p = self._skip_clustering(data, p)
         # clustering_raw
         ck = b""
-        n, p = _len(data, p)
+        n, p = read_len(data, p)
         if n:
             cks: list[bytes | None] = []
             while n:
@@ -493,13 +327,13 @@ class DeltaReader:
                         cks.append(None)
                         p += 1
                     elif u == 2:
-                        m, p = _len(data, p + 1)
+                        m, p = read_len(data, p + 1)
                         q = p + m
                         cks.append(data[p:q])
                         p = q
                     else:
-                        raise _Bad("union index")
-                n, p = _len(data, p)
+                        raise Malformed("union index")
+                n, p = read_len(data, p)
             sizes = self._ck_sizes
             if len(cks) > len(sizes) or any(r is None or (n != -1 and len(r) != n)
                                             for n, r in zip(sizes, cks, strict=False)):
@@ -507,7 +341,7 @@ class DeltaReader:
             ck = b"".join([len(r).to_bytes(4, "big") + r for r in cks if r is not None])  # no None: checked above
         static = data[p]
         if static > 1:
-            raise _Bad("boolean")
+            raise Malformed("boolean")
         # liveness
         u = data[p + 1]
         lv: tuple[int, int, int | None] | None = None
@@ -517,17 +351,17 @@ class DeltaReader:
         elif u == 2:
             p += 2
             tw = data[p:p + 8]
-            lts, q = _long(data, p)
+            lts, q = read_long(data, p)
             tv, tl, p = lts, q - p, q
             if tl > 8:
                 tw = _NO_WINDOW
-            lttl, p = _long(data, p)
+            lttl, p = read_long(data, p)
             if not _INT_MIN <= lttl <= _INT_MAX:
-                raise _Bad("int")
+                raise Malformed("int")
             lexp, p = _opt_long(data, p)
             lv = (lts, lttl, lexp)
         else:
-            raise _Bad("union index")
+            raise Malformed("union index")
         deletion, p = _deletion(data, p)
         if data[p] == 0 and data[p + 1] == 0:  # no range bounds
             p += 2
@@ -544,7 +378,7 @@ class DeltaReader:
                 p += 1
                 continue
             if u != 2:
-                raise _Bad("union index")
+                raise Malformed("union index")
             p += 1
             if is_static:
                 has_static = True
@@ -558,7 +392,7 @@ class DeltaReader:
                 n = 1
                 p += 1
             else:
-                n, p = _len(data, p)
+                n, p = read_len(data, p)
             while n:
                 for _ in range(n):
                     if value is not None:
@@ -574,25 +408,25 @@ class DeltaReader:
                                 while data[p] >= 0x80:
                                     p += 1
                                 if p - q > 9:
-                                    raise _Bad("long over 10 bytes")
+                                    raise Malformed("long over 10 bytes")
                                 p += 1
                         elif u == 0:
                             p += 1
                         else:
-                            raise _Bad("union index")
+                            raise Malformed("union index")
                     m = data[p]  # raw
                     if m < 0x80 and not m & 1:
                         p += 1
                         m >>= 1
                     else:
-                        m, p = _len(data, p)
+                        m, p = read_len(data, p)
                     q = p + m
                     raw = data[p:q]
                     w = data[q:q + 8]
                     if w == tw:
                         ts, p = tv, q + tl
                     else:
-                        ts, p = _long(data, q)
+                        ts, p = read_long(data, q)
                         if p - q <= 8:
                             tw, tv, tl = w, ts, p - q
                     if data[p:p + 4] == _ZEROS:
@@ -602,7 +436,7 @@ class DeltaReader:
                         v, p = _cell_tail(data, p, raw, ts, is_set)
                     if path is not None:
                         p = path(data, p)
-                        m, p = _len(data, p)
+                        m, p = read_len(data, p)
                         q = p + m
                         key = data[p:q]
                         p = q
@@ -615,7 +449,7 @@ class DeltaReader:
                 if n == 0:
                     p += 1
                 else:
-                    n, p = _len(data, p)
+                    n, p = read_len(data, p)
             if data[p] == 0:  # no complex deletion
                 p += 1
                 cd = None
@@ -624,7 +458,7 @@ class DeltaReader:
             if multi:
                 into_complex[name] = ComplexState(cd, elements)
         if p > len(data):
-            raise _Bad("truncated")
+            raise Malformed("truncated")
         static_only = static == 1 and self._has_clustering
         part = PartitionState(static=_row(None, None, s_cells, s_complex)) if has_static else None
         row = None
