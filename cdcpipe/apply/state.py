@@ -91,9 +91,14 @@ def encode_row(row: RowState) -> str:
     if d is not None:
         out.append(f'"d":[{d.timestamp},{d.local_deletion_time}]')
     if row.cells:
-        out.append('"c":{' + ",".join(
-            f'{_name(k)}:[{v.ts},{v.ttl},{_ldt(v.ldt)},{1 if v.tombstone else 0},"{v.value.hex()}"]'
-            for k, v in row.cells.items()) + "}")
+        cells = []
+        for k, v in row.cells.items():
+            name = _NAMES.get(k) or _name(k)
+            if v.ldt is None and not v.tombstone:  # a plain live cell
+                cells.append(f'{name}:[{v.ts},{v.ttl},null,0,"{v.value.hex()}"]')
+            else:
+                cells.append(f'{name}:[{v.ts},{v.ttl},{_ldt(v.ldt)},{1 if v.tombstone else 0},"{v.value.hex()}"]')
+        out.append('"c":{' + ",".join(cells) + "}")
     if row.complex:
         x = json.dumps({k: {"d": None if c.deletion is None else _d(c.deletion),
                             "e": [[p.hex(), *_v(v)] for p, v in sorted(c.elements.items())]}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 
 from cdcpipe.apply import merge, state, view
@@ -276,6 +277,8 @@ def test_state_json_round_trip() -> None:
     col = merge.collapse(TABLES["col"], [insert("col", (1,), 5, s=["a"], l=["x"], m={"k": 1}, fs=["q"])])
     for row in col.rows.values():
         assert state.decode_row(state.encode_row(row)) == row
+    for row in (*changes.rows.values(), *col.rows.values()):  # the hot path writes exactly json.dumps's text
+        assert state.encode_row(row) == json.dumps(state.row_data(row), separators=(",", ":"))
 
 
 def test_collapse_counts_events_that_change_nothing() -> None:
