@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STACK  := deploy/local/stack
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test install tools stack-up stack-down stack-status lint unit integration clean
+.PHONY: run test install compiled tools stack-up stack-down stack-status lint unit integration clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "cdcpipe needs Python >= 3.11, found " + sys.version'
@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+install: $(STAMP) compiled
+
+# Capture's hot modules compiled with mypyc into .build/compiled (cdcpipe/_compiled.py): rebuilt when a source
+# changed; used only while it matches the sources, so an edit falls back to pure Python, never to a stale build.
+compiled: $(STAMP)
+	$(BIN)/python -m cdcpipe.build_compiled --check >/dev/null || $(BIN)/python -m cdcpipe.build_compiled \
+		|| echo "make: the mypyc build failed; cdcpipe runs its pure-Python modules (slower capture)" >&2
 
 # System tools the test suite needs besides the stack's own (the stack installs Java, Maven and PostgreSQL).
 tools:
@@ -52,6 +58,7 @@ integration: install tools stack-up
 
 # The whole suite: lint, unit tests, and integration tests against the real local stack.
 test: install tools stack-up lint
+	CDCPIPE_COMPILED=off $(BIN)/pytest tests/unit -q -p no:cacheprovider  # the pure-Python modules too
 	eval "$$($(STACK) env)"
 	$(BIN)/pytest -q -p no:cacheprovider
 

@@ -1,0 +1,78 @@
+"""Optional mypyc-compiled builds of capture's hot modules, used only when they match the sources exactly.
+
+``python -m cdcpipe.build_compiled`` (run by ``make install``) compiles :data:`MODULES` with mypyc, outside the
+source tree, into ``.build/compiled/`` beside the package, with a stamp holding the SHA-256 of each compiled
+source.  :func:`activate` (called when :mod:`cdcpipe` is imported) puts that folder in front of the package's
+search path only if every stamped hash still equals its source file: an edited module switches the whole group
+back to the pure-Python sources, never to a stale build.  The pure sources stay the reference: both run the same
+code, and ``CDCPIPE_COMPILED`` selects ``auto`` (default: compiled when fresh), ``off`` or ``require`` (fail when
+the build is missing or stale; the unit tests run once this way).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import sysconfig
+from pathlib import Path
+
+#: Capture's per-event path: framing stays pure (its slot-setting trick is faster there than a compiled
+#: dataclass constructor), and so do the value codecs (a subclass of ``int`` that mypyc cannot compile).
+MODULES = ("cdcpipe/avro_raw.py", "cdcpipe/avro_fast.py", "cdcpipe/capture/rows.py",
+           "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py")
+
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = _SOURCE_ROOT / ".build" / "compiled"
+_STAMP = "stamp.json"
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _expected() -> dict[str, str]:
+    return {m: _digest(_SOURCE_ROOT / m) for m in MODULES}
+
+
+def _interpreter() -> str:
+    return f"{sys.implementation.cache_tag}{sysconfig.get_config_var('EXT_SUFFIX')}"
+
+
+def status(build_dir: Path = BUILD_DIR) -> str | None:
+    """None when ``build_dir`` holds a build of the current sources for this interpreter, else why not."""
+    try:
+        stamp = json.loads((build_dir / _STAMP).read_text())
+    except (OSError, ValueError):
+        return f"no compiled build in {build_dir}"
+    if stamp.get("interpreter") != _interpreter():
+        return f"built for {stamp.get('interpreter')}, running {_interpreter()}"
+    try:
+        stale = [m for m, h in _expected().items() if stamp.get("modules", {}).get(m) != h]
+    except OSError as exc:  # an installed package without its sources beside it
+        return f"sources unreadable: {exc}"
+    return f"stale: {', '.join(stale)} changed since the build" if stale else None
+
+
+def activate() -> bool:
+    """Make the compiled modules importable if the build is fresh (see the module docstring); True when it did.
+    Must run before any of :data:`MODULES` is imported.  Raises RuntimeError under ``CDCPIPE_COMPILED=require``
+    when the build is missing or stale."""
+    mode = os.environ.get("CDCPIPE_COMPILED", "auto")
+    if mode not in ("auto", "off", "require"):
+        raise RuntimeError(f"CDCPIPE_COMPILED={mode!r}: expected auto, off or require")
+    if mode == "off":
+        return False
+    why = status()
+    if why is not None:
+        if mode == "require":
+            raise RuntimeError(f"CDCPIPE_COMPILED=require: {why} (run: python -m cdcpipe.build_compiled)")
+        return False
+    import cdcpipe
+    import cdcpipe.capture
+
+    sys.path.insert(0, str(BUILD_DIR))  # mypyc's shared library is a top-level module
+    cdcpipe.__path__.insert(0, str(BUILD_DIR / "cdcpipe"))
+    cdcpipe.capture.__path__.insert(0, str(BUILD_DIR / "cdcpipe" / "capture"))
+    return True
