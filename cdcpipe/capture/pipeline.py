@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import signal
 import time
 
@@ -38,7 +37,7 @@ from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.config import KafkaSettings, Settings
 from cdcpipe.errors import SchemaError
-from cdcpipe.runtime import Health
+from cdcpipe.runtime import Health, tune_gc
 
 log = structlog.get_logger(__name__)
 _QUEUE_BATCHES = 4
@@ -92,8 +91,8 @@ class Capture:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow cdc_raw and ship until ``stop``.  Tunes this process's garbage collector first (a capture process
-        runs one ``Capture``): see :func:`_tune_gc`."""
-        _tune_gc()
+        runs one ``Capture``): see :func:`cdcpipe.runtime.tune_gc`."""
+        tune_gc()
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(stop), name="read")
@@ -198,16 +197,6 @@ class Capture:
                 self.health.fail("reading", f"cdc_raw: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
-
-
-def _tune_gc() -> None:
-    """Move what start-up allocated (modules, clients, schemas) out of the collector's reach and collect the young
-    generation every 10,000 allocations instead of 700: batches keep thousands of records alive until their commit,
-    which the default thresholds scan over and over.  Measured with ``gc.callbacks`` over the bench's segments:
-    time in the collector from ~350 to ~107 ms per 129,000 events.  Cyclic garbage is still collected."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(10_000, 20, 20)
 
 
 async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
