@@ -21,7 +21,9 @@ from pathlib import Path
 #: Capture's per-event path: framing stays pure (its slot-setting trick is faster there than a compiled
 #: dataclass constructor), and so do the value codecs (a subclass of ``int`` that mypyc cannot compile).
 MODULES = ("cdcpipe/avro_raw.py", "cdcpipe/avro_fast.py", "cdcpipe/capture/rows.py",
-           "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py")
+           "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
+           "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",
+           "cdcpipe/apply/view.py")
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = _SOURCE_ROOT / ".build" / "compiled"
@@ -70,9 +72,11 @@ def activate() -> bool:
             raise RuntimeError(f"CDCPIPE_COMPILED=require: {why} (run: python -m cdcpipe.build_compiled)")
         return False
     import cdcpipe
+    import cdcpipe.apply
     import cdcpipe.capture
 
     sys.path.insert(0, str(BUILD_DIR))  # mypyc's shared library is a top-level module
     cdcpipe.__path__.insert(0, str(BUILD_DIR / "cdcpipe"))
     cdcpipe.capture.__path__.insert(0, str(BUILD_DIR / "cdcpipe" / "capture"))
+    cdcpipe.apply.__path__.insert(0, str(BUILD_DIR / "cdcpipe" / "apply"))
     return True
