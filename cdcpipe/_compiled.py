@@ -1,12 +1,12 @@
-"""Optional mypyc-compiled builds of capture's hot modules, used only when they match the sources exactly.
+"""Optional mypyc builds of the per-event modules of capture and apply, used only while they match the sources.
 
 ``python -m cdcpipe.build_compiled`` (run by ``make install``) compiles :data:`MODULES` with mypyc, outside the
 source tree, into ``.build/compiled/`` beside the package, with a stamp holding the SHA-256 of each compiled
 source.  :func:`activate` (called when :mod:`cdcpipe` is imported) puts that folder in front of the package's
 search path only if every stamped hash still equals its source file: an edited module switches the whole group
 back to the pure-Python sources, never to a stale build.  The pure sources stay the reference: both run the same
-code, and ``CDCPIPE_COMPILED`` selects ``auto`` (default: compiled when fresh), ``off`` or ``require`` (fail when
-the build is missing or stale; the unit tests run once this way).
+code, and ``CDCPIPE_COMPILED`` selects ``auto`` (default: compiled when fresh), ``off`` (``make test`` runs
+the unit tests once this way) or ``require`` (fail when the build is missing or stale).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ import sys
 import sysconfig
 from pathlib import Path
 
-#: Capture's per-event path: framing stays pure (its slot-setting trick is faster there than a compiled
-#: dataclass constructor), and so do the value codecs (a subclass of ``int`` that mypyc cannot compile).
+#: Capture's per-event path and apply's reader and view.  Framing stays pure (its slot-setting trick is faster
+#: there than a compiled dataclass constructor), so do the value codecs (a subclass of ``int`` that mypyc cannot
+#: compile natively) and apply's merge rules (avro_read builds their frozen dataclasses through slot setters).
 MODULES = ("cdcpipe/avro_raw.py", "cdcpipe/avro_fast.py", "cdcpipe/capture/rows.py",
            "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
            "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",
