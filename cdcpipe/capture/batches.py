@@ -158,8 +158,16 @@ class BatchBuilder:
             except Exception as exc:
                 log.warning("fast encoder failed, using the reference path", table=t.name, error=str(exc))
                 return False
-        for plan, key, events in out:
-            _ship(batch, plan, key, events)
+        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        for (_, _, topic, _, schema, keys), key, events in out:
+            assert schema is not None
+            batch.schemas[schema.fingerprint] = schema
+            for op, ts, value in events:
+                records.append(_new(Record, (topic, key, value)))
+                if ts > newest:
+                    newest = ts
+                counts[keys[op]] += 1
+        batch.newest_micros = newest
         return True
 
     def _sink(self, t: TableSchema) -> TableEncoder | None:
@@ -180,7 +188,25 @@ class BatchBuilder:
             log.warning("fast encoder failed, using the reference path", error=str(exc))
             return False
         updates = mutation.updates
-        if len(updates) > 1 and len({id(u.table) for u in updates}) < len(updates):
+        if len(updates) == 1:  # the common case, without the lists below
+            u = updates[0]
+            plan = self._plans.get(id(u.table))
+            if plan is None or plan[0] is not u.table:
+                return False
+            if plan[1]:
+                _, _, topic, encoder, schema, keys = plan
+                if encoder is None or schema is None:
+                    return False
+                batch.schemas[schema.fingerprint] = schema
+                records, counts, newest, key = batch.records, batch.counts, batch.newest_micros, u.key
+                for op, ts, value in encoder.out:
+                    records.append(_new(Record, (topic, key, value)))
+                    if ts > newest:
+                        newest = ts
+                    counts[keys[op]] += 1
+                batch.newest_micros = newest
+            return True
+        if len({id(u.table) for u in updates}) < len(updates):
             return False  # one sink per table: never two updates of one table in an entry
         plans = self._plans
         shipped = []
@@ -192,9 +218,16 @@ class BatchBuilder:
                 if plan[3] is None:
                     return False  # no fast encoder: its rows were decoded, the reference path ships them
                 shipped.append((plan, u.key))
-        for plan, key in shipped:
-            assert plan[3] is not None
-            _ship(batch, plan, key, plan[3].out)
+        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        for (_, _, topic, encoder, schema, keys), key in shipped:
+            assert encoder is not None and schema is not None
+            batch.schemas[schema.fingerprint] = schema
+            for op, ts, value in encoder.out:
+                records.append(_new(Record, (topic, key, value)))
+                if ts > newest:
+                    newest = ts
+                counts[keys[op]] += 1
+        batch.newest_micros = newest
         return True
 
     def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool:
@@ -276,17 +309,3 @@ class BatchBuilder:
         value = json.dumps({"segment": path, "position": str(pos), "table_id": str(table_id) if table_id else None,
                             "error": str(exc), "entry_hex": data.hex()}).encode()
         return Record(dead_letter_topic(self.prefix), str(pos).encode(), value)
-
-
-def _ship(batch: Batch, plan: _Plan, key: bytes, events: list[tuple[str, int, bytes]]) -> None:
-    """Add one update's encoded ``events`` (op, newest timestamp, Avro message) to ``batch``, keyed by ``key``."""
-    _, _, topic, _, schema, keys = plan
-    assert schema is not None
-    batch.schemas[schema.fingerprint] = schema
-    records, counts, newest = batch.records, batch.counts, batch.newest_micros
-    for op, ts, value in events:
-        records.append(_new(Record, (topic, key, value)))
-        if ts > newest:
-            newest = ts
-        counts[keys[op]] += 1
-    batch.newest_micros = newest
