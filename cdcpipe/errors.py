@@ -152,6 +152,18 @@ class KafkaProduceError(CdcpipeError):
         self.position = position
 
 
+class KafkaConsumeError(CdcpipeError):
+    """Reading ``topic`` from Kafka failed (the broker did not answer a metadata, offsets or fetch request in
+    time).  Retriable by default: the broker may be restarting."""
+
+    def __init__(self, topic: str, reason: str, *, partition: int = -1, retriable: bool = True) -> None:
+        super().__init__(f"{topic}[{partition}]: {reason}" if partition >= 0 else f"{topic}: {reason}",
+                         retriable=retriable)
+        self.topic = topic
+        self.reason = reason
+        self.partition = partition
+
+
 class CheckpointError(CdcpipeError):
     """The capture checkpoint cannot be read from ``topic`` (or a stored record there is malformed)."""
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,13 +108,34 @@ class BatchApplier:
             await self._isolate(table, run)
 
     async def _decode(self, rec: Record) -> tuple[Delta, TableSchema]:
+        """The record's delta and table.  An unknown schema fingerprint sends the schema reader to the end of the
+        schemas topic, again and again (backing off like a write) while Kafka is unreachable or the end is not
+        reached; only a fingerprint still unknown once the topic was read to its end raises (not retriable: the
+        record becomes a dead letter).  Capture publishes a schema in the transaction of the first event that
+        uses it, so for its events that never happens."""
         try:
             return decode_delta(rec.value, self._reader)
         except EventDecodeError as exc:
             if not exc.retriable:
                 raise
-            await asyncio.to_thread(self._reader.catch_up)  # a schema published after our last read
-            return decode_delta(rec.value, self._reader)
+        async for attempt in self._retrying(on_retry=lambda rs: self._unknown_schema(rec, rs)):
+            with attempt:
+                complete = await asyncio.to_thread(self._reader.catch_up)
+                try:
+                    return decode_delta(rec.value, self._reader)
+                except EventDecodeError as exc:
+                    if exc.retriable and complete:
+                        raise EventDecodeError(f"{exc.reason}, not in the schemas topic read to its end",
+                                               topic=rec.topic, partition=rec.partition, offset=rec.offset) \
+                            from exc
+                    raise
+        raise AssertionError("unreachable: the retry loop returns or raises")
+
+    def _unknown_schema(self, rec: Record, state: Any) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self._breaker.failure(f"{type(exc).__name__}: {exc}")
+        log.warning("schema not readable yet, retrying", topic=rec.topic, partition=rec.partition,
+                    offset=rec.offset, attempt=state.attempt_number, error=str(exc))
 
     async def _isolate(self, table: TableSchema, items: list[_Item]) -> None:
         try:
@@ -145,12 +167,13 @@ class BatchApplier:
             return exc
         return None
 
-    def _retrying(self, table: TableSchema | None = None) -> AsyncRetrying:
+    def _retrying(self, table: TableSchema | None = None,
+                  on_retry: Callable[[Any], None] | None = None) -> AsyncRetrying:
         """The retry policy: retriable errors, forever, backing off 1 s → ``max_wait_s``; with ``table``, each
-        failure is counted and fed to the circuit breaker."""
+        failure is counted and fed to the circuit breaker; ``on_retry`` (else) is called before each wait."""
         return AsyncRetrying(retry=retry_if_exception(_retriable), reraise=True,
                              wait=wait_exponential(multiplier=1, min=1, max=self._max_wait),
-                             before_sleep=None if table is None else lambda rs: self._failed(table, rs))
+                             before_sleep=on_retry if table is None else lambda rs: self._failed(table, rs))
 
     async def _write(self, table: TableSchema, items: list[_Item]) -> None:
         last = items[-1].record

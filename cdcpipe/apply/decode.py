@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -21,7 +22,7 @@ from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, expiry,
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
 from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
 from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
-from cdcpipe.errors import EventDecodeError
+from cdcpipe.errors import EventDecodeError, KafkaConsumeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
 
 _TABLES: dict[bytes, TableSchema] = {}
@@ -47,37 +48,67 @@ def table_of(schema: EventSchema) -> TableSchema:
 
 
 class SchemaReader:
-    """Reads ``<prefix>.schemas`` into a :class:`SchemaCache`.  ``consumer`` is a confluent-kafka Consumer."""
+    """Reads ``<prefix>.schemas`` into a :class:`SchemaCache`.  ``consumer`` is a confluent-kafka Consumer with
+    ``isolation.level`` ``read_uncommitted`` (:meth:`open` makes one): a schema record is content-addressed (its
+    fingerprint is computed from its text), so one from a transaction still open or aborted is harmless, and a
+    ``read_committed`` reader could be held back by another capture's open transaction and never see the end."""
 
     def __init__(self, consumer: Any, topic: str) -> None:
         self._consumer = consumer
         self._topic = topic
         self.cache = SchemaCache()
         self._lock = threading.Lock()
-        self._assigned = False
+        self._partitions: list[int] = []
 
-    def catch_up(self, timeout_s: float = 10.0) -> int:
-        """Read every schema record up to the topic's current end; returns how many were added (blocking)."""
-        from confluent_kafka import OFFSET_BEGINNING, TopicPartition
+    @classmethod
+    def open(cls, kafka: dict[str, Any], topic: str) -> SchemaReader:
+        """A reader of ``topic`` with a consumer of its own (no group offsets: it always starts at the
+        beginning)."""
+        from confluent_kafka import Consumer
 
+        return cls(Consumer({**kafka, "group.id": f"cdcpipe-schemas-{uuid.uuid4().hex[:8]}",
+                             "enable.auto.commit": False, "isolation.level": "read_uncommitted"}), topic)
+
+    def catch_up(self, timeout_s: float = 10.0) -> bool:
+        """Read the schemas topic up to its end as of this call (blocking; one caller at a time).
+
+        True when every partition's position reached the high watermark read at the start of the call: every
+        schema written before the call is then in the cache.  False when the topic does not exist (yet) or
+        ``timeout_s`` passed first.
+        Raises :class:`KafkaConsumeError` (retriable) when the broker does not answer."""
+        from confluent_kafka import OFFSET_BEGINNING, KafkaException, TopicPartition
+
+        deadline = time.monotonic() + timeout_s
         with self._lock:
-            if not self._assigned:
-                meta = self._consumer.list_topics(self._topic, timeout=timeout_s)
-                parts = meta.topics[self._topic].partitions if self._topic in meta.topics else {}
-                self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING) for p in parts])
-                self._assigned = bool(parts)
-            added = 0
-            while True:
-                msgs = self._consumer.consume(1000, timeout=0.5)
-                if not msgs:
-                    return added
-                for m in msgs:
-                    if m.error() is None and m.value():
-                        try:
-                            self.cache.add(m.value())
-                            added += 1
-                        except EventDecodeError:
-                            continue  # not ours: a schema record of another format version
+            try:
+                if not self._partitions:
+                    meta = self._consumer.list_topics(self._topic, timeout=timeout_s)
+                    found = meta.topics.get(self._topic)
+                    if found is None or found.error is not None or not found.partitions:
+                        return False
+                    self._partitions = sorted(found.partitions)
+                    self._consumer.assign([TopicPartition(self._topic, p, OFFSET_BEGINNING)
+                                           for p in self._partitions])
+                ends = {p: self._consumer.get_watermark_offsets(
+                    TopicPartition(self._topic, p), timeout=max(0.5, deadline - time.monotonic()), cached=False)
+                    for p in self._partitions}
+                while True:
+                    at = self._consumer.position([TopicPartition(self._topic, p) for p in self._partitions])
+                    if all(tp.offset >= ends[tp.partition][1] or (tp.offset < 0 and ends[tp.partition][0] >=
+                                                                  ends[tp.partition][1]) for tp in at):
+                        return True
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    for m in self._consumer.consume(1000, timeout=min(0.5, left)):
+                        if m.error() is None and m.value():
+                            try:
+                                self.cache.add(m.value())
+                            except EventDecodeError:
+                                continue  # not ours: a schema record of another format version
+            except KafkaException as exc:
+                raise KafkaConsumeError(self._topic, f"reading schemas: {exc.args[0].str() if exc.args else exc}",
+                                        retriable=True) from exc
 
     def lookup(self, fingerprint: bytes) -> EventSchema | None:
         return self.cache.get(fingerprint)

@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import gc
 import signal
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -70,7 +69,7 @@ async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health,
 
 
 async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
-    from confluent_kafka import Consumer, Producer
+    from confluent_kafka import Producer
     from confluent_kafka.admin import AdminClient
 
     cfg, group = settings.apply, settings.apply.group_id
@@ -94,8 +93,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
         return 0
     dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
                        cfg.dlq_topic or f"{settings.kafka.topic_prefix}.dlq", group)
-    reader = SchemaReader(Consumer({**kafka, "group.id": f"{group}-schemas-{uuid.uuid4().hex[:8]}",
-                                    "enable.auto.commit": False}), f"{settings.kafka.topic_prefix}.schemas")
+    reader = SchemaReader.open(kafka, f"{settings.kafka.topic_prefix}.schemas")
 
     async def ensure_dlq() -> bool:
         await dlq.ensure()
