@@ -5,7 +5,10 @@ PostgreSQL (``load_checkpoints``; Kafka's own committed offset is used only wher
 anywhere never loses or repeats an applied batch.  Kafka offsets are committed (:meth:`EventConsumer.commit`)
 only after the PostgreSQL transaction that stored the same checkpoint committed.  Each assignment bumps the
 partition's ``generation``; records of an older generation are dropped by the pipeline (their partition moved).
-Every method here blocks: the pipeline calls them in a thread.
+Every method here except :meth:`EventConsumer.commit` and :meth:`EventConsumer.current` blocks: the pipeline calls
+them in a thread.  Those two never call the Kafka client, so the event loop may call them while a rebalance
+callback runs (the callback waits for the event loop to load checkpoints; a Kafka call from the loop that waited
+for the callback would deadlock).
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class EventConsumer:
         self._on_revoke = on_revoke
         self._lock = threading.Lock()
         self.generations: dict[tuple[str, int], int] = {}
+        self._commits: dict[tuple[str, int], int] = {}  # next offsets to commit, handed to the polling thread
         self._consumer.subscribe([events_pattern(settings.kafka.topic_prefix)], on_assign=self._assigned,
                                  on_revoke=self._revoked)
 
@@ -106,7 +110,9 @@ class EventConsumer:
             return self.generations.get((topic, partition)) == generation
 
     def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        """Up to ``max_records`` records (errors are logged; partition EOFs skipped)."""
+        """Send the offset commits queued by :meth:`commit`, then read up to ``max_records`` records (errors are
+        logged; partition EOFs skipped)."""
+        self._send_commits()
         out = []
         for m in self._consumer.consume(max_records, timeout=timeout_s):
             err = m.error()
@@ -124,15 +130,27 @@ class EventConsumer:
         return out
 
     def commit(self, topic: str, partition: int, next_offset: int) -> None:
-        """Commit ``next_offset`` for one partition, asynchronously (does not block: the next batch of the
-        partition need not wait for Kafka).  A failure is only logged: PostgreSQL holds the checkpoint that
-        counts, Kafka's offset is for tools that read consumer-group lag."""
+        """Queue ``next_offset`` of one partition for the polling thread, which commits it asynchronously at its
+        next :meth:`poll` (never blocks, never calls Kafka).  A failed commit is only logged: PostgreSQL holds the
+        checkpoint that counts, Kafka's offset is for tools that read consumer-group lag."""
+        with self._lock:
+            key = (topic, partition)
+            if next_offset > self._commits.get(key, -1):
+                self._commits[key] = next_offset
+
+    def _send_commits(self) -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
+        with self._lock:
+            pending, self._commits = self._commits, {}
+        if not pending:
+            return
         try:
-            self._consumer.commit(offsets=[TopicPartition(topic, partition, next_offset)], asynchronous=True)
+            self._consumer.commit(offsets=[TopicPartition(t, p, off) for (t, p), off in pending.items()],
+                                  asynchronous=True)
         except KafkaException as exc:
-            log.warning("kafka offset commit failed", topic=topic, partition=partition, error=str(exc))
+            log.warning("kafka offset commit failed", partitions=[f"{t}[{p}]" for t, p in pending],
+                        error=str(exc))
 
     def lag(self) -> dict[tuple[str, int], int]:
         """High watermark minus position, per assigned partition (from the client's cached statistics)."""
@@ -148,4 +166,6 @@ class EventConsumer:
         return out
 
     def close(self) -> None:
+        """Send the queued offset commits and leave the group."""
+        self._send_commits()
         self._consumer.close()
