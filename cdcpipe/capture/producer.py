@@ -8,7 +8,8 @@ Contract
     - :meth:`EventProducer.commit` runs one transaction: the schemas not yet published by this process (to the
       compacted ``<prefix>.schemas``, keyed by fingerprint), the records, and the position record (compacted
       ``<prefix>.capture-positions``, keyed by node).  Either all of it becomes visible to ``read_committed``
-      consumers or none; on an abortable error the transaction is aborted and retried with the same records.
+      consumers or none; on an abortable error the transaction is aborted and retried with the same records; a
+      ``commit_transaction`` that fails retriably (times out) is called again on the same transaction.
       Records carry no delivery callback (one Python call per event saved): a record that fails delivery makes
       ``commit_transaction`` fail with an abortable error, which is handled as above.
     - Table topics ``<prefix>.<keyspace>.<table>`` are created on first use (:meth:`ensure_topic`).
@@ -124,11 +125,19 @@ class EventProducer:
     def commit(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
         """Produce ``schemas`` (those not yet published), ``records`` and ``position`` in one transaction.
 
-        Retries abortable and retriable failures with the same content; raises KafkaProduceError when the
-        producer is fenced or fatally failed (the process must restart and resume from the checkpoint)."""
+        An abortable failure aborts the transaction and produces the same content again; a retriable failure of
+        ``commit_transaction`` itself (a timeout while a broker restarts) calls it again on the same open
+        transaction, as librdkafka requires.  Raises KafkaProduceError when the producer is fenced or fatally
+        failed, or after ``_ATTEMPTS`` failures (the process must restart and resume from the checkpoint)."""
+        committing = False  # the records are produced and commit_transaction was called at least once
         for attempt in range(1, _ATTEMPTS + 1):
             try:
-                self._transaction(records, schemas, position)
+                if not committing:
+                    self._produce(records, schemas, position)
+                    committing = True
+                self._producer.commit_transaction(self.timeout_s)
+                if self._delivery_error is not None:  # cannot happen after a successful commit; kept as a guard
+                    raise self._delivery_error
                 for s in schemas:
                     self._published.add(s.fingerprint)
                 metrics.TRANSACTIONS.labels("committed").inc()
@@ -137,33 +146,38 @@ class EventProducer:
                 err: KafkaError = exc.args[0]
                 metrics.TRANSACTIONS.labels("failed").inc()
                 log.warning("transaction failed", position=str(position), error=err.str(), attempt=attempt,
-                            abortable=err.txn_requires_abort(), retriable=err.retriable(), fatal=err.fatal())
+                            abortable=err.txn_requires_abort(), retriable=err.retriable(), fatal=err.fatal(),
+                            committing=committing)
                 if err.fatal() or not (err.txn_requires_abort() or err.retriable()) or attempt == _ATTEMPTS:
                     raise KafkaProduceError(err.str(), position=str(position), retriable=False) from exc
                 if err.txn_requires_abort():
                     self._abort()
+                    committing = False
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _transaction(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+    def _produce(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+        """Begin a transaction and produce its content: new schemas, the records, the position record."""
         p = self._producer
         self._delivery_error = None
         p.begin_transaction()
-        for s in schemas:
-            if s.fingerprint not in self._published:
-                p.produce(schemas_topic(self.prefix), key=s.fingerprint, value=s.to_json().encode(),
-                          on_delivery=self._on_delivery)
-        produce = p.produce
-        for topic, key, value in records:  # no delivery callback: commit_transaction fails if any delivery did
-            try:
-                produce(topic, value, key)
-            except BufferError:  # local queue full: let it drain
-                self._produce_blocking(topic, key, value)
-        p.produce(positions_topic(self.prefix), key=self.node.encode(), value=position_value(self.node, position),
-                  on_delivery=self._on_delivery)
-        p.commit_transaction(self.timeout_s)
-        if self._delivery_error is not None:  # cannot happen after a successful commit; kept as a guard
-            raise self._delivery_error
+        try:
+            for s in schemas:
+                if s.fingerprint not in self._published:
+                    p.produce(schemas_topic(self.prefix), key=s.fingerprint, value=s.to_json().encode(),
+                              on_delivery=self._on_delivery)
+            produce = p.produce
+            for topic, key, value in records:  # no delivery callback: commit_transaction fails if any delivery did
+                try:
+                    produce(topic, value, key)
+                except BufferError:  # local queue full: let it drain
+                    self._produce_blocking(topic, key, value)
+            p.produce(positions_topic(self.prefix), key=self.node.encode(),
+                      value=position_value(self.node, position), on_delivery=self._on_delivery)
+        except KafkaException as exc:
+            if not exc.args[0].txn_requires_abort():  # a produce refused outright: abort, start over next attempt
+                self._abort()
+            raise
 
     def _produce_blocking(self, topic: str, key: bytes, value: bytes) -> None:
         while True:
