@@ -234,6 +234,8 @@ def test_dockerfile_and_dockerignore() -> None:
     assert text.count("FROM ") >= 2, "expected a multi-stage build"
     assert 'ENTRYPOINT ["cdcpipe"]' in text
     assert "EXPOSE 9400 9401" in text
+    # the image carries the mypyc build of the per-event modules and proves at build time that it is found fresh
+    assert "python -m cdcpipe.build_compiled" in text and "CDCPIPE_COMPILED=require" in text
     users = [line.split()[1] for line in text.splitlines() if line.startswith("USER ")]
     assert users and not users[-1].startswith(("root", "0")), "the image must run as a non-root user"
     ignored = set((ROOT / ".dockerignore").read_text().split())
