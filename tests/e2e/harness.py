@@ -42,6 +42,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdcpipe import fidelity, workload
 from cdcpipe.avro import SchemaCache, decode
+from tests.e2e import diagnose
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack"
@@ -436,6 +437,7 @@ class Outcome:
     apply_metrics: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
+    evidence: list[str] = field(default_factory=list)  # per mismatched partition: its events, apply's state
 
     def problems(self) -> list[str]:
         out = [str(m) for m in self.report.mismatches[:50]]
@@ -446,7 +448,7 @@ class Outcome:
             if self.duplicates_within_node else []
         out += self.audit
         out += [f"workload errors: {self.tally.errors[:5]}"] if self.tally.errors else []
-        return out
+        return out + self.evidence if out else out
 
     def summary(self) -> str:
         kinds = self.tally.base_kinds()
@@ -569,10 +571,14 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
                 await conn.close()
         report = asyncio.run(compare())
         seconds["compared"] = time.monotonic() - t0
+        found = diagnose.evidence(stack.bootstrap, stack.dsn, pipeline.prefix, pipeline.group, keyspace,
+                                  log.schemas, {t.table: [c.name for c in t.partition_key] for t in tables},
+                                  report.mismatches) if report.mismatches else []
         outcome = Outcome(ops, tally, report, log.total, log.distinct_events(), log.duplicates_within_a_node(),
                           {**dlq_messages(stack.bootstrap, pipeline.prefix),
                            "cdcpipe_dlq": asyncio.run(dlq_rows(stack.dsn, pipeline.group))},
-                          asyncio.run(audit_gaps(stack.dsn, pipeline.group, ends)), apply_metrics, seconds, faults)
+                          asyncio.run(audit_gaps(stack.dsn, pipeline.group, ends)), apply_metrics, seconds, faults,
+                          found)
         stopped = pipeline.stop()
         if during is None:  # a clean run: both processes exit 0 on SIGTERM
             assert all(rc == 0 for rc in stopped.values()), (stopped, [p.tail() for p in pipeline.procs])
