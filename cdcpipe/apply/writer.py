@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,13 @@ from cdcpipe.model import ChangeEvent
 from cdcpipe.typemap import converter
 
 _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
+_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
+_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock($1)"
+
+
+def _table_lock(lay: Layout) -> int:
+    """The advisory lock key of one mirrored table (a signed 64-bit hash of its qualified name)."""
+    return int.from_bytes(hashlib.blake2b(lay.target.encode(), digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,14 +118,22 @@ class BatchWriter:
             return lay
 
     async def write(self, table: TableSchema, events: Sequence[Positioned], checkpoint: Checkpoint | None,
-                    *, extra_keys: Iterable[merge.RowKey] = ()) -> WriteResult:
+                    *, extra_keys: Iterable[merge.RowKey] = (),
+                    exclusive: bool = False) -> WriteResult:
         """Apply ``events`` (of one topic partition, in offset order) and store ``checkpoint`` atomically.
-        ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry)."""
+        ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry).
+
+        Before it reads anything, the transaction takes the table's advisory lock: shared for batches (batches
+        of one Cassandra partition never run concurrently: its events share a Kafka partition), ``exclusive``
+        for the expiry pass, which may re-view rows of any partition while batches write them.  So the later of
+        two such transactions starts reading only after the earlier committed; under READ COMMITTED a read that
+        merely waited for a row lock would miss rows the other inserted (a partition's first static value)."""
         lay = await self.prepare(table)
         coords = {"table": table.name, "topic": checkpoint.topic if checkpoint else "",
                   "partition": checkpoint.partition if checkpoint else -1}
         try:
             async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, _table_lock(lay))
                 return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
         except ApplyError:
             raise
@@ -252,7 +268,7 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         if rows:
-            await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows])
+            await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows], exclusive=True)
         return len(rows)
 
     async def purge(self, table: TableSchema) -> int:
