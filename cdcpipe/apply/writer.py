@@ -39,11 +39,14 @@ from cdcpipe.typemap import converter
 _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
 _LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
 _LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock($1)"
+_LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
 
 
-def _table_lock(lay: Layout) -> int:
-    """The advisory lock key of one mirrored table (a signed 64-bit hash of its qualified name)."""
-    return int.from_bytes(hashlib.blake2b(lay.target.encode(), digest_size=8).digest(), "big", signed=True)
+def _lock_key(*parts: object) -> int:
+    """An advisory lock key: a signed 64-bit hash of ``parts`` (a mirrored table's name; a group, topic and
+    partition)."""
+    text = "\x00".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,17 +126,23 @@ class BatchWriter:
         """Apply ``events`` (of one topic partition, in offset order) and store ``checkpoint`` atomically.
         ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry).
 
-        Before it reads anything, the transaction takes the table's advisory lock: shared for batches (batches
-        of one Cassandra partition never run concurrently: its events share a Kafka partition), ``exclusive``
-        for the expiry pass, which may re-view rows of any partition while batches write them.  So the later of
-        two such transactions starts reading only after the earlier committed; under READ COMMITTED a read that
-        merely waited for a row lock would miss rows the other inserted (a partition's first static value)."""
+        Before it reads anything, the transaction takes advisory locks: the table's, shared for batches and
+        ``exclusive`` for the expiry pass (which may re-view rows of any partition while batches write them), and
+        for a batch its checkpoint's (group, topic, partition), exclusive (during a rebalance the old and the new
+        owner of a Kafka partition may write batches of it at once).  So of two transactions that may touch the
+        same rows, the later starts reading only after the earlier committed: under READ COMMITTED a read that
+        merely waited for a row lock would miss the rows the other inserted (a partition's first static value,
+        a new row) and rewrite them without it."""
         lay = await self.prepare(table)
         coords = {"table": table.name, "topic": checkpoint.topic if checkpoint else "",
                   "partition": checkpoint.partition if checkpoint else -1}
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, _table_lock(lay))
+                if checkpoint is not None:
+                    await conn.execute(_LOCK_BATCH, _lock_key(lay.target),
+                                       _lock_key(checkpoint.group, checkpoint.topic, checkpoint.partition))
+                else:
+                    await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, _lock_key(lay.target))
                 return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
         except ApplyError:
             raise

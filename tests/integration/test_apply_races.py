@@ -13,6 +13,7 @@ import asyncio
 import time
 from typing import Any
 
+from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.tables import ident
 from cdcpipe.apply.writer import BatchWriter, Positioned
 from tests.integration.test_apply_writer import Clock, cleanup, content, pool, prefix
@@ -51,3 +52,22 @@ async def test_expiry_pass_beside_a_first_static_write_keeps_the_static(pool: An
     await first_static
     assert time.monotonic() - started > 1.0  # the expiry pass did wait for the static write
     assert await content(pool, prefix, "st") == [{"k": 1, "c": 1, "s": "S", "v": None}]
+
+
+async def test_two_owners_of_a_partition_during_a_rebalance_lose_nothing(pool: Any, prefix: str,
+                                                                         cleanup: None) -> None:
+    """During a rebalance the old owner of a Kafka partition may still commit a batch while the new owner, which
+    read the older checkpoint, writes the same offsets and more.  The checkpoint makes the new owner skip what the
+    old one applied; it must also see the rows the old one inserted, or it rewrites them without their cells."""
+    kv = TABLES["kv"]
+    old_owner, new_owner = (BatchWriter(pool, schema_prefix=prefix, clock=Clock(NOW + 1)) for _ in range(2))
+    await old_owner.write(kv, [Positioned(insert("kv", (0,), 9, v="z"), 0)], Checkpoint(prefix, "tp", 0, 1))
+    await slow_next_commit(pool, prefix + "ks", "kv", 3.0)
+    inserted = Positioned(insert("kv", (1,), 10, v="a"), 1)
+    first = asyncio.create_task(old_owner.write(kv, [inserted], Checkpoint(prefix, "tp", 0, 2)))
+    await asyncio.sleep(1.0)  # the old owner is in its commit: row 1 inserted, checkpoint row locked
+    second = await new_owner.write(kv, [inserted, Positioned(update("kv", (1,), 11, n=3), 2)],
+                                   Checkpoint(prefix, "tp", 0, 3))
+    await first
+    assert (second.applied, second.already_applied) == (1, 1)
+    assert await content(pool, prefix, "kv") == [{"k": 0, "v": "z", "n": None}, {"k": 1, "v": "a", "n": 3}]
