@@ -2,8 +2,9 @@
 
 The row is written in the same PostgreSQL transaction as the batch it follows (:mod:`cdcpipe.apply.writer`), so
 PostgreSQL's content and its checkpoint never disagree.  Kafka's committed offsets are only a hint: on assignment
-the consumer seeks to the PostgreSQL checkpoint (:func:`load`).  The writer locks the row (``FOR UPDATE``) and skips
-events below ``next_offset``, so a batch applied by another worker during a rebalance is never applied twice.
+the consumer seeks to the PostgreSQL checkpoint (:func:`load`).  The writer takes an advisory lock per (group,
+topic, partition) before it reads, then skips events below ``next_offset``, so a batch applied by another worker
+during a rebalance is never applied twice, and its rows are seen whole.
 """
 
 from __future__ import annotations
