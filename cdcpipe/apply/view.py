@@ -3,6 +3,8 @@
 Pure: the caller passes ``now`` (seconds since the epoch).  A row's view is its typed column values (the same
 Python types cassandra-driver returns), whether Cassandra would return the row at all, when its content next
 changes by expiry, and — for a row Cassandra no longer returns — until when its tombstones must be remembered.
+With ``raw=True`` a simple (single-cell) column's value is its live :class:`Version` instead (its serialized
+``value``; nothing is deserialized), for callers that write the bytes themselves; multi-cell columns stay typed.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from cdcpipe.typemap import deserialize, deserializer
 
 @dataclass(frozen=True, slots=True)
 class RowView:
-    """``values`` maps every non-key column to its typed value (None = null); ``visible`` is rule 15.
+    """``values`` maps every non-key column to its typed value (None = null; a simple column's live
+    :class:`Version` in a ``raw`` view); ``visible`` is rule 15.
 
     ``expires_at``: the earliest expiry (seconds) among the row's live expiring data and its partition's live
     expiring static cells, None if nothing expires.  ``purge_after``: for an invisible row, the instant after
@@ -94,7 +97,7 @@ def _kinds(columns: tuple[Column, ...]) -> tuple[_Kind, ...]:
     return found[1]
 
 
-def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Acc) -> dict[str, Any]:
+def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Acc, raw: bool) -> dict[str, Any]:
     values: dict[str, Any] = {}
     cells = row.cells
     for name, t, multi, read in _kinds(columns):
@@ -109,9 +112,11 @@ def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Ac
             values[name] = None
         elif not v.tombstone and v.ldt is None:  # a plain live cell (acc.see, inlined)
             acc.live = True
-            values[name] = v.obj if v.obj is not _UNSET else read(v.value)
+            values[name] = v if raw else v.obj if v.obj is not _UNSET else read(v.value)
+        elif acc.see(v, now):
+            values[name] = v if raw else _value(t, v)
         else:
-            values[name] = _value(t, v) if acc.see(v, now) else None
+            values[name] = None
     return values
 
 
@@ -139,12 +144,13 @@ def _complex_value(t: CqlType, c: ComplexState, now: int, acc: _Acc) -> Any:
 _TIMEUUID = CqlType("timeuuid")
 
 
-def static_view(table: TableSchema, part: PartitionState | None, now: int, grace: int) -> StaticView:
-    """Live static values (rules 31 and 32) of a normalized partition state."""
+def static_view(table: TableSchema, part: PartitionState | None, now: int, grace: int,
+                raw: bool = False) -> StaticView:
+    """Live static values (rules 31 and 32) of a normalized partition state (``raw``: see the module)."""
     if part is None:
         return StaticView({c.name: None for c in table.static}, False, None, None)
     acc = _Acc()
-    values = _columns_view(table.static, part.static, now, acc)
+    values = _columns_view(table.static, part.static, now, acc, raw)
     deaths = [acc.last_death]
     if part.deletion is not None:
         deaths.append(part.deletion.local_deletion_time)
@@ -153,10 +159,11 @@ def static_view(table: TableSchema, part: PartitionState | None, now: int, grace
     return StaticView(values, acc.live, acc.expires, purge)
 
 
-def row_view(table: TableSchema, row: RowState, statics: StaticView, now: int, grace: int) -> RowView:
-    """The view of a normalized row (its partition's :func:`static_view` given)."""
+def row_view(table: TableSchema, row: RowState, statics: StaticView, now: int, grace: int,
+             raw: bool = False) -> RowView:
+    """The view of a normalized row (its partition's :func:`static_view` given, built with the same ``raw``)."""
     acc = _Acc()
-    values = _columns_view(table.regular, row, now, acc)
+    values = _columns_view(table.regular, row, now, acc, raw)
     if row.marker is not None:
         acc.see(row.marker, now)
     if row.deletion is not None:
