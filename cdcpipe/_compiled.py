@@ -18,13 +18,14 @@ import sys
 import sysconfig
 from pathlib import Path
 
-#: Capture's per-event path and apply's reader and view.  Framing stays pure (its slot-setting trick is faster
-#: there than a compiled dataclass constructor), so do the value codecs (a subclass of ``int`` that mypyc cannot
-#: compile natively) and apply's merge rules (avro_read builds their frozen dataclasses through slot setters).
+#: Capture's per-event path and apply's reader, view and binary COPY writer.  Framing stays pure (its slot-setting
+#: trick is faster there than a compiled dataclass constructor), so do the value codecs (a subclass of ``int`` that
+#: mypyc cannot compile natively) and apply's merge rules (avro_read builds their frozen dataclasses through slot
+#: setters).
 MODULES = ("cdcpipe/avro_raw.py", "cdcpipe/avro_fast.py", "cdcpipe/capture/rows.py",
            "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
            "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",
-           "cdcpipe/apply/view.py")
+           "cdcpipe/apply/view.py", "cdcpipe/apply/pgbinary.py")
 
 _SOURCE_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = _SOURCE_ROOT / ".build" / "compiled"
