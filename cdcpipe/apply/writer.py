@@ -39,9 +39,8 @@ from cdcpipe.model import ChangeEvent
 from cdcpipe.typemap import converter
 
 _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
-_LOCK_SHARED = "SELECT pg_advisory_xact_lock_shared($1)"
-_LOCK_EXCLUSIVE = "SELECT pg_advisory_xact_lock($1)"
 _LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
+_LOCK_TABLE = "SELECT pg_advisory_xact_lock($1)"
 
 
 def _lock_key(*parts: object) -> int:
@@ -126,18 +125,17 @@ class BatchWriter:
             return lay
 
     async def write(self, table: TableSchema, events: Sequence[Positioned], checkpoint: Checkpoint | None,
-                    *, extra_keys: Iterable[merge.RowKey] = (),
-                    exclusive: bool = False) -> WriteResult:
+                    *, extra_keys: Iterable[merge.RowKey] = ()) -> WriteResult:
         """Apply ``events`` (of one topic partition, in offset order) and store ``checkpoint`` atomically.
         ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry).
 
-        Before it reads anything, the transaction takes advisory locks: the table's, shared for batches and
-        ``exclusive`` for the expiry pass (which may re-view rows of any partition while batches write them), and
-        for a batch its checkpoint's (group, topic, partition), exclusive (during a rebalance the old and the new
-        owner of a Kafka partition may write batches of it at once).  So of two transactions that may touch the
-        same rows, the later starts reading only after the earlier committed: under READ COMMITTED a read that
-        merely waited for a row lock would miss the rows the other inserted (a partition's first static value,
-        a new row) and rewrite them without it."""
+        Before it reads anything, the transaction takes advisory locks.  A batch (with a ``checkpoint``): the
+        table's, shared, and its checkpoint's (group, topic, partition), exclusive (during a rebalance the old and
+        the new owner of a Kafka partition may write batches of it at once).  A write without a checkpoint (the
+        expiry pass, which may re-view rows of any partition while batches write them): the table's, exclusive.
+        So of two transactions that may touch the same rows, the later starts reading only after the earlier
+        committed: under READ COMMITTED a read that merely waited for a row lock would miss the rows the other
+        inserted (a partition's first static value, a new row) and rewrite them without it."""
         lay = await self.prepare(table)
         coords = {"table": table.name, "topic": checkpoint.topic if checkpoint else "",
                   "partition": checkpoint.partition if checkpoint else -1}
@@ -147,7 +145,7 @@ class BatchWriter:
                     await conn.execute(_LOCK_BATCH, _lock_key(lay.target),
                                        _lock_key(checkpoint.group, checkpoint.topic, checkpoint.partition))
                 else:
-                    await conn.execute(_LOCK_EXCLUSIVE if exclusive else _LOCK_SHARED, _lock_key(lay.target))
+                    await conn.execute(_LOCK_TABLE, _lock_key(lay.target))
                 return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
         except ApplyError:
             raise
@@ -299,7 +297,7 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         if rows:
-            await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows], exclusive=True)
+            await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows])
         return len(rows)
 
     async def purge(self, table: TableSchema) -> int:
