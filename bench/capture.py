@@ -11,9 +11,13 @@ project's stack script, so the shared node's cdc_raw is untouched; Kafka is the 
   of ``capture.batch_max_events``) from an empty position until the committed position covers every segment;
   then, in the same pinned child, the ceiling: a plain confluent-kafka transactional producer sending the very
   same (key, value) messages, read back from the committed stream, in transactions of the same size.
-- latency: ``cdcpipe capture`` as a child pinned to one CPU follows the node's live cdc_raw while this process
-  writes ``--rate`` rows/s for ``--seconds`` s; latency = arrival at a read_committed consumer - the write's
-  acknowledgement (both wall clock on this machine).
+- latency: ``cdcpipe capture`` as a child pinned to one CPU (``--unpinned``: not) follows the node's live cdc_raw
+  while this process writes ``--rate`` rows/s: ``--warmup`` s not measured (the node is freshly started: its JIT
+  compiler is still busy), then ``--seconds`` s measured; latency = arrival at a read_committed consumer - the
+  write's acknowledgement (both wall clock on this machine).  The rows go ``--batch`` (10) at a time in UNLOGGED
+  batches: still one partition, one commit-log entry and one event per row, at the same rate, but a tenth of the
+  requests, whose cost (this process's driver, the node's request path) otherwise starves the 2-core machine
+  and with it Cassandra's sync thread; ``--batch 1`` sends one request per row.
 - ``--sustain SECONDS`` instead runs only a sustained write load (larger rows) with ``cdcpipe capture`` running,
   sampling cdc_raw every second: shipped segments are deleted, so usage stays bounded.
 
@@ -52,7 +56,9 @@ from capture_live import (  # noqa: E402  (bench/ is the script's directory)
     bootstrap,
     capture_env,
     connect,
+    delete_topics,
     latency,
+    new_prefix,
     pin,
     stack,
     sustain,
@@ -214,7 +220,7 @@ def throughput(state: Path, cdc_raw: Path, writes: int, rounds: int) -> tuple[fl
     for r in range(rounds):
         run = work / f"round{r}"
         shutil.copytree(work / "segments", run)
-        prefix = f"benchcap{uuid.uuid4().hex[:8]}"
+        prefix = new_prefix("benchcap")
         out = subprocess.run([sys.executable, __file__, "--child-throughput", str(run), prefix],
                              preexec_fn=pin, capture_output=True, text=True,
                              check=False, timeout=600)
@@ -244,6 +250,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60, help="duration of the steady-rate latency run")
     parser.add_argument("--rate", type=int, default=2000, help="writes/s of the latency run")
+    parser.add_argument("--warmup", type=float, default=60, help="unmeasured seconds at --rate before the latency run")
+    parser.add_argument("--batch", type=int, default=10,
+                        help="latency run: rows per UNLOGGED batch request (one partition, one entry each)")
+    parser.add_argument("--unpinned", action="store_true", help="latency run: capture not pinned to one CPU")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput rounds")
     parser.add_argument("--sustain", type=float, metavar="SECONDS",
                         help="only run a sustained write load this long and report cdc_raw usage")
     parser.add_argument("--sustain-rate", type=int, default=3000, help="writes/s of the sustained load")
@@ -260,12 +271,17 @@ def main() -> int:
             result = sustain(cdc_raw, args.sustain, args.sustain_rate, log)
         else:
             # latency first: its capture starts from an empty position, so cdc_raw must hold nothing older
-            p50, p99, _ = latency(cdc_raw, args.seconds, args.rate, log)
-            rate, cpu_rate, ceil, events = throughput(state, cdc_raw, args.writes, args.rounds)
-            print(f"{events} events per round; capture log {log}")
-            result = (f"RESULT events_per_s={rate:.0f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
-                      f"ceiling_events_per_s={ceil:.0f} events_per_cpu_s={cpu_rate:.0f}")
+            p50, p99, _ = latency(cdc_raw, args.seconds, args.rate, log, args.warmup, args.batch,
+                                   not args.unpinned)
+            if args.latency_only:
+                result = f"RESULT p50_ms={p50:.0f} p99_ms={p99:.0f}"
+            else:
+                rate, cpu_rate, ceil, events = throughput(state, cdc_raw, args.writes, args.rounds)
+                print(f"{events} events per round; capture log {log}")
+                result = (f"RESULT events_per_s={rate:.0f} p50_ms={p50:.0f} p99_ms={p99:.0f} "
+                          f"ceiling_events_per_s={ceil:.0f} events_per_cpu_s={cpu_rate:.0f}")
     finally:
+        print(f"deleted this run's {delete_topics()} Kafka topics", flush=True)
         if not args.keep_node:
             stack(state, "down", "--purge")
     print(result)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from cassandra import OperationTimedOut  # noqa: E402
 from cassandra.cluster import Cluster, Session  # noqa: E402
+from cassandra.query import BatchStatement, BatchType  # noqa: E402
 from confluent_kafka import Consumer, TopicPartition  # noqa: E402
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from confluent_kafka.cimpl import NewTopic  # noqa: E402
@@ -88,12 +89,12 @@ def free_port() -> int:
 class LiveCapture:
     """``cdcpipe capture`` pinned to one CPU, following the bench node's live cdc_raw."""
 
-    def __init__(self, cdc_raw: Path, prefix: str, log: Path) -> None:
+    def __init__(self, cdc_raw: Path, prefix: str, log: Path, pinned: bool = True) -> None:
         self.port = free_port()
         env = capture_env(cdc_raw, prefix, self.port)
         with open(log, "ab") as out:
             self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "capture"], env=env, stdout=out,
-                                         stderr=out, cwd=ROOT, preexec_fn=pin)
+                                         stderr=out, cwd=ROOT, preexec_fn=pin if pinned else None)
         deadline = time.monotonic() + 60
         while self.get("/health") is None:
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -126,10 +127,16 @@ class LiveCapture:
             return self.proc.wait(5)
 
 
-def quantiles(text: str, name: str, stage: str, qs: tuple[float, ...]) -> list[float]:
-    """Quantiles of one labelled Prometheus histogram (linear within a bucket, as ``histogram_quantile``)."""
-    buckets = sorted((float(line.split('le="')[1].split('"')[0]), float(line.rsplit(" ", 1)[1]))
-                     for line in text.splitlines() if line.startswith(f"{name}_bucket{{") and f'"{stage}"' in line)
+def _buckets(text: str, name: str, stage: str) -> dict[float, float]:
+    return {float(line.split('le="')[1].split('"')[0]): float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith(f"{name}_bucket{{") and f'"{stage}"' in line}
+
+
+def quantiles(text: str, name: str, stage: str, qs: tuple[float, ...], since: str = "") -> list[float]:
+    """Quantiles of one labelled Prometheus histogram (linear within a bucket, as ``histogram_quantile``) over
+    the observations made after the scrape ``since`` (cumulative buckets: the difference of two scrapes)."""
+    base = _buckets(since, name, stage)
+    buckets = sorted((le, c - base.get(le, 0.0)) for le, c in _buckets(text, name, stage).items())
     out = []
     for q in qs:
         lo, below, rank = 0.0, 0.0, q * (buckets[-1][1] if buckets else 0.0)
@@ -159,6 +166,24 @@ def watch_syncs(cdc_raw: Path, stop: threading.Event, advances: list[float]) -> 
         watcher.close()
 
 
+PREFIXES: list[str] = []  # topic prefixes of this run, whose topics :func:`delete_topics` removes at the end
+
+
+def new_prefix(kind: str) -> str:
+    prefix = f"{kind}{uuid.uuid4().hex[:8]}"
+    PREFIXES.append(prefix)
+    return prefix
+
+
+def delete_topics() -> int:
+    """Delete every topic of this run's prefixes (leftovers accumulate on the shared broker otherwise)."""
+    admin = AdminClient({"bootstrap.servers": bootstrap()})
+    mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(tuple(PREFIXES))] if PREFIXES else []
+    for f in (admin.delete_topics(mine).values() if mine else ()):
+        f.result(60)
+    return len(mine)
+
+
 def create_topics(prefix: str) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap()})
     news = [NewTopic(f"{prefix}.bench.{t}", num_partitions=PARTITIONS, replication_factor=1) for t in TABLES]
@@ -166,12 +191,19 @@ def create_topics(prefix: str) -> None:
         f.result(30)
 
 
-def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float, float, int]:
+def latency(cdc_raw: Path, seconds: float, rate: int, log: Path, warmup: float,
+            batch: int = 1, pinned: bool = True) -> tuple[float, float, int]:
+    """``warmup`` s at the same rate first, not measured: the bench node is freshly started, and a JVM's first
+    minute (JIT compilation, first memtable flushes) is not the steady state the goal is about.  Every write of
+    the warm-up must still arrive exactly once; latency, Cassandra's sync intervals, capture's delay histogram
+    and its CPU count only what follows it.  ``batch`` > 1 sends the rows ``batch`` at a time in UNLOGGED
+    batches (same rows, same rate, one commit-log entry per row: each row is its own partition), which spares
+    the machine the load generator's and the node's per-request cost."""
     cluster, s = connect()
     insert = s.prepare("INSERT INTO bench.orders (id, customer, status, amount, placed) VALUES (?, ?, ?, ?, ?)")
-    prefix = f"benchlat{uuid.uuid4().hex[:8]}"
+    prefix = new_prefix("benchlat")
     create_topics(prefix)
-    cap = LiveCapture(cdc_raw, prefix, log)
+    cap = LiveCapture(cdc_raw, prefix, log, pinned)
     acked: dict[int, float] = {}
     arrived: dict[int, float] = {}
     dup = 0
@@ -199,25 +231,39 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
     advances: list[float] = []
     syncs = threading.Thread(target=watch_syncs, args=(cdc_raw, done, advances), daemon=True)
     syncs.start()
-    print(f"latency: {rate} writes/s for {seconds:.0f} s with capture following the live cdc_raw ...", flush=True)
-    cpu0, wall0 = cap.cpu_seconds(), time.monotonic()
+    print(f"latency: {rate} writes/s for {warmup:.0f} s of warm-up, then {seconds:.0f} s measured, with capture "
+          "following the live cdc_raw ...", flush=True)
+    warm = int(warmup * rate)  # writes 0 .. warm-1 are the warm-up
+    scrape, cpu0, wall0, measured_from = "", 0.0, 0.0, float("inf")
 
-    def on_ack(_: Any, k: int) -> None:
-        acked[k] = time.time()
+    def on_ack(_: Any, k: int, n: int = 1) -> None:
+        now = time.time()
+        for i in range(k, k + n):
+            acked[i] = now
 
-    def on_err(exc: Exception, k: int) -> None:
-        print(f"  write {k} failed: {exc}", flush=True)
+    def on_err(exc: Exception, k: int, n: int = 1) -> None:
+        print(f"  writes {k}..{k + n - 1} failed: {exc}", flush=True)
 
     base = random.Random(7).getrandbits(40) << 20
     t0 = time.monotonic()
     sent = 0
-    while (elapsed := time.monotonic() - t0) < seconds:
+    while (elapsed := time.monotonic() - t0) < warmup + seconds:
         due = int(elapsed * rate)
-        while sent < due:
+        if measured_from == float("inf") and due >= warm:  # the measured part begins now
+            scrape, cpu0, wall0 = cap.get("/metrics") or "", cap.cpu_seconds(), time.monotonic()
+            measured_from = time.time()
+        while sent < due and batch == 1:
             k = base + sent
             f = s.execute_async(insert, (k, sent, "new", 1.0, int(time.time() * 1000)))
             f.add_callbacks(on_ack, on_err, callback_args=(k,), errback_args=(k,))
             sent += 1
+        while due - sent >= batch > 1:
+            b, k, placed = BatchStatement(BatchType.UNLOGGED), base + sent, int(time.time() * 1000)
+            for i in range(batch):
+                b.add(insert, (k + i, sent + i, "new", 1.0, placed))
+            f = s.execute_async(b)
+            f.add_callbacks(on_ack, on_err, callback_args=(k, batch), errback_args=(k, batch))
+            sent += batch
         time.sleep(0.002)
     deadline = time.monotonic() + 30
     while len(arrived) < sent and time.monotonic() < deadline:
@@ -225,14 +271,16 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
     done.set()
     consumer.join(5)
     syncs.join(5)
-    intervals = sorted((b - a) * 1000 for a, b in itertools.pairwise(advances))
+    intervals = sorted((b - a) * 1000 for a, b in itertools.pairwise(advances) if a >= measured_from)
     metrics = cap.get("/metrics") or ""
+    entries = int(cap.metric("cdcpipe_capture_mutations_read_total"))
     cpu, wall = cap.cpu_seconds() - cpu0, time.monotonic() - wall0
     rc = cap.stop()
     cluster.shutdown()
-    lat = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived)
+    lat = sorted((arrived[k] - acked[k]) * 1000 for k in acked if k in arrived and k - base >= warm)
     missing = sent - len(arrived)
-    print(f"  {sent} writes at {sent / seconds:.0f}/s, {len(lat)} events received, {missing} missing, {dup} "
+    print(f"  {sent} writes at {sent / (warmup + seconds):.0f}/s ({sent - warm} measured), {len(arrived)} events "
+          f"received from {entries} commit-log entries, {missing} missing, {dup} "
           f"duplicates; capture exit {rc}", flush=True)
     if missing or dup or not lat:
         raise RuntimeError("latency run lost or repeated events")
@@ -245,9 +293,9 @@ def latency(cdc_raw: Path, seconds: float, rate: int, log: Path) -> tuple[float,
         print(f"  Cassandra: durable offset advanced {n + 1} times, interval ms p50 {intervals[n // 2]:.0f}, "
               f"p99 {intervals[min(n - 1, int(n * 0.99))]:.0f}, max {intervals[-1]:.0f}", flush=True)
     print(f"  capture CPU {cpu:.1f} s in {wall:.0f} s ({cpu / wall:.0%} of its core), "
-          f"{cpu / max(len(arrived), 1) * 1e6:.0f} us/event; load average {os.getloadavg()[0]:.1f}", flush=True)
+          f"{cpu / max(sent - warm, 1) * 1e6:.0f} us/event; load average {os.getloadavg()[0]:.1f}", flush=True)
     for stage in ("read", "encoded", "committed"):
-        q50, q99 = quantiles(metrics, "cdcpipe_capture_delay_seconds", stage, (0.5, 0.99))
+        q50, q99 = quantiles(metrics, "cdcpipe_capture_delay_seconds", stage, (0.5, 0.99), since=scrape)
         print(f"  capture: idx written -> {stage} ms p50 {q50 * 1000:.0f}, p99 {q99 * 1000:.0f} "
               f"(per transaction, from bucket bounds)", flush=True)
     return p50, p99, sent
@@ -268,7 +316,7 @@ def wait_all(futures: list[Any]) -> int:
 def sustain(cdc_raw: Path, seconds: float, rate: int, log: Path) -> str:
     cluster, s = connect()
     insert = s.prepare("INSERT INTO bench.orders (id, customer, status, amount, placed) VALUES (?, ?, ?, ?, ?)")
-    prefix = f"benchsus{uuid.uuid4().hex[:8]}"
+    prefix = new_prefix("benchsus")
     create_topics(prefix)
     cap = LiveCapture(cdc_raw, prefix, log)
     samples: list[int] = []
