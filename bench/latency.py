@@ -36,6 +36,7 @@ import asyncpg  # noqa: E402
 from cassandra.cluster import Cluster  # noqa: E402
 from cassandra.query import BatchStatement, BatchType  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
+from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from tests.e2e.harness import Pipeline, StackEnv, metric_sum, stack_cmd, stack_env_of, unique  # noqa: E402
 
@@ -222,6 +223,10 @@ def measure(args: argparse.Namespace, stack: StackEnv) -> int:
                 await conn.close()
         asyncio.run(drop())
         cluster.shutdown()
+        admin = AdminClient({"bootstrap.servers": stack.bootstrap})  # this run's topics: leave no leftovers
+        mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{pipeline.prefix}.")]
+        for f in (admin.delete_topics(mine).values() if mine else ()):
+            f.result(60)
 
 
 if __name__ == "__main__":
