@@ -87,7 +87,7 @@ def free_port() -> int:
 
 
 class LiveCapture:
-    """``cdcpipe capture`` pinned to one CPU, following the bench node's live cdc_raw."""
+    """``cdcpipe capture`` (pinned to one CPU unless ``pinned`` is False), following the bench node's live cdc_raw."""
 
     def __init__(self, cdc_raw: Path, prefix: str, log: Path, pinned: bool = True) -> None:
         self.port = free_port()
