@@ -154,12 +154,23 @@ class ObservabilitySettings(_Section):
 
 
 class VaultSettings(_Section):
-    """Optional HashiCorp Vault source for credentials (token auth)."""
+    """Where credentials would come from in HashiCorp Vault.  This version does not read them from Vault, so
+    ``url`` and ``token`` are refused when set (a process started with them would otherwise run without the
+    credentials they were meant to supply); ``mount`` and ``path`` keep their defaults."""
 
     url: str | None = None
     token: SecretStr | None = None
     mount: str = "secret"
     path: str = "cdcpipe"
+
+    @field_validator("url", "token")
+    @classmethod
+    def _not_read_from_vault(cls, value: object) -> object:
+        if value is not None:
+            raise ValueError("credentials are not read from Vault by this version of cdcpipe: give them as "
+                             "settings (postgres.dsn, cassandra.password, kafka.sasl_password), e.g. rendered into "
+                             "the environment by the Vault Agent")
+        return value
 
 
 class Settings(BaseSettings):

@@ -87,15 +87,28 @@ def test_require_names_a_missing_setting() -> None:
 def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CDCPIPE_POSTGRES__DSN", "postgresql://u:hunter2@db/x")
     monkeypatch.setenv("CDCPIPE_KAFKA__SASL_PASSWORD", "s3cret-kafka")
-    monkeypatch.setenv("CDCPIPE_VAULT__TOKEN", "hvs.token")
     s = load_settings()
     assert s.postgres.dsn is not None and s.postgres.dsn.get_secret_value().endswith("@db/x")
     for text in (repr(s), str(s.redacted())):
-        assert "hunter2" not in text and "s3cret-kafka" not in text and "hvs.token" not in text
+        assert "hunter2" not in text and "s3cret-kafka" not in text
     assert main(["config"]) == 0
     assert main(["config", "--format", "json"]) == 0
     out = capsys.readouterr().out
     assert "hunter2" not in out and "s3cret-kafka" not in out and "**********" in out
+
+
+@pytest.mark.parametrize("name", ["CDCPIPE_VAULT__URL", "CDCPIPE_VAULT__TOKEN"])
+def test_vault_settings_are_refused_not_ignored(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Credentials are not read from Vault: a Vault setting must stop the process with a clear message, not be
+    silently ignored while the credentials it was meant to supply are missing."""
+    monkeypatch.setenv(name, "https://vault.example:8200" if name.endswith("URL") else "hvs.token")
+    with pytest.raises(ConfigError, match=r"vault\.(url|token) .*not read from Vault.*Vault Agent"):
+        load_settings()
+    assert main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "hvs.token" not in err
 
 
 def test_cli_reports_bad_settings_in_one_line_with_status_2(
