@@ -80,7 +80,9 @@ def consume_visible(bootstrap: str, topic: str, total: int, seen: dict[int, floa
             for m in msgs:
                 key = m.key()
                 if m.error() is None and key is not None:
-                    seen.setdefault(int.from_bytes(key, "big", signed=True), now)
+                    k = int.from_bytes(key, "big", signed=True)
+                    if k >= 0:  # the warm-up's ids are negative: they must not count towards ``total``
+                        seen.setdefault(k, now)
     finally:
         consumer.close()
 
@@ -99,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=10,
                         help="rows per request (an unlogged batch of distinct partitions; 1: single inserts): "
                              "keeps the Python client's CPU off the measured path on a small machine")
-    parser.add_argument("--warmup", type=float, default=10.0, help="seconds of unmeasured writes at the rate")
+    parser.add_argument("--warmup", type=float, default=60.0,
+                        help="seconds of unmeasured writes at the rate (a fresh node's JIT needs about a minute)")
     parser.add_argument("--workdir", type=Path, default=ROOT / ".stack" / "run" / "latency")
     parser.add_argument("--sync-ms", type=int, default=1000,
                         help="commit-log sync period of a dedicated node (0: the stack's own node)")
