@@ -53,6 +53,7 @@ from cdcpipe.capture.schema import parse_cql_schema  # noqa: E402
 from cdcpipe.config import load_settings  # noqa: E402
 from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Liveness, Op, Source  # noqa: E402
 from cdcpipe.typemap import serialize  # noqa: E402
+from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 (TABLE,) = parse_cql_schema(
     "CREATE TABLE bench.t10 (id bigint PRIMARY KEY, c1 int, c2 text, c3 double, c4 bigint, c5 boolean, "
@@ -311,11 +312,8 @@ async def amain(args: argparse.Namespace) -> int:
         if args.keep:
             print(f"kept topics: rerun with --prefix {prefix} --events {args.events}", flush=True)
         else:
-            admin = AdminClient(kafka)
-            existing = set(admin.list_topics(timeout=10).topics)
-            topics = [t for t in (f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq") if t in existing]
-            for f in admin.delete_topics(topics).values():
-                f.result(30)
+            existing = topics_with_prefix(kafka, [f"{prefix}."])
+            delete_topics(kafka, existing & {f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq"})
     if not applies:
         return 0  # --rounds 0: produce (and --keep) only
     a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)

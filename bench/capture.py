@@ -56,7 +56,7 @@ from capture_live import (  # noqa: E402  (bench/ is the script's directory)
     bootstrap,
     capture_env,
     connect,
-    delete_topics,
+    delete_run_topics,
     latency,
     new_prefix,
     pin,
@@ -282,7 +282,7 @@ def main() -> int:
                           f"ceiling_events_per_s={ceil:.0f} events_per_cpu_s={cpu_rate:.0f}")
     finally:
         try:
-            print(f"deleted this run's {delete_topics()} Kafka topics", flush=True)
+            print(f"deleted this run's {delete_run_topics()} Kafka topics", flush=True)
         except Exception as exc:  # never hide the run's own error behind a cleanup failure
             print(f"could not delete this run's Kafka topics: {exc}", flush=True)
         if not args.keep_node:

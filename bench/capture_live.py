@@ -30,6 +30,7 @@ from confluent_kafka.cimpl import NewTopic  # noqa: E402
 
 from cdcpipe.capture.cdc_index import disk_usage, scan  # noqa: E402
 from cdcpipe.capture.inotify import DirectoryWatcher  # noqa: E402
+from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 STACK = ROOT / "deploy" / "local" / "stack"
 OCTET = 14
@@ -175,13 +176,10 @@ def new_prefix(kind: str) -> str:
     return prefix
 
 
-def delete_topics() -> int:
+def delete_run_topics() -> int:
     """Delete every topic of this run's prefixes (leftovers accumulate on the shared broker otherwise)."""
-    admin = AdminClient({"bootstrap.servers": bootstrap()})
-    mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(tuple(PREFIXES))] if PREFIXES else []
-    for f in (admin.delete_topics(mine).values() if mine else ()):
-        f.result(60)
-    return len(mine)
+    kafka = {"bootstrap.servers": bootstrap()}
+    return delete_topics(kafka, topics_with_prefix(kafka, PREFIXES))
 
 
 def create_topics(prefix: str) -> None:

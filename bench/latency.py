@@ -36,9 +36,9 @@ import asyncpg  # noqa: E402
 from cassandra.cluster import Cluster  # noqa: E402
 from cassandra.query import BatchStatement, BatchType  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
-from confluent_kafka.admin import AdminClient  # noqa: E402
 
 from tests.e2e.harness import Pipeline, StackEnv, metric_sum, stack_cmd, stack_env_of, unique  # noqa: E402
+from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 OCTET = 15  # the dedicated node (bench/reader.py uses 13, bench/capture.py 14)
 
@@ -226,10 +226,8 @@ def measure(args: argparse.Namespace, stack: StackEnv) -> int:
                 await conn.close()
         asyncio.run(drop())
         cluster.shutdown()
-        admin = AdminClient({"bootstrap.servers": stack.bootstrap})  # this run's topics: leave no leftovers
-        mine = [t for t in admin.list_topics(timeout=30).topics if t.startswith(f"{pipeline.prefix}.")]
-        for f in (admin.delete_topics(mine).values() if mine else ()):
-            f.result(60)
+        kafka = {"bootstrap.servers": stack.bootstrap}  # this run's topics: leave no leftovers
+        delete_topics(kafka, topics_with_prefix(kafka, [f"{pipeline.prefix}."]))
 
 
 if __name__ == "__main__":

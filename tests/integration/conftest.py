@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
 
 from cdcpipe.config import Settings, load_settings
+from tests.topics import delete_topics, topics_with_prefix
 
 ROOT = Path(__file__).resolve().parents[2]
 STACK = ROOT / "deploy" / "local" / "stack"
@@ -39,10 +38,10 @@ def stack_env() -> Iterator[dict[str, str]]:
         env[key] = value
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
-    bootstrap = env["CDCPIPE_KAFKA__BOOTSTRAP_SERVERS"]
-    before = topics_named_by_tests(bootstrap)
+    kafka = {"bootstrap.servers": env["CDCPIPE_KAFKA__BOOTSTRAP_SERVERS"]}
+    before = topics_with_prefix(kafka, TEST_TOPIC_PREFIXES)
     yield env
-    delete_topics(bootstrap, topics_named_by_tests(bootstrap) - before)
+    delete_topics(kafka, topics_with_prefix(kafka, TEST_TOPIC_PREFIXES) - before)  # those this session created
     for k, v in saved.items():
         if v is None:
             os.environ.pop(k, None)
@@ -51,26 +50,6 @@ def stack_env() -> Iterator[dict[str, str]]:
 
 
 TEST_TOPIC_PREFIXES = ("it", "e2e")  # every topic prefix, group and table name the tests make up starts so
-
-
-def topics_named_by_tests(bootstrap: str) -> set[str]:
-    """The broker's topics named by tests (``TEST_TOPIC_PREFIXES``)."""
-    topics = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=30).topics
-    return {t for t in topics if t.startswith(TEST_TOPIC_PREFIXES)}
-
-
-def delete_topics(bootstrap: str, topics: set[str]) -> None:
-    """Delete the topics this session's tests created (a broker that keeps thousands of them from earlier runs
-    loads the machine at every start); one that is already gone is fine."""
-    if not topics:
-        return
-    admin = AdminClient({"bootstrap.servers": bootstrap})  # kept referenced until every future is done
-    for topic, f in admin.delete_topics(sorted(topics)).items():
-        try:
-            f.result(60)
-        except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
-                raise RuntimeError(f"could not delete test topic {topic}: {exc}") from exc
 
 
 @pytest.fixture(scope="session")
