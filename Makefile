@@ -54,7 +54,7 @@ unit: install
 
 integration: install tools stack-up
 	eval "$$($(STACK) env)"
-	$(BIN)/pytest tests/integration -q
+	$(BIN)/pytest tests/deploy tests/integration -q
 
 # The whole suite: lint, unit tests, and integration tests against the real local stack.
 test: install tools stack-up lint

@@ -49,11 +49,11 @@ from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
 from cdcpipe import avro  # noqa: E402
-from cdcpipe.capture.schema import parse_cql_schema  # noqa: E402
 from cdcpipe.config import load_settings  # noqa: E402
 from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Liveness, Op, Source  # noqa: E402
+from cdcpipe.schema_source import parse_cql_schema  # noqa: E402
 from cdcpipe.typemap import serialize  # noqa: E402
-from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
+from tests.support.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 (TABLE,) = parse_cql_schema(
     "CREATE TABLE bench.t10 (id bigint PRIMARY KEY, c1 int, c2 text, c3 double, c4 bigint, c5 boolean, "

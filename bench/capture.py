@@ -119,11 +119,11 @@ def child_throughput(cdc_raw: Path, prefix: str) -> dict[str, Any]:
     os.environ.update(capture_env(cdc_raw, prefix))
     from cdcpipe.capture import metrics
     from cdcpipe.capture.pipeline import Capture
-    from cdcpipe.capture.producer import table_topic
     from cdcpipe.capture.segment import Position
     from cdcpipe.config import load_settings
     from cdcpipe.observability import configure_logging
     from cdcpipe.runtime import Health
+    from cdcpipe.topics import table_topic
 
     configure_logging("WARNING", "json")
     target = max(Position(s.segment_id, s.offset) for s in scan(cdc_raw) if s.offset is not None)

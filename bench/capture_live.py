@@ -30,7 +30,7 @@ from confluent_kafka.cimpl import NewTopic  # noqa: E402
 
 from cdcpipe.capture.cdc_index import disk_usage, scan  # noqa: E402
 from cdcpipe.capture.inotify import DirectoryWatcher  # noqa: E402
-from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
+from tests.support.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 STACK = ROOT / "deploy" / "local" / "stack"
 OCTET = 14

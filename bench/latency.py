@@ -37,8 +37,10 @@ from cassandra.cluster import Cluster  # noqa: E402
 from cassandra.query import BatchStatement, BatchType  # noqa: E402
 from confluent_kafka import Consumer  # noqa: E402
 
-from tests.e2e.harness import Pipeline, StackEnv, metric_sum, stack_cmd, stack_env_of, unique  # noqa: E402
-from tests.topics import delete_topics, topics_with_prefix  # noqa: E402
+from tests.support.harness import Pipeline  # noqa: E402
+from tests.support.processes import metric_sum, unique  # noqa: E402
+from tests.support.stack import StackEnv, stack_cmd, stack_env_of  # noqa: E402
+from tests.support.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 OCTET = 15  # the dedicated node (bench/reader.py uses 13, bench/capture.py 14)
 

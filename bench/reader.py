@@ -31,9 +31,10 @@ from cassandra.cluster import Cluster  # noqa: E402
 from cassandra.concurrent import execute_concurrent_with_args  # noqa: E402
 
 from cdcpipe.capture.mutation import MutationDecoder  # noqa: E402
-from cdcpipe.capture.schema import CqlFileSchemaSource, SchemaRegistry, connect_system_schema  # noqa: E402
+from cdcpipe.capture.registry import SchemaRegistry  # noqa: E402
 from cdcpipe.capture.segment import SegmentReader  # noqa: E402
 from cdcpipe.errors import MutationDecodeError, SegmentError  # noqa: E402
+from cdcpipe.schema_source import CqlFileSchemaSource, connect_system_schema  # noqa: E402
 
 STACK = ROOT / "deploy" / "local" / "stack"
 OCTET = 13

@@ -22,38 +22,39 @@ from pathlib import Path
 #: trick is faster there than a compiled dataclass constructor), so do the value codecs (a subclass of ``int`` that
 #: mypyc cannot compile natively) and apply's merge rules (avro_read builds their frozen dataclasses through slot
 #: setters).
-MODULES = ("cdcpipe/avro_raw.py", "cdcpipe/avro_fast.py", "cdcpipe/capture/rows.py",
+MODULES = ("cdcpipe/capture/avro_write.py", "cdcpipe/capture/encoder.py", "cdcpipe/capture/rows.py",
            "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
            "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",
            "cdcpipe/apply/view.py", "cdcpipe/apply/pgbinary.py")
 
-_SOURCE_ROOT = Path(__file__).resolve().parent.parent
-BUILD_DIR = _SOURCE_ROOT / ".build" / "compiled"
-_STAMP = "stamp.json"
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+BUILD_DIR = SOURCE_ROOT / ".build" / "compiled"
+STAMP = "stamp.json"
+_active = False  # set by activate(): the build is fresh and wanted
 
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _expected() -> dict[str, str]:
-    return {m: _digest(_SOURCE_ROOT / m) for m in MODULES}
+def expected_digests() -> dict[str, str]:
+    return {m: _digest(SOURCE_ROOT / m) for m in MODULES}
 
 
-def _interpreter() -> str:
+def interpreter_tag() -> str:
     return f"{sys.implementation.cache_tag}{sysconfig.get_config_var('EXT_SUFFIX')}"
 
 
 def status(build_dir: Path = BUILD_DIR) -> str | None:
     """None when ``build_dir`` holds a build of the current sources for this interpreter, else why not."""
     try:
-        stamp = json.loads((build_dir / _STAMP).read_text())
+        stamp = json.loads((build_dir / STAMP).read_text())
     except (OSError, ValueError):
         return f"no compiled build in {build_dir}"
-    if stamp.get("interpreter") != _interpreter():
-        return f"built for {stamp.get('interpreter')}, running {_interpreter()}"
+    if stamp.get("interpreter") != interpreter_tag():
+        return f"built for {stamp.get('interpreter')}, running {interpreter_tag()}"
     try:
-        stale = [m for m, h in _expected().items() if stamp.get("modules", {}).get(m) != h]
+        stale = [m for m, h in expected_digests().items() if stamp.get("modules", {}).get(m) != h]
     except OSError as exc:  # an installed package without its sources beside it
         return f"sources unreadable: {exc}"
     return f"stale: {', '.join(stale)} changed since the build" if stale else None
@@ -73,12 +74,20 @@ def activate() -> bool:
         if mode == "require":
             raise RuntimeError(f"CDCPIPE_COMPILED=require: {why} (run: python -m cdcpipe.build_compiled)")
         return False
-    import cdcpipe
-    import cdcpipe.apply
-    import cdcpipe.capture
-
+    global _active
     sys.path.insert(0, str(BUILD_DIR))  # mypyc's shared library is a top-level module
-    cdcpipe.__path__.insert(0, str(BUILD_DIR / "cdcpipe"))
-    cdcpipe.capture.__path__.insert(0, str(BUILD_DIR / "cdcpipe" / "capture"))
-    cdcpipe.apply.__path__.insert(0, str(BUILD_DIR / "cdcpipe" / "apply"))
+    _active = True
+    import cdcpipe
+
+    extend_path(cdcpipe.__path__, "cdcpipe")
     return True
+
+
+def extend_path(path: list[str], package: str) -> None:
+    """Put the build's folder of ``package`` in front of its search ``path`` when :func:`activate` found a fresh
+    build and that package has compiled modules.  Each package calls it from its ``__init__`` (so importing one
+    side never imports the other)."""
+    folder = BUILD_DIR.joinpath(*package.split("."))
+    if _active and any(m.startswith(package.replace(".", "/") + "/") and m.count("/") == package.count(".") + 1
+                       for m in MODULES):
+        path.insert(0, str(folder))

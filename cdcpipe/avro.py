@@ -37,10 +37,10 @@ from cdcpipe.avro_values import (
     safe_avro,
 )
 from cdcpipe.avro_values import to_avro as to_avro  # public API, re-exported
-from cdcpipe.capture.schema import TableSchema
-from cdcpipe.capture.values import CqlType, decode_value, parse_cql_type, udt_field_index
+from cdcpipe.cql import CqlType, decode_value, parse_cql_type, udt_field_index
 from cdcpipe.errors import EventDecodeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.schema import TableSchema
 
 MAGIC = b"\xc3\x01"
 FORMAT_VERSION = 2  # 2: the record name carries the hash of the schema's metadata

@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdcpipe.capture.values import CqlType, TimestampMillis, udt_field_index
+from cdcpipe.cql import CqlType, TimestampMillis, udt_field_index
 
 _NAME_OK = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EPOCH_NAIVE = datetime.datetime(1970, 1, 1)
@@ -84,6 +84,24 @@ def avro_type(t: CqlType, namer: Namer, base: str) -> Any:
             {"name": fnamer(n), "cdcpipe.field": n, "type": nullable(avro_type(p, namer, f"{base}_{n}"))}
             for n, p in zip(t.field_names, t.params, strict=True)]}
     return "bytes"  # custom types: the serialized bytes
+
+
+def avro_summary(t: CqlType) -> str:
+    """A short text of :func:`avro_type` (the Avro column of ``docs/type-mapping.md``), e.g. ``array<int>``."""
+    return _summary(avro_type(t, Namer(), "v"))
+
+
+def _summary(a: Any) -> str:
+    if isinstance(a, str):
+        return a
+    if isinstance(a, list):  # ["null", t]: a nullable field
+        return _summary(a[1]) + "?"
+    if a["type"] == "array":
+        return f"array<{_summary(a['items'])}>"
+    if a["type"] == "record":
+        fields = ", ".join(f"{f.get('cdcpipe.field', f['name'])}: {_summary(f['type'])}" for f in a["fields"])
+        return f"record {{{fields}}}"
+    return f"{a['type']} ({a['logicalType']})"
 
 
 def element_types(t: CqlType, namer: Namer, base: str) -> tuple[Any, Any]:

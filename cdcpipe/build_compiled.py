@@ -12,16 +12,16 @@ import sysconfig
 import tempfile
 from pathlib import Path
 
-from cdcpipe._compiled import _SOURCE_ROOT, _STAMP, BUILD_DIR, MODULES, _expected, _interpreter, status
+from cdcpipe._compiled import BUILD_DIR, MODULES, SOURCE_ROOT, STAMP, expected_digests, interpreter_tag, status
 
 
 def build(build_dir: Path = BUILD_DIR) -> None:
     """Compile :data:`MODULES` with mypyc in a scratch copy of the package and install the extensions, with
     their stamp, into ``build_dir`` (replaced as a whole; nothing is written inside the source tree)."""
-    expected = _expected()
+    expected = expected_digests()
     with tempfile.TemporaryDirectory(prefix="cdcpipe-mypyc-") as tmp:
         work = Path(tmp)
-        shutil.copytree(_SOURCE_ROOT / "cdcpipe", work / "cdcpipe",
+        shutil.copytree(SOURCE_ROOT / "cdcpipe", work / "cdcpipe",
                         ignore=shutil.ignore_patterns("__pycache__", "*.so"))
         mypyc = Path(sys.executable).with_name("mypyc")
         subprocess.run([str(mypyc), *MODULES], cwd=work, check=True, stdout=subprocess.DEVNULL,
@@ -35,7 +35,7 @@ def build(build_dir: Path = BUILD_DIR) -> None:
             ext = Path(module).with_suffix(suffix)
             (staged / ext).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(work / ext, staged / ext)
-        (staged / _STAMP).write_text(json.dumps({"interpreter": _interpreter(), "modules": expected}, indent=1))
+        (staged / STAMP).write_text(json.dumps({"interpreter": interpreter_tag(), "modules": expected}, indent=1))
     if build_dir.exists():
         shutil.rmtree(build_dir)
     staged.rename(build_dir)

@@ -51,33 +51,30 @@ def _add_dump(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser.set_defaults(func=run)
 
 
-def _add_capture(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("capture", help="stream this node's CDC segments to Kafka as Avro change events")
+def _add_processes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """The two long-lived processes, started the same way: ``<side>.pipeline.main(settings)`` (see
+    :func:`cdcpipe.runtime.serve`); each is imported only when chosen."""
+    def apply(args: argparse.Namespace, settings: Settings) -> int:
+        from cdcpipe.apply import pipeline
 
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        import asyncio
+        return pipeline.main(settings)
 
+    def capture(args: argparse.Namespace, settings: Settings) -> int:
         from cdcpipe.capture import pipeline
-        from cdcpipe.observability import configure_logging
-        from cdcpipe.runtime import Health, OpsServer
 
-        obs = settings.observability
-        configure_logging(obs.log_level, obs.log_format)
-        health = Health()
-        server = OpsServer(health, obs.http_host, obs.http_port).start()
-        try:
-            asyncio.run(pipeline.run(settings, health))
-        finally:
-            server.close()
-        return 0
+        return pipeline.main(settings)
 
-    parser.set_defaults(func=run)
+    app = sub.add_parser("apply", help="apply change events from Kafka to PostgreSQL (runs until SIGTERM)")
+    app.set_defaults(func=apply)
+    cap = sub.add_parser("capture", help="stream this node's CDC segments to Kafka as Avro change events")
+    cap.set_defaults(func=capture)
 
 
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from cdcpipe import demo
+    from cdcpipe import demo, status
 
-    demo.add_commands(sub)
+    demo.add_command(sub)
+    status.add_command(sub)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,9 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_dump(sub)
     # (subcommands of the capture and apply processes are added below this line)
-    app = sub.add_parser("apply", help="apply change events from Kafka to PostgreSQL (runs until SIGTERM)")
-    app.set_defaults(func=lambda args, settings: __import__("cdcpipe.apply.pipeline", fromlist=["main"]).main(settings))
-    _add_capture(sub)
+    _add_processes(sub)
     _add_demo(sub)
 
     return parser

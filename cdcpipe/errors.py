@@ -107,7 +107,17 @@ class ConfigError(CdcpipeError):
     """Settings are missing or invalid; the message names each setting and how to set it."""
 
 
-class EventDecodeError(CdcpipeError):
+class KafkaLocatedError(CdcpipeError):
+    """An error located in Kafka: at a record (``topic``, ``partition``, ``offset``), a partition (offset -1) or
+    a topic (partition -1); ``reason`` is the message without its coordinates."""
+
+    def __init__(self, message: str, reason: str, *, topic: str = "", partition: int = -1, offset: int = -1,
+                 retriable: bool = False) -> None:
+        super().__init__(message, retriable=retriable)
+        self.reason, self.topic, self.partition, self.offset = reason, topic, partition, offset
+
+
+class EventDecodeError(KafkaLocatedError):
     """A Kafka message is not a decodable change event (bad magic, unknown schema fingerprint, bad body).
 
     Retriable when the schema fingerprint is unknown: the schemas topic may not have been read far enough.
@@ -117,11 +127,8 @@ class EventDecodeError(CdcpipeError):
     def __init__(self, reason: str, *, topic: str = "", partition: int = -1, offset: int = -1,
                  retriable: bool = False) -> None:
         where = f"{topic}[{partition}]@{offset}: " if topic else ""
-        super().__init__(f"{where}{reason}", retriable=retriable)
-        self.reason = reason
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
+        super().__init__(f"{where}{reason}", reason, topic=topic, partition=partition, offset=offset,
+                         retriable=retriable)
 
 
 class CdcIndexError(CdcpipeError):
@@ -133,7 +140,7 @@ class CdcIndexError(CdcpipeError):
         self.reason = reason
 
 
-class KafkaProduceError(CdcpipeError):
+class KafkaProduceError(KafkaLocatedError):
     """Producing or committing a Kafka transaction failed.
 
     ``topic``/``partition`` name the record that failed (empty/-1 for a transaction-level failure), ``position``
@@ -145,51 +152,38 @@ class KafkaProduceError(CdcpipeError):
                  retriable: bool = False) -> None:
         where = f"{topic}[{partition}]" if topic else "transaction"
         at = f" (position {position})" if position else ""
-        super().__init__(f"{where}{at}: {reason}", retriable=retriable)
-        self.reason = reason
-        self.topic = topic
-        self.partition = partition
+        super().__init__(f"{where}{at}: {reason}", reason, topic=topic, partition=partition, retriable=retriable)
         self.position = position
 
 
-class KafkaConsumeError(CdcpipeError):
+class KafkaConsumeError(KafkaLocatedError):
     """Reading ``topic`` from Kafka failed (the broker did not answer a metadata, offsets or fetch request in
     time).  Retriable by default: the broker may be restarting."""
 
     def __init__(self, topic: str, reason: str, *, partition: int = -1, retriable: bool = True) -> None:
-        super().__init__(f"{topic}[{partition}]: {reason}" if partition >= 0 else f"{topic}: {reason}",
-                         retriable=retriable)
-        self.topic = topic
-        self.reason = reason
-        self.partition = partition
+        super().__init__(f"{topic}[{partition}]: {reason}" if partition >= 0 else f"{topic}: {reason}", reason,
+                         topic=topic, partition=partition, retriable=retriable)
 
 
-class CheckpointError(CdcpipeError):
+class CheckpointError(KafkaLocatedError):
     """The capture checkpoint cannot be read from ``topic`` (or a stored record there is malformed)."""
 
     def __init__(self, topic: str, reason: str, *, partition: int = -1, offset: int = -1,
                  retriable: bool = True) -> None:
-        super().__init__(f"{topic}[{partition}]@{offset}: {reason}", retriable=retriable)
-        self.topic = topic
-        self.reason = reason
-        self.partition = partition
-        self.offset = offset
+        super().__init__(f"{topic}[{partition}]@{offset}: {reason}", reason, topic=topic, partition=partition,
+                         offset=offset, retriable=retriable)
 
 
-class ApplyError(CdcpipeError):
+class ApplyError(KafkaLocatedError):
     """Applying change events to PostgreSQL failed.  ``table`` is ``keyspace.table``; ``topic``/``partition``/
     ``offset`` locate the event (offset -1: the whole batch); ``sqlstate`` is PostgreSQL's code, if any."""
 
     def __init__(self, reason: str, *, table: str = "", topic: str = "", partition: int = -1, offset: int = -1,
                  sqlstate: str | None = None, retriable: bool = False) -> None:
         where = f"{topic}[{partition}]@{offset} " if topic else ""
-        super().__init__(f"{where}{table}: {reason}", retriable=retriable)
-        self.reason = reason
-        self.table = table
-        self.topic = topic
-        self.partition = partition
-        self.offset = offset
-        self.sqlstate = sqlstate
+        super().__init__(f"{where}{table}: {reason}", reason, topic=topic, partition=partition, offset=offset,
+                         retriable=retriable)
+        self.table, self.sqlstate = table, sqlstate
 
 
 class UnsupportedTableError(ApplyError):

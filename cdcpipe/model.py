@@ -2,7 +2,7 @@
 
 One :class:`ChangeEvent` describes one row-level change of one Cassandra table as the commit log recorded it
 — never a diff against earlier state, never the whole row.  It keeps everything Cassandra's own merge needs
-(``../shared/reference/cassandra-merge-rules.md`` §11): per cell the write timestamp, TTL, expiry and whether it is
+(``docs/reference/cassandra-merge-rules.md`` §11): per cell the write timestamp, TTL, expiry and whether it is
 a tombstone; the row marker (primary-key liveness) apart from the cells; row, partition, range and
 collection deletions with their timestamps.  Columns a change did not write are absent from ``columns``,
 which is different from a column set to null (a tombstone cell).

@@ -1,4 +1,5 @@
-"""The one table of CQL type → PostgreSQL type, with the value converter for each, and the CQL wire codec.
+"""The one table of CQL type → Avro (in the event) → PostgreSQL type, with the value converter for each, and the
+CQL wire codec.
 
 Every column of a mirrored table gets its PostgreSQL type from :func:`pg_type` and its values from
 :func:`to_pg`.  A converter returns ``(value, exact)``: ``exact`` is False when PostgreSQL cannot hold the
@@ -24,7 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, driver_type, to_json
+from cdcpipe.avro_values import avro_summary
+from cdcpipe.cql import PROTOCOL_VERSION, CqlType, driver_type, parse_cql_type, to_json
 
 Converted = tuple[Any, bool]
 
@@ -39,40 +41,50 @@ _NUMERIC_MAX_SCALE = 16383
 
 @dataclass(frozen=True, slots=True)
 class TypeRow:
-    """One row of the mapping table (also one row of ``docs/type-mapping.md``)."""
+    """One row of the mapping table (also one row of ``docs/type-mapping.md``).  ``examples`` are CQL types of the
+    row: the doc's Avro column is generated from them (:func:`cdcpipe.avro_values.avro_summary`), and a unit test
+    checks that :func:`pg_type` gives each of them the row's PostgreSQL type (``S`` standing for the element's)."""
 
     cql: str
     pg: str
     representation: str
+    examples: tuple[str, ...]
 
 
 MAPPING: tuple[TypeRow, ...] = (
-    TypeRow("ascii, text, varchar", "text", "as is; text holding U+0000 (PostgreSQL cannot store it) → NULL, inexact"),
-    TypeRow("tinyint, smallint", "smallint", "as is"),
-    TypeRow("int", "integer", "as is"),
-    TypeRow("bigint", "bigint", "as is"),
-    TypeRow("counter", "bigint", "counter tables are refused at start (see ADR 0002)"),
-    TypeRow("varint", "numeric", "as is; more than 131072 digits → NULL, inexact"),
-    TypeRow("decimal", "numeric", "as is (scale kept: 1.0 stays 1.0); beyond numeric's range → NULL, inexact"),
-    TypeRow("float", "real", "as is, NaN and ±Infinity included"),
-    TypeRow("double", "double precision", "as is, NaN and ±Infinity included"),
-    TypeRow("boolean", "boolean", "as is"),
-    TypeRow("uuid, timeuuid", "uuid", "as is"),
-    TypeRow("timestamp", "timestamptz", "milliseconds, UTC; outside years 1–9999 → ±infinity, inexact"),
-    TypeRow("date", "date", "outside years 1–9999 → ±infinity, inexact"),
-    TypeRow("time", "time", "microseconds; a value with sub-microsecond nanoseconds is truncated, inexact"),
-    TypeRow("inet", "inet", "as is"),
-    TypeRow("blob, custom types", "bytea", "the serialized bytes"),
+    TypeRow("ascii, text, varchar", "text", "as is; text holding U+0000 (PostgreSQL cannot store it) → NULL, inexact",
+            ("ascii", "text", "varchar")),
+    TypeRow("tinyint, smallint", "smallint", "as is", ("tinyint", "smallint")),
+    TypeRow("int", "integer", "as is", ("int",)),
+    TypeRow("bigint", "bigint", "as is", ("bigint",)),
+    TypeRow("counter", "bigint", "counter tables are refused at start (see ADR 0002)", ("counter",)),
+    TypeRow("varint", "numeric", "as is; more than 131072 digits → NULL, inexact", ("varint",)),
+    TypeRow("decimal", "numeric", "as is (scale kept: 1.0 stays 1.0); beyond numeric's range → NULL, inexact",
+            ("decimal",)),
+    TypeRow("float", "real", "as is, NaN and ±Infinity included", ("float",)),
+    TypeRow("double", "double precision", "as is, NaN and ±Infinity included", ("double",)),
+    TypeRow("boolean", "boolean", "as is", ("boolean",)),
+    TypeRow("uuid, timeuuid", "uuid", "as is", ("uuid", "timeuuid")),
+    TypeRow("timestamp", "timestamptz", "milliseconds, UTC; outside years 1–9999 → ±infinity, inexact",
+            ("timestamp",)),
+    TypeRow("date", "date", "outside years 1–9999 → ±infinity, inexact", ("date",)),
+    TypeRow("time", "time", "microseconds; a value with sub-microsecond nanoseconds is truncated, inexact",
+            ("time",)),
+    TypeRow("inet", "inet", "as is", ("inet",)),
+    TypeRow("blob, custom types", "bytea", "the serialized bytes",
+            ("blob", "'org.apache.cassandra.db.marshal.BytesType'")),
     TypeRow("duration", "jsonb",
-            '`{"months": m, "days": d, "nanoseconds": n}` — lossless (interval has no nanoseconds)'),
+            '`{"months": m, "days": d, "nanoseconds": n}` — lossless (interval has no nanoseconds)', ("duration",)),
     TypeRow("list<S>, set<S> (S a scalar above, not duration)", "S[]",
-            "elements in list order; sets sorted by element; an element that is inexact → NULL element, inexact"),
+            "elements in list order; sets sorted by element; an element that is inexact → NULL element, inexact",
+            ("list<int>", "set<text>", "frozen<list<timestamp>>")),
     TypeRow("map, tuple, UDT, nested collections, collections of duration", "jsonb",
             "maps as `[[key, value], ...]` in key order, UDTs as objects, tuples as arrays; blobs as hex, "
-            "decimals/varints as strings, timestamps ISO-8601, non-finite floats as strings"),
-    TypeRow("vector<float, n>", "real[]", "as is"),
-    TypeRow("vector<double, n>", "double precision[]", "as is"),
-    TypeRow("vector<other, n>", "jsonb", "as an array, rendered like a list"),
+            "decimals/varints as strings, timestamps ISO-8601, non-finite floats as strings",
+            ("map<text, int>", "tuple<int, text>", "list<frozen<list<int>>>", "list<duration>")),
+    TypeRow("vector<float, n>", "real[]", "as is", ("vector<float, 3>",)),
+    TypeRow("vector<double, n>", "double precision[]", "as is", ("vector<double, 2>",)),
+    TypeRow("vector<other, n>", "jsonb", "as an array, rendered like a list", ("vector<int, 2>",)),
 )
 
 _SCALAR_PG = {
@@ -283,6 +295,11 @@ def deserialize(t: CqlType, raw: bytes) -> Any:
 # ---------------------------------------------------------------------------------------------- docs
 
 
+def _avro_column(row: TypeRow) -> str:
+    summaries = list(dict.fromkeys(avro_summary(parse_cql_type(e)) for e in row.examples))
+    return ("e.g. " if len(summaries) > 1 else "") + ", ".join(f"`{a}`" for a in summaries)
+
+
 def render_doc() -> str:
     """The text of ``docs/type-mapping.md``."""
     lines = [
@@ -295,10 +312,13 @@ def render_doc() -> str:
         "row's `_cdc_inexact text[]`, and the exact serialized CQL value is kept in the row's `_cdc_meta`",
         "(`c.<column>[4]`, hex), so no value is lost. Frozen and non-frozen collections map the same way.",
         "",
-        "| CQL | PostgreSQL | representation |",
-        "|---|---|---|",
+        "The Avro column is the type of the value in a change event (`docs/events.md`); a UDT's record has one",
+        "nullable field per UDT field, and every value also travels as its serialized bytes (`raw`).",
+        "",
+        "| CQL | Avro (event) | PostgreSQL | representation |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {r.cql} | {r.pg} | {r.representation} |" for r in MAPPING]
+    lines += [f"| {r.cql} | {_avro_column(r)} | {r.pg} | {r.representation} |" for r in MAPPING]
     lines += [
         "",
         "Metadata columns of every mirrored table (see ADR 0002):",

@@ -1,8 +1,13 @@
-"""Options for the whole suite (pytest reads pytest_addoption only from the rootdir's conftest and plugins)."""
+"""Options for the whole suite (pytest reads pytest_addoption only from the rootdir's conftest and plugins), and
+the shared fixtures (tests/support/fixtures.py)."""
 
 from __future__ import annotations
 
 import pytest
+
+pytest.register_assert_rewrite("tests.support")  # the shared helpers' asserts report like the tests' own
+
+pytest_plugins = ["tests.support.fixtures"]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -28,9 +28,9 @@ from cdcpipe.apply.deadletter import DeadLetter, DeadLetterer
 from cdcpipe.apply.decode import SchemaReader, decode_delta
 from cdcpipe.apply.merge import Delta
 from cdcpipe.apply.writer import BatchWriter, Positioned
-from cdcpipe.capture.schema import TableSchema
 from cdcpipe.errors import CdcpipeError, EventDecodeError, UnsupportedTableError
 from cdcpipe.runtime import Health
+from cdcpipe.schema import TableSchema
 
 log = structlog.get_logger(__name__)
 

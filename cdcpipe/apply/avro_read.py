@@ -31,7 +31,7 @@ from cdcpipe.apply.avro_skip import (
     skip_long,
     skip_string,
 )
-from cdcpipe.apply.merge import _UNSET, ComplexState, Delta, PartitionState, RowState, Version, expiry, newer
+from cdcpipe.apply.merge import UNSET, ComplexState, Delta, PartitionState, RowState, Version, expiry, newer
 from cdcpipe.avro import EventSchema
 from cdcpipe.model import Deletion, Op
 
@@ -85,7 +85,7 @@ def _marker(ts: int, ldt: int | None, ttl: int) -> Version:
     _V_TTL(v, ttl)
     _V_TOMB(v, False)
     _V_VALUE(v, b"")
-    _V_OBJ(v, _UNSET)
+    _V_OBJ(v, UNSET)
     return v
 
 
@@ -155,7 +155,7 @@ def _cell_tail(data: bytes, p: int, raw: bytes, ts: int, is_set: bool) -> tuple[
     end = expiry(ts, ttl, exp) if ttl > 0 else None
     if is_set:
         return Version(ts, end, ttl, False, b"", None), p
-    return Version(ts, end, ttl, False, raw, _UNSET), p
+    return Version(ts, end, ttl, False, raw, UNSET), p
 
 
 # ------------------------------------------------------------------------------------------------ the reader
@@ -431,7 +431,7 @@ class DeltaReader:
                             tw, tv, tl = w, ts, p - q
                     if data[p:p + 4] == _ZEROS:
                         p += 4
-                        v = _live(ts, b"", None) if is_set else _live(ts, raw, _UNSET)
+                        v = _live(ts, b"", None) if is_set else _live(ts, raw, UNSET)
                     else:
                         v, p = _cell_tail(data, p, raw, ts, is_set)
                     if path is not None:

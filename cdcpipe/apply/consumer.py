@@ -13,7 +13,6 @@ for the callback would deadlock).
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from typing import Any
 import structlog
 
 from cdcpipe.config import Settings
+from cdcpipe.topics import events_pattern
 
 log = structlog.get_logger(__name__)
 
@@ -37,11 +37,6 @@ class Record:
     value: bytes
     generation: int
     timestamp_ms: int = 0  # the record's Kafka timestamp (capture's produce time); 0 when the broker gave none
-
-
-def events_pattern(prefix: str) -> str:
-    """The subscription regex of event topics ``<prefix>.<keyspace>.<table>`` (not ``.schemas`` or ``.dlq``)."""
-    return "^" + re.escape(prefix) + r"\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$"
 
 
 def _committed(err: Any, partitions: list[Any]) -> None:

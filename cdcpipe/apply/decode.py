@@ -18,12 +18,12 @@ import fastavro
 
 from cdcpipe.apply import merge
 from cdcpipe.apply.avro_read import compile_reader, key_sizes
-from cdcpipe.apply.merge import _UNSET, ComplexState, RowState, Version, expiry, newer
+from cdcpipe.apply.merge import UNSET, ComplexState, RowState, Version, expiry, newer
 from cdcpipe.avro import EventSchema, SchemaCache, fingerprint_of
-from cdcpipe.capture.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
-from cdcpipe.capture.values import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
+from cdcpipe.cql import PROTOCOL_VERSION, CqlType, decode_value, driver_type, udt_field_index
 from cdcpipe.errors import EventDecodeError, KafkaConsumeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
 
 _TABLES: dict[bytes, TableSchema] = {}
 _T = TypeVar("_T")
@@ -248,7 +248,7 @@ def _fast_version(c: Any, is_set: bool) -> Version:
     ldt = expiry(c["timestamp"], ttl, c["expires_at"]) if ttl > 0 else None
     if is_set:
         return Version(c["timestamp"], ldt, ttl, False, b"", None)
-    return Version(c["timestamp"], ldt, ttl, False, c["raw"], _UNSET)
+    return Version(c["timestamp"], ldt, ttl, False, c["raw"], UNSET)
 
 
 class _Plan:

@@ -1,4 +1,4 @@
-"""Cassandra's merge rules on the state of rows and partitions (``../shared/reference/cassandra-merge-rules.md``).
+"""Cassandra's merge rules on the state of rows and partitions (``docs/reference/cassandra-merge-rules.md``).
 
 Pure: no I/O, no clock.  The state kept per row and per partition is what §11 of the reference says a mirror must
 keep: the winning version of every cell and collection element (ts, TTL, expiry or deletion time, tombstone flag,
@@ -22,13 +22,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdcpipe.capture.schema import Column, TableSchema
-from cdcpipe.capture.values import CqlType
+from cdcpipe.cql import CqlType
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op
+from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import serialize
 
 NO_DELETION = -(2**63)  # Long.MIN_VALUE: no write can carry it, so "ts <= NO_DELETION" never holds
-_UNSET: Any = object()
+UNSET: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +44,7 @@ class Version:
     ttl: int = 0
     tombstone: bool = False
     value: bytes = b""
-    obj: Any = field(default=_UNSET, compare=False, repr=False)
+    obj: Any = field(default=UNSET, compare=False, repr=False)
 
     @property
     def order(self) -> tuple[int, bool, bool, int, bytes]:
@@ -384,7 +384,7 @@ def _version(t: CqlType | None, cell: Cell, element_of: CqlType | None = None) -
     assert t is not None
     value = cell.raw if cell.raw is not None else b"" if cell.value is None else serialize(t, cell.value)
     # a value the decoder could not type (None with raw bytes) is re-read from the bytes when viewed
-    return Version(cell.timestamp, ldt, cell.ttl, False, value, _UNSET if cell.value is None else cell.value)
+    return Version(cell.timestamp, ldt, cell.ttl, False, value, UNSET if cell.value is None else cell.value)
 
 
 def _element_type(t: CqlType, path: Any) -> CqlType | None:

@@ -25,9 +25,9 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdcpipe.apply.merge import _UNSET, split_clustering
-from cdcpipe.capture.schema import Column, TableSchema
-from cdcpipe.capture.values import CqlType
+from cdcpipe.apply.merge import UNSET, split_clustering
+from cdcpipe.cql import CqlType
+from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import converter, deserializer, pg_type
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
@@ -310,7 +310,7 @@ class RecordWriter:
         inexact: list[bytes] | None = None
         for col in self._columns:
             kind = col.kind
-            obj: Any = _UNSET
+            obj: Any = UNSET
             if kind == _CELL:
                 v = values.get(col.name)
                 if v is None:
@@ -328,7 +328,7 @@ class RecordWriter:
             if kind != _MULTI:
                 if col.code and _direct(col.code, out, raw):
                     continue
-                value = obj if obj is not _UNSET else col.read(raw)
+                value = obj if obj is not UNSET else col.read(raw)
             else:
                 value = values.get(col.name)
             exact = True

@@ -1,4 +1,9 @@
-"""Wires the apply process: consumer → decode → merge → batcher → writer → checkpoint (asyncio + uvloop).
+"""The apply process: the only place that wires the stages (asyncio + uvloop).
+
+    EventConsumer.poll (Kafka, read_committed) → Batcher                               [worker thread]
+        → bounded queue of ready batches (one per partition in flight)
+        → BatchApplier × apply.concurrency: decode → merge → BatchWriter (rows + checkpoint, one transaction)
+        → EventConsumer.commit (Kafka offsets, only after that transaction committed)
 
 One TaskGroup: a poller (Kafka consume in a thread), a dispatcher (ready batches into a bounded queue), writers
 (``apply.concurrency`` of them), a maintenance task (TTL expiry and grace purge every ``apply.purge_interval_s``)
@@ -15,8 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-import signal
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,7 +35,8 @@ from cdcpipe.apply.decode import SchemaReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
 from cdcpipe.errors import CdcpipeError
-from cdcpipe.runtime import Health, tune_gc
+from cdcpipe.runtime import Health, serve, tune_gc
+from cdcpipe.topics import apply_dlq_topic, schemas_topic
 
 T = TypeVar("T")
 
@@ -42,6 +46,175 @@ WATCH_S = 2.0  # period of the health probes and lag gauge
 PROBE_TIMEOUT_S = 5.0
 POLL_MAX = 2000  # records per consume call; a call that returns fewer means the consumer has caught up
 POLL_S = 0.025  # how long one consume call waits for records (bounds the latency it adds)
+
+
+class Apply:
+    """One apply process; build it with :meth:`open` (waits for its dependencies), then ``await run(stop)``.
+
+    Stages in data-flow order: :meth:`_poll` → :meth:`_dispatch` → :meth:`_write` (× ``apply.concurrency``);
+    beside them :meth:`_maintain` and :meth:`_watch`.  A batch's Kafka offset is committed only after the PostgreSQL
+    transaction that stored the same checkpoint; a batch whose partition was reassigned meanwhile is dropped."""
+
+    def __init__(self, settings: Settings, health: Health, admin: Any, pool: Any, dlq: DeadLetterer,
+                 reader: SchemaReader) -> None:
+        cfg = settings.apply
+        self.settings, self.health, self.pool, self._admin = settings, health, pool, admin
+        self._loop = asyncio.get_running_loop()
+        self.batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
+        self.consumer = EventConsumer(settings, self._checkpoints, on_revoke=self._revoked)
+        self.writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
+        self.applier = BatchApplier(self.writer, reader, dlq, cfg.group_id,
+                                    CircuitBreaker(health, "circuit", cfg.circuit_failures))
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
+        self._polling_done = asyncio.Event()
+        self._wake = asyncio.Event()  # set when records arrive or a batch finishes: the dispatcher looks again
+        self._caught_up = False  # the last consume call returned everything there was
+
+    @classmethod
+    async def open(cls, settings: Settings, health: Health, stop: asyncio.Event) -> Apply | None:
+        """Start-up, each step retried until it succeeds (see :func:`_until_up`): connect to PostgreSQL and create
+        the checkpoint table, then the dead-letter table (``/health``: ``postgres``), then create the dead-letter
+        topic and read the schemas topic to its end (``kafka``).  None, with the pool closed, if ``stop`` comes
+        first."""
+        from confluent_kafka import Producer
+        from confluent_kafka.admin import AdminClient
+
+        dsn = settings.require("postgres.dsn").get_secret_value()  # a missing setting fails here, not in a retry
+        kafka = settings.kafka.client_config()
+        admin = AdminClient(kafka)
+        health.fail("kafka", "not reached yet")
+        health.fail("postgres", "not reached yet")
+        pool = await _until_up("postgres", lambda: _connect(dsn, settings), health, stop)
+        if pool is None:
+            return None
+        dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
+                           apply_dlq_topic(settings.kafka.topic_prefix, settings.apply.dlq_topic),
+                           settings.apply.group_id)
+        reader = SchemaReader.open(kafka, schemas_topic(settings.kafka.topic_prefix))
+
+        async def dlq_table() -> bool:
+            await dlq.ensure()
+            return True
+
+        async def schemas() -> bool:
+            await asyncio.to_thread(dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S)
+            return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
+        if await _until_up("postgres", dlq_table, health, stop) is None or \
+                await _until_up("kafka", schemas, health, stop) is None:
+            await pool.close()
+            return None
+        return cls(settings, health, admin, pool, dlq, reader)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Apply until ``stop``, then apply what was read, commit, and close the consumer and the pool.  Tunes this
+        process's garbage collector first (an apply process runs one ``Apply``): see :func:`cdcpipe.runtime.tune_gc`.
+        """
+        tune_gc()
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._poll(stop), name="poll")
+                tasks.create_task(self._dispatch(), name="dispatch")
+                for i in range(self.settings.apply.concurrency):
+                    tasks.create_task(self._write(), name=f"write-{i}")
+                tasks.create_task(self._maintain(stop), name="maintain")
+                tasks.create_task(self._watch(stop), name="watch")
+        finally:
+            await asyncio.to_thread(self.consumer.close)
+            await self.pool.close()
+        log.info("apply stopped")
+
+    async def _poll(self, stop: asyncio.Event) -> None:
+        """Kafka → batcher until ``stop``; then tells the dispatcher that nothing more comes."""
+        limit = self.settings.apply.batch.max_rows * self.settings.apply.concurrency
+        while not stop.is_set():
+            if self.batcher.buffered >= limit:
+                await asyncio.sleep(0.01)  # backpressure: writers are behind
+                continue
+            records = await asyncio.to_thread(self.consumer.poll, POLL_MAX, POLL_S)
+            for rec in records:
+                self.batcher.add(rec)
+            self._caught_up = len(records) < POLL_MAX
+            if records:
+                self._wake.set()
+        self._polling_done.set()
+        self._wake.set()
+
+    async def _dispatch(self) -> None:
+        """Ready batches → the writers' queue; once polling is done and every batch is out, one ``None`` per writer.
+
+        A batch closes at max_rows, max_wait_ms after its first record, or as soon as the consumer has caught up
+        (nothing more to wait for: waiting would only add latency).  Under a backlog consume calls return full and
+        batches fill up; while a partition's batch is in flight its next one keeps filling."""
+        cfg = self.settings.apply
+        while True:
+            done = self._polling_done.is_set()
+            for batch in self.batcher.ready(force=done or self._caught_up):
+                await self._queue.put(batch)
+            if done and self.batcher.idle:
+                break
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), min(0.02, cfg.batch.max_wait_ms / 4000))
+        for _ in range(cfg.concurrency):
+            await self._queue.put(None)
+
+    async def _write(self) -> None:
+        """Apply each queued batch still owned by this consumer (PostgreSQL first, then the Kafka commit)."""
+        while (batch := await self._queue.get()) is not None:
+            try:
+                if self.consumer.current(batch.topic, batch.partition, batch.generation):
+                    await self.applier.apply(batch)
+                    self.consumer.commit(batch.topic, batch.partition, batch.next_offset)
+            finally:
+                self.batcher.done(batch.topic, batch.partition)
+                self._wake.set()
+
+    async def _maintain(self, stop: asyncio.Event) -> None:
+        """Every ``apply.purge_interval_s``: expire TTL'd rows and purge tombstones past their grace, per table."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.settings.apply.purge_interval_s)
+            try:
+                for table in list(self.applier.tables.values()):
+                    while await self.writer.expire(table) > 0 and not stop.is_set():
+                        pass
+                    await self.writer.purge(table)
+            except CdcpipeError as exc:  # PostgreSQL down: the next round catches up
+                if not exc.retriable:
+                    raise
+                log.warning("maintenance failed, retrying next round", error=str(exc))
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Every ``WATCH_S``: ``/health`` ``kafka`` and ``postgres`` from a probe of each, and the consumer lag."""
+        while not stop.is_set():
+            await asyncio.gather(
+                self._probe("kafka", lambda: asyncio.to_thread(self._probe_kafka)),
+                self._probe("postgres", lambda: self.pool.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)))
+            for (topic, partition), lag in (await asyncio.to_thread(self.consumer.lag)).items():
+                metrics.LAG.labels(topic, str(partition)).set(lag)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), WATCH_S)
+
+    async def _probe(self, name: str, check: Callable[[], Awaitable[object]]) -> None:
+        try:
+            await asyncio.wait_for(check(), PROBE_TIMEOUT_S + 1)
+            self.health.ok(name)
+        except Exception as exc:
+            self.health.fail(name, f"unreachable: {_reason(exc) or type(exc).__name__}")
+
+    def _probe_kafka(self) -> None:
+        meta = self._admin.list_topics(timeout=PROBE_TIMEOUT_S)
+        if not meta.brokers:
+            raise ConnectionError("no broker in the metadata")
+
+    def _checkpoints(self, topic: str, partitions: list[int]) -> dict[int, int]:
+        """PostgreSQL's next offsets, for the consumer's assignment callback (polling thread); loaded on the loop."""
+        load = checkpoint.load(self.pool, self.settings.apply.group_id, topic, partitions)
+        return asyncio.run_coroutine_threadsafe(load, self._loop).result(60)
+
+    def _revoked(self, parts: list[tuple[str, int]]) -> None:
+        """The consumer's revocation callback (polling thread): the batcher drops those partitions, on the loop."""
+        self._loop.call_soon_threadsafe(self.batcher.drop, parts)
 
 
 def _reason(exc: BaseException) -> str:
@@ -68,177 +241,30 @@ async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health,
         delay = min(delay * 2, 30.0)
 
 
-async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
-    from confluent_kafka import Producer
-    from confluent_kafka.admin import AdminClient
-
-    cfg, group = settings.apply, settings.apply.group_id
-    dsn = settings.require("postgres.dsn").get_secret_value()
-    kafka = settings.kafka.client_config()
-    admin = AdminClient(kafka)
-    health.fail("kafka", "not reached yet")
-    health.fail("postgres", "not reached yet")
-
-    async def connect() -> Any:
-        p = await asyncpg.create_pool(dsn, min_size=settings.postgres.pool_min_size,
-                                      max_size=settings.postgres.pool_max_size, timeout=PROBE_TIMEOUT_S)
-        try:
-            await checkpoint.ensure(p)
-        except BaseException:
-            await p.close()
-            raise
-        return p
-    pool = await _until_up("postgres", connect, health, stop)
-    if pool is None:
-        return 0
-    dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
-                       cfg.dlq_topic or f"{settings.kafka.topic_prefix}.dlq", group)
-    reader = SchemaReader.open(kafka, f"{settings.kafka.topic_prefix}.schemas")
-
-    async def ensure_dlq() -> bool:
-        await dlq.ensure()
-        return True
-
-    async def catch_up() -> int:
-        await asyncio.to_thread(dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S)
-        return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
-    if await _until_up("postgres", ensure_dlq, health, stop) is None or \
-            await _until_up("kafka", catch_up, health, stop) is None:
-        await pool.close()
-        return 0
-    tune_gc()
-    loop = asyncio.get_running_loop()
-    batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
-
-    def revoked(parts: list[tuple[str, int]]) -> None:
-        loop.call_soon_threadsafe(batcher.drop, parts)
-    consumer = EventConsumer(
-        settings,
-        lambda topic, parts: asyncio.run_coroutine_threadsafe(checkpoint.load(pool, group, topic, parts),
-                                                              loop).result(60),
-        on_revoke=revoked)
-    writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
-    applier = BatchApplier(writer, reader, dlq, group, CircuitBreaker(health, "circuit", cfg.circuit_failures))
-    queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
-    polling_done = asyncio.Event()
-    wake = asyncio.Event()  # set when records arrive or a batch finishes: the dispatcher looks again
-    caught_up = False  # the last consume call returned everything there was
-
-    async def poll() -> None:
-        nonlocal caught_up
-        while not stop.is_set():
-            if batcher.buffered >= cfg.batch.max_rows * cfg.concurrency:
-                await asyncio.sleep(0.01)  # backpressure: writers are behind
-                continue
-            records = await asyncio.to_thread(consumer.poll, POLL_MAX, POLL_S)
-            for rec in records:
-                batcher.add(rec)
-            caught_up = len(records) < POLL_MAX
-            if records:
-                wake.set()
-        polling_done.set()
-        wake.set()
-
-    async def dispatch() -> None:
-        # A batch closes at max_rows, max_wait_ms after its first record, or as soon as the consumer has caught
-        # up (nothing more to wait for: waiting would only add latency).  Under a backlog consume calls return
-        # full and batches fill up; while a partition's batch is in flight its next one keeps filling.
-        while True:
-            done = polling_done.is_set()
-            for batch in batcher.ready(force=done or caught_up):
-                await queue.put(batch)
-            if done and batcher.idle:
-                break
-            wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(wake.wait(), min(0.02, cfg.batch.max_wait_ms / 4000))
-        for _ in range(cfg.concurrency):
-            await queue.put(None)
-
-    async def write() -> None:
-        while (batch := await queue.get()) is not None:
-            try:
-                if consumer.current(batch.topic, batch.partition, batch.generation):
-                    await applier.apply(batch)
-                    consumer.commit(batch.topic, batch.partition, batch.next_offset)
-            finally:
-                batcher.done(batch.topic, batch.partition)
-                wake.set()
-
-    async def maintain() -> None:
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), cfg.purge_interval_s)
-            try:
-                for table in list(applier.tables.values()):
-                    while await writer.expire(table) > 0 and not stop.is_set():
-                        pass
-                    await writer.purge(table)
-            except CdcpipeError as exc:  # PostgreSQL down: the next round catches up
-                if not exc.retriable:
-                    raise
-                log.warning("maintenance failed, retrying next round", error=str(exc))
-
-    def probe_kafka() -> None:
-        meta = admin.list_topics(timeout=PROBE_TIMEOUT_S)
-        if not meta.brokers:
-            raise ConnectionError("no broker in the metadata")
-
-    async def probe(name: str, check: Callable[[], Awaitable[object]]) -> None:
-        try:
-            await asyncio.wait_for(check(), PROBE_TIMEOUT_S + 1)
-            health.ok(name)
-        except Exception as exc:
-            health.fail(name, f"unreachable: {_reason(exc) or type(exc).__name__}")
-
-    async def watch() -> None:
-        while not stop.is_set():
-            await asyncio.gather(probe("kafka", lambda: asyncio.to_thread(probe_kafka)),
-                                 probe("postgres", lambda: pool.fetchval("SELECT 1", timeout=PROBE_TIMEOUT_S)))
-            for (topic, partition), lag in (await asyncio.to_thread(consumer.lag)).items():
-                metrics.LAG.labels(topic, str(partition)).set(lag)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), WATCH_S)
-
+async def _connect(dsn: str, settings: Settings) -> Any:
+    """A PostgreSQL pool with the checkpoint table in place (the pool is closed again if creating it fails)."""
+    pool = await asyncpg.create_pool(dsn, min_size=settings.postgres.pool_min_size,
+                                     max_size=settings.postgres.pool_max_size, timeout=PROBE_TIMEOUT_S)
     try:
-        async with asyncio.TaskGroup() as tasks:
-            tasks.create_task(poll())
-            tasks.create_task(dispatch())
-            for _ in range(cfg.concurrency):
-                tasks.create_task(write())
-            tasks.create_task(maintain())
-            tasks.create_task(watch())
-    finally:
-        await asyncio.to_thread(consumer.close)
+        await checkpoint.ensure(pool)
+    except BaseException:
         await pool.close()
-    log.info("apply stopped")
+        raise
+    return pool
+
+
+async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
+    """Run apply until ``stop`` is set, then return 0; raises the first stage error.  While PostgreSQL or Kafka is
+    unreachable at start it waits (``/health`` 503 says which); ``stop`` during that wait returns 0 at once."""
+    apply = await Apply.open(settings, health, stop)
+    if apply is None:
+        return 0
+    await apply.run(stop)
     return 0
 
 
 def main(settings: Settings) -> int:
-    """``cdcpipe apply``: serve /metrics and /health, run until SIGTERM/SIGINT."""
+    """``cdcpipe apply``: :func:`run` under :func:`cdcpipe.runtime.serve`, on uvloop."""
     import uvloop
 
-    from cdcpipe.observability import configure_logging
-    from cdcpipe.runtime import OpsServer
-
-    obs = settings.observability
-    configure_logging(obs.log_level, obs.log_format)
-    # Batches allocate millions of short-lived, acyclic objects (events, cells, versions): the default gen-0
-    # threshold (700) makes the cyclic GC rescan the batches in flight over and over (~25% of decode CPU).
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-    health = Health()
-    server = OpsServer(health, obs.http_host, obs.http_port).start()
-
-    async def supervised() -> int:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        return await run(settings, health, stop)
-
-    try:
-        return uvloop.run(supervised())
-    finally:
-        server.close()
+    return serve(settings, run, loop_factory=uvloop.new_event_loop)

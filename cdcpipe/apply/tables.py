@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cdcpipe.capture.schema import Column, TableSchema
-from cdcpipe.capture.values import CqlType
+from cdcpipe.cql import CqlType
 from cdcpipe.errors import UnsupportedTableError
+from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import pg_type, to_pg
 
 META_COLUMNS = ("_cdc_partition", "_cdc_clustering", "_cdc_meta", "_cdc_inexact", "_cdc_expires_at",

@@ -13,9 +13,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from cdcpipe.apply.merge import _UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
-from cdcpipe.capture.schema import Column, TableSchema
-from cdcpipe.capture.values import CqlType
+from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
+from cdcpipe.cql import CqlType
+from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import deserialize, deserializer
 
 
@@ -46,7 +46,7 @@ class StaticView:
 
 
 def _value(t: CqlType, v: Version) -> Any:
-    return v.obj if v.obj is not _UNSET else deserialize(t, v.value)
+    return v.obj if v.obj is not UNSET else deserialize(t, v.value)
 
 
 def _min(a: int | None, b: int | None) -> int | None:
@@ -112,7 +112,7 @@ def _columns_view(columns: tuple[Column, ...], row: RowState, now: int, acc: _Ac
             values[name] = None
         elif not v.tombstone and v.ldt is None:  # a plain live cell (acc.see, inlined)
             acc.live = True
-            values[name] = v if raw else v.obj if v.obj is not _UNSET else read(v.value)
+            values[name] = v if raw else v.obj if v.obj is not UNSET else read(v.value)
         elif acc.see(v, now):
             values[name] = v if raw else _value(t, v)
         else:

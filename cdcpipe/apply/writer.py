@@ -33,9 +33,9 @@ from cdcpipe.apply import merge, pgbinary, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import Layout, ident, instant, layout
-from cdcpipe.capture.schema import TableSchema
 from cdcpipe.errors import ApplyError, postgres_error
 from cdcpipe.model import ChangeEvent
+from cdcpipe.schema import TableSchema
 from cdcpipe.typemap import converter
 
 _LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes

@@ -21,16 +21,18 @@ from typing import Any
 import structlog
 
 from cdcpipe import avro
-from cdcpipe.avro_fast import TableEncoder, Unsupported
 from cdcpipe.capture import metrics
 from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower
+from cdcpipe.capture.encoder import TableEncoder, Unsupported
 from cdcpipe.capture.events import Origin, from_mutation
 from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id
-from cdcpipe.capture.producer import Record, dead_letter_topic, table_topic
-from cdcpipe.capture.schema import SchemaRegistry, TableSchema
+from cdcpipe.capture.producer import Record
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.segment import Position
 from cdcpipe.errors import MutationDecodeError
 from cdcpipe.model import Op
+from cdcpipe.schema import TableSchema
+from cdcpipe.topics import capture_dlq_topic, table_topic
 
 log = structlog.get_logger(__name__)
 _new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__
@@ -308,4 +310,4 @@ class BatchBuilder:
                   table_id=str(table_id) if table_id else None, error=str(exc))
         value = json.dumps({"segment": path, "position": str(pos), "table_id": str(table_id) if table_id else None,
                             "error": str(exc), "entry_hex": data.hex()}).encode()
-        return Record(dead_letter_topic(self.prefix), str(pos).encode(), value)
+        return Record(capture_dlq_topic(self.prefix), str(pos).encode(), value)

@@ -17,18 +17,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from cdcpipe.capture.mutation import MutationDecoder, PartitionUpdate, first_table_id
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.rows import Cell, DeletionTime, RangeTombstoneMarker, Row
-from cdcpipe.capture.schema import (
-    CqlFileSchemaSource,
-    SchemaRegistry,
-    SchemaSource,
-    TableSchema,
-    connect_system_schema,
-    system_table_id,
-)
 from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, StaticKeyProvider
-from cdcpipe.capture.values import CqlType, iso_from_micros, render, udt_field_index
+from cdcpipe.cql import CqlType, iso_from_micros, render, udt_field_index
 from cdcpipe.errors import CdcpipeError, MutationDecodeError, SegmentError, UnknownTableError
+from cdcpipe.schema import TableSchema, system_table_id
+from cdcpipe.schema_source import CqlFileSchemaSource, SchemaSource, connect_system_schema
 
 HOSTS_ENV = "CDCPIPE_CASSANDRA__HOSTS"
 

@@ -32,9 +32,9 @@ from cdcpipe.capture.rows import (
     Row,
 )
 from cdcpipe.capture.rows import Cell as RawCell
-from cdcpipe.capture.schema import TableSchema
-from cdcpipe.capture.values import CqlType, decode_value, udt_field_index
+from cdcpipe.cql import CqlType, decode_value, udt_field_index
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.schema import TableSchema
 
 _Q = struct.Struct(">q")
 _START_INCLUSIVE = {INCL_START_BOUND: True, EXCL_START_BOUND: False, EXCL_END_INCL_START_BOUNDARY: True,
@@ -105,7 +105,7 @@ def _changes(u: PartitionUpdate, origin: Origin, segment_id: int, position: int)
         d = _deletion(u.partition_deletion)
         h = base.copy().text("P").deletion(d)
         yield Change(make(Op.PARTITION_DELETE, d.timestamp, h, deletion=d), t, u.key, raw_key)
-    for start, end, dt in _ranges(u.range_tombstones):
+    for start, end, dt in ranges(u.range_tombstones):
         d = _deletion(dt)
         h = base.copy().text("R").deletion(d)
         for kind, (raws, incl) in (("s", start), ("e", end)):
@@ -202,7 +202,7 @@ def _deletion(d: DeletionTime) -> Deletion:
 _Side = tuple[tuple[bytes | None, ...], bool]
 
 
-def _ranges(markers: tuple[RangeTombstoneMarker, ...]) -> Iterator[tuple[_Side, _Side, DeletionTime]]:
+def ranges(markers: tuple[RangeTombstoneMarker, ...]) -> Iterator[tuple[_Side, _Side, DeletionTime]]:
     """Pair open and close markers (bounds and boundaries) into (start, end, deletion) ranges."""
     open_: tuple[_Side, DeletionTime] | None = None
     for m in markers:

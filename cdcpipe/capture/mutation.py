@@ -6,7 +6,7 @@ deletion times as unsigned 32-bit seconds (checked against cassandra-5.0 ``Cell.
 ``UnfilteredSerializer.readComplexColumn``, ``EncodingStats.Serializer``). Reference §7.
 
 Decoding needs the schema of every table an entry mentions; it is looked up by table id through a
-``SchemaLookup`` (``cdcpipe.capture.schema.SchemaRegistry``). An unknown table id or column raises
+``SchemaLookup`` (``cdcpipe.capture.registry.SchemaRegistry``). An unknown table id or column raises
 ``UnknownTableError`` (retriable: the schema may be refreshed); malformed bytes raise
 ``MutationDecodeError``. Nothing else escapes ``MutationDecoder.decode``.
 """
@@ -19,14 +19,14 @@ from collections.abc import Callable
 from typing import Any, NamedTuple, Protocol
 
 from cdcpipe.capture.rows import (
-    _EXTRA,
-    _MASK,
     DELETION_TIME_EPOCH,
     END_OF_PARTITION,
     EXTENSION_FLAG,
     IS_MARKER,
     IS_STATIC,
     TIMESTAMP_EPOCH,
+    VINT_EXTRA,
+    VINT_MASK,
     Cell,
     ColumnSpec,
     DeletionTime,
@@ -38,9 +38,9 @@ from cdcpipe.capture.rows import (
     WireError,
     uvint,
 )
-from cdcpipe.capture.schema import Column, DroppedColumn, TableSchema
 from cdcpipe.capture.segment import Position
 from cdcpipe.errors import MutationDecodeError, UnknownTableError
+from cdcpipe.schema import Column, DroppedColumn, TableSchema
 
 __all__ = [
     "Cell", "DeletionTime", "Liveness", "Mutation", "MutationDecoder", "PartitionUpdate",
@@ -49,7 +49,7 @@ __all__ = [
 
 # PartitionUpdate flags (UnfilteredRowIteratorSerializer)
 IS_EMPTY, IS_REVERSED, HAS_PARTITION_DELETION, HAS_STATIC_ROW, HAS_ROW_ESTIMATE = 1, 2, 4, 8, 16
-_2_63, _2_64, _M32 = 1 << 63, 1 << 64, 0xFFFFFFFF
+TWO_63, TWO_64, _M32 = 1 << 63, 1 << 64, 0xFFFFFFFF
 _MAX_HEADERS = 4096  # cached column headers per table
 _RECENT_HEADERS = 4  # headers per table compared by prefix before walking a header
 _new: Any = tuple.__new__
@@ -79,7 +79,7 @@ class Mutation(NamedTuple):
 
 
 class RowSink(Protocol):
-    """Takes the regular rows of a table's PartitionUpdate straight from the wire (``avro_fast.TableEncoder``
+    """Takes the regular rows of a table's PartitionUpdate straight from the wire (``encoder.TableEncoder``
     writes their events without building Rows)."""
 
     def begin(self, key: bytes, position: Position) -> None:
@@ -226,15 +226,15 @@ class MutationDecoder:
         if u < 0x80:
             p += 1
         else:  # uvint() inlined: the minimum timestamp is almost always several bytes
-            n = _EXTRA[u]
+            n = VINT_EXTRA[u]
             e = p + 1 + n
             if e > len(buf):
                 raise WireError(f"truncated vint at {p}")
-            u = ((u & _MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:e], "big")
+            u = ((u & VINT_MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:e], "big")
             p = e
         min_ts = u + TIMESTAMP_EPOCH
-        if min_ts >= _2_63:
-            min_ts -= _2_64
+        if min_ts >= TWO_63:
+            min_ts -= TWO_64
         u = buf[p]
         if u < 0x80:
             p += 1

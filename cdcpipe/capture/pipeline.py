@@ -6,8 +6,9 @@
 
 One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if one fails the others are
 cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
-position, (3) commit the transaction, (4) only then delete segments.  SIGTERM/SIGINT: reading stops, ``ship``
-commits the batches already read, and :func:`run` returns — well within 10 s (the integration tests check it).
+position, (3) commit the transaction, (4) only then delete segments.  ``stop`` (SIGTERM/SIGINT, see :func:`main`):
+reading stops, ``ship`` commits the batches already read, and :func:`run` returns — well within 10 s (the
+integration tests check it).
 When idle, reading sleeps until inotify reports a new segment or a rewritten ``_cdc.idx`` in cdc_raw (or, without
 inotify, until ``capture.poll_interval_ms`` passes).  A transaction is committed as soon as the read has caught up
 with what is durable (the batch says so and the queue is empty), when it holds ``capture.batch_max_events``, or
@@ -18,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 import time
 
 import structlog
@@ -31,13 +31,15 @@ from cdcpipe.capture.cdc_index import SegmentFollower
 from cdcpipe.capture.checkpoint import read_checkpoint
 from cdcpipe.capture.events import Origin
 from cdcpipe.capture.inotify import DirectoryWatcher
-from cdcpipe.capture.producer import EventProducer, positions_topic
-from cdcpipe.capture.schema import SchemaRegistry, SystemSchemaSource, connect_system_schema
+from cdcpipe.capture.producer import EventProducer
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.config import KafkaSettings, Settings
 from cdcpipe.errors import SchemaError
-from cdcpipe.runtime import Health, tune_gc
+from cdcpipe.runtime import Health, serve, tune_gc
+from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
+from cdcpipe.topics import positions_topic
 
 log = structlog.get_logger(__name__)
 _QUEUE_BATCHES = 4
@@ -213,13 +215,10 @@ def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
         return f"{kafka.bootstrap_servers} unreachable: {exc.args[0].str() if exc.args else exc}"
 
 
-async def run(settings: Settings, health: Health, stop: asyncio.Event | None = None) -> None:
-    """Run capture until SIGTERM/SIGINT (or ``stop``); raises the first stage error.  While Kafka or Cassandra is
-    unreachable at start it waits (``/health`` answers 503 with the reason) instead of exiting."""
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
+    """Run capture until ``stop`` is set, then return 0; raises the first stage error.  While Kafka or Cassandra is
+    unreachable at start it waits (``/health`` answers 503 with the reason) instead of exiting; ``stop`` during
+    that wait returns 0."""
     health.fail("reading", "starting")
     health.fail("kafka", f"connecting to {settings.kafka.bootstrap_servers}")
     while (reason := await asyncio.to_thread(kafka_reachable, settings.kafka)) is not None:
@@ -228,7 +227,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event | None = N
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), 2.0)
         if stop.is_set():
-            return
+            return 0
     while True:  # Cassandra (its system_schema) must be reachable too; wait for it the same way
         try:
             capture = await asyncio.to_thread(Capture.open, settings, health)
@@ -241,6 +240,12 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event | None = N
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 2.0)
             if stop.is_set():
-                return
+                return 0
     health.ok("cassandra")
     await capture.run(stop)
+    return 0
+
+
+def main(settings: Settings) -> int:
+    """``cdcpipe capture``: :func:`run` under :func:`cdcpipe.runtime.serve`, on the standard library's event loop."""
+    return serve(settings, run)

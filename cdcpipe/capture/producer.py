@@ -18,7 +18,6 @@ Contract
 from __future__ import annotations
 
 import json
-import re
 import time
 from typing import Any, NamedTuple
 
@@ -32,9 +31,9 @@ from cdcpipe.capture import metrics
 from cdcpipe.capture.segment import Position
 from cdcpipe.config import KafkaSettings
 from cdcpipe.errors import KafkaProduceError
+from cdcpipe.topics import capture_dlq_topic, positions_topic, schemas_topic
 
 log = structlog.get_logger(__name__)
-_TOPIC_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 COMPACTED = {"cleanup.policy": "compact"}
 _ATTEMPTS = 5
 
@@ -45,22 +44,6 @@ class Record(NamedTuple):
     topic: str
     key: bytes
     value: bytes
-
-
-def table_topic(prefix: str, keyspace: str, table: str) -> str:
-    return _TOPIC_CHARS.sub("_", f"{prefix}.{keyspace}.{table}")
-
-
-def positions_topic(prefix: str) -> str:
-    return f"{prefix}.capture-positions"
-
-
-def schemas_topic(prefix: str) -> str:
-    return f"{prefix}.schemas"
-
-
-def dead_letter_topic(prefix: str) -> str:
-    return f"{prefix}.capture-dlq"
 
 
 def position_value(node: str, position: Position) -> bytes:
@@ -94,7 +77,7 @@ class EventProducer:
         """Create the bookkeeping topics and fence earlier instances (blocking)."""
         self.ensure_topic(positions_topic(self.prefix), partitions=1, config=COMPACTED)
         self.ensure_topic(schemas_topic(self.prefix), partitions=1, config=COMPACTED)
-        self.ensure_topic(dead_letter_topic(self.prefix), partitions=1)
+        self.ensure_topic(capture_dlq_topic(self.prefix), partitions=1)
         try:
             self._producer.init_transactions(self.timeout_s)
         except KafkaException as exc:

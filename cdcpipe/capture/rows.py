@@ -2,7 +2,7 @@
 
 Rows, cells, clustering prefixes and range tombstone markers as written by Cassandra's
 ``UnfilteredSerializer`` in the on-wire (commit log) form: reference §7.6-§7.12. Values are kept as
-raw bytes; ``cdcpipe.capture.values`` decodes them on demand.
+raw bytes; ``cdcpipe.cql`` decodes them on demand.
 
 The value types are immutable NamedTuples rather than frozen dataclasses: a reader builds several per
 mutation, and a frozen dataclass costs about 15 times as much to construct (docs/adr/0003). The hot
@@ -16,13 +16,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from cdcpipe.capture.values import CqlType
+from cdcpipe.cql import CqlType
 
 NO_TIMESTAMP = -(1 << 63)
 _M64 = (1 << 64) - 1
 _M32 = 0xFFFFFFFF
-_2_63 = 1 << 63
-_2_64 = 1 << 64
+TWO_63 = 1 << 63
+TWO_64 = 1 << 64
 TIMESTAMP_EPOCH = 1442880000000000
 DELETION_TIME_EPOCH = 1442880000
 
@@ -40,8 +40,8 @@ BOUND_KIND_NAMES = {0: "EXCL_END_BOUND", 1: "INCL_START_BOUND", 2: "EXCL_END_INC
                     5: "INCL_END_EXCL_START_BOUNDARY", 6: "INCL_END_BOUND", 7: "EXCL_START_BOUND"}
 
 # number of extra bytes of a vint, by first byte (= count of leading one bits)
-_EXTRA = bytes((8 - (b ^ 0xFF).bit_length()) for b in range(256))
-_MASK = bytes(0xFF >> n for n in range(9))
+VINT_EXTRA = bytes((8 - (b ^ 0xFF).bit_length()) for b in range(256))
+VINT_MASK = bytes(0xFF >> n for n in range(9))
 
 
 class WireError(ValueError):
@@ -53,11 +53,11 @@ def uvint(buf: bytes, p: int) -> tuple[int, int]:
     b = buf[p]
     if b < 0x80:
         return b, p + 1
-    n = _EXTRA[b]
+    n = VINT_EXTRA[b]
     end = p + 1 + n
     if end > len(buf):
         raise WireError(f"truncated vint at {p}")
-    return ((b & _MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:end], "big"), end
+    return ((b & VINT_MASK[n]) << (8 * n)) | int.from_bytes(buf[p + 1:end], "big"), end
 
 
 def take(buf: bytes, p: int, n: int) -> tuple[bytes, int]:
@@ -166,8 +166,8 @@ class RowReader:
     def timestamp(self, p: int) -> tuple[int, int]:
         u, p = uvint(self.buf, p)
         ts = u + self.min_ts
-        if ts >= _2_63:
-            ts -= _2_64
+        if ts >= TWO_63:
+            ts -= TWO_64
         return ts, p
 
     def ldt(self, p: int) -> tuple[int, int]:
@@ -254,8 +254,8 @@ class RowReader:
             else:
                 b, p = uvint(buf, p)
             row_ts = b + min_ts
-            if row_ts >= _2_63:
-                row_ts -= _2_64
+            if row_ts >= TWO_63:
+                row_ts -= TWO_64
             if flags & HAS_TTL:
                 row_ttl, p = self.ttl(p)
                 row_ldt, p = self.ldt(p)
@@ -290,8 +290,8 @@ class RowReader:
                 else:
                     b, p = uvint(buf, p)
                 ts = b + min_ts
-                if ts >= _2_63:
-                    ts -= _2_64
+                if ts >= TWO_63:
+                    ts -= TWO_64
             if cflags & USE_ROW_TTL:
                 ttl, ldt = row_ttl, row_ldt
             elif cflags & (IS_DELETED | IS_EXPIRING):
@@ -353,8 +353,8 @@ class RowReader:
                 else:
                     u, p = uvint(buf, p)
                 ts = u + min_ts
-                if ts >= _2_63:
-                    ts -= _2_64
+                if ts >= TWO_63:
+                    ts -= TWO_64
             if cflags & USE_ROW_TTL:
                 ttl, ldt = row_ttl, row_ldt
             elif cflags & (IS_DELETED | IS_EXPIRING):

@@ -3,7 +3,7 @@
 Reads Cassandra commit log segments (descriptor versions 6, 7 and 8; version 5 framing is accepted
 for tests) in plain, compressed (LZ4, Snappy, Deflate, Zstd) and encrypted (AES/CBC + LZ4) form and
 yields CRC-checked entries (serialized mutations) with their positions. It does not decode mutations
-(see ``cdcpipe.capture.mutation``). Byte format: ``shared/reference/cassandra-commitlog-format.md`` §4-§6.
+(see ``cdcpipe.capture.mutation``). Byte format: ``docs/reference/cassandra-commitlog-format.md`` §4-§6.
 
 Positions
     A ``Position`` is ``(segment_id, offset)`` where ``offset`` is a *logical* segment offset: the file

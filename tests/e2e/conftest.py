@@ -1,18 +1,8 @@
-"""End-to-end fixtures: the shared stack fixtures of the integration tests, and ``--long`` for bigger runs."""
+"""End-to-end runs: ``--long`` (tests/conftest.py) lifts every CI-sized timeout."""
 
 from __future__ import annotations
 
 import pytest
-
-from tests.integration.conftest import settings, stack_env
-
-__all__ = ["settings", "stack_env"]
-
-
-@pytest.fixture(scope="session")
-def long_run(request: pytest.FixtureRequest) -> bool:
-    return bool(request.config.getoption("--long", default=False))
-
 
 LONG_TIMEOUT_S = 3 * 3600
 

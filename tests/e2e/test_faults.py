@@ -15,22 +15,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import ROOT, Outcome, Pipeline, StackEnv, metric_sum, private_stack, run_fidelity, stack_cmd
+from tests.support.harness import Outcome, Pipeline, run_fidelity
+from tests.support.processes import metric_sum
+from tests.support.stack import StackEnv, private_stack, stack_cmd, stack_dir
 
 pytestmark = pytest.mark.timeout(900)
 
 
 def knobs() -> dict[str, str]:
-    base = Path(stack_env_dir())
+    base = stack_dir()
     return {"CDCPIPE_STACK_DIR": str(base / "aux" / "e2e-faults"), "CDCPIPE_STACK_CACHE": str(base / "cache"),
             "CDCPIPE_STACK_CASSANDRA_FIRST": "31", "CDCPIPE_STACK_KAFKA_PORT": "19092",
             "CDCPIPE_STACK_PG_PORT": "55440"}
-
-
-def stack_env_dir() -> str:
-    import os
-
-    return os.environ.get("CDCPIPE_STACK_DIR", str(ROOT / ".stack"))
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +89,7 @@ def test_kill_9_capture_and_apply(private: StackEnv, long_run: bool, tmp_path: P
         log, t0 = [], time.monotonic()
         for at, victim in zip(moments, victims, strict=True):
             time.sleep(max(0.0, t0 + at - time.monotonic()))
-            victim.kill9()
+            victim.kill()
             victim.start()
             log.append(f"kill -9 {victim.name} at {at:.1f}s")
         return log

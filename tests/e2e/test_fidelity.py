@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import StackEnv, run_fidelity
+from tests.support.harness import run_fidelity
+from tests.support.stack import StackEnv
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -6,7 +6,6 @@ restarted mid-stream.  Kafka and PostgreSQL are the shared stack's."""
 from __future__ import annotations
 
 import itertools
-import os
 import random
 import threading
 import time
@@ -16,14 +15,16 @@ from pathlib import Path
 import pytest
 from cassandra import ConsistencyLevel
 
-from tests.e2e.harness import ROOT, Pipeline, StackEnv, metric_sum, private_stack, run_fidelity
+from tests.support.harness import Pipeline, run_fidelity
+from tests.support.processes import metric_sum
+from tests.support.stack import StackEnv, private_stack, stack_dir
 
 pytestmark = pytest.mark.timeout(1200)
 
 
 @pytest.fixture(scope="module")
 def three_nodes(stack_env: dict[str, str]) -> Iterator[StackEnv]:
-    base = Path(os.environ.get("CDCPIPE_STACK_DIR", str(ROOT / ".stack")))
+    base = stack_dir()
     knobs = {"CDCPIPE_STACK_DIR": str(base / "aux" / "three"), "CDCPIPE_STACK_CACHE": str(base / "cache"),
              "CDCPIPE_STACK_SERVICES": "cassandra", "CDCPIPE_STACK_CASSANDRA_FIRST": "21"}
     with private_stack(knobs, nodes=3) as cass:
@@ -41,7 +42,7 @@ def kill_while_writing(seed: int, pause: tuple[float, float]) -> Callable[[Pipel
             if done.wait(rng.uniform(*pause)):
                 return log
             victim = rng.choice(pipeline.captures) if n % 2 == 0 else pipeline.apply
-            victim.kill9()
+            victim.kill()
             victim.start()
             log.append(f"kill -9 {victim.name} at {time.monotonic() - t0:.1f}s")
         return log

@@ -16,7 +16,7 @@ from confluent_kafka.cimpl import NewTopic
 
 from cdcpipe.apply.consumer import EventConsumer
 from cdcpipe.config import Settings
-from tests.integration.test_apply_pipeline import run_settings
+from tests.support.applykit import run_settings
 
 pytestmark = pytest.mark.timeout(120)
 

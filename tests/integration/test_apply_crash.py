@@ -23,12 +23,14 @@ from cdcpipe import avro
 from cdcpipe.apply import pipeline
 from cdcpipe.config import Settings
 from cdcpipe.runtime import Health
-from tests.integration.applykit import (
+from tests.support.applykit import (
     ApplyProcess,
     TxProducer,
     Workload,
+    as_pg,
     audit_chains,
     checkpoints,
+    content,
     create_topics,
     drop_audit,
     drop_schemas,
@@ -36,11 +38,11 @@ from tests.integration.applykit import (
     encode,
     end_offsets,
     install_audit,
-    metric,
+    jsonb_parsed,
     publish_schemas,
 )
-from tests.integration.test_apply_writer import as_pg, content
-from tests.unit.mergekit import TABLES, select
+from tests.support.mergekit import TABLES, select
+from tests.support.processes import metric
 
 pytestmark = pytest.mark.timeout(180)
 KILLS = 5
@@ -53,11 +55,6 @@ def apply_env(prefix: str, group: str) -> dict[str, str]:
             # static membership: a restarted process takes its partitions back without waiting for the dead
             # member's session to time out
             "CDCPIPE_KAFKA__EXTRA": json.dumps({"group.instance.id": group, "session.timeout.ms": "6000"})}
-
-
-def jsonb_parsed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """asyncpg returns jsonb as text: parse it to compare with the model's values."""
-    return [{k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in r.items()} for r in rows]
 
 
 async def clean_apply(settings: Settings, prefix: str, group: str, ends: dict[tuple[str, int], int],
@@ -134,7 +131,7 @@ async def test_kill_9_at_random_moments(settings: Settings, tmp_path: Path) -> N
                 assert time.monotonic() < deadline, f"run {i} made no progress:\n{proc.tail()}"
                 await asyncio.sleep(0.1)
             await asyncio.sleep(rnd.uniform(0.0, 2.0))
-            text = proc.metrics()
+            text = proc.metrics_text()
             assert metric(text, "cdcpipe_apply_duplicates_total", kind="already_applied") == 0
             proc.kill()
             kills.append((round(time.monotonic() - started, 1), sum((await checkpoints(pool, group)).values()),
@@ -151,7 +148,7 @@ async def test_kill_9_at_random_moments(settings: Settings, tmp_path: Path) -> N
             assert proc.running, proc.tail()
             assert time.monotonic() < deadline, f"not drained: {await checkpoints(pool, group)} vs {ends}"
             await asyncio.sleep(0.3)
-        assert metric(proc.metrics(), "cdcpipe_apply_duplicates_total", kind="already_applied") == 0
+        assert metric(proc.metrics_text(), "cdcpipe_apply_duplicates_total", kind="already_applied") == 0
         rc, took = proc.terminate()
         assert rc == 0 and took < 10, (rc, took)
         print(f"{len(work.sent)} events in {sum(ends.values())} offsets over {len(ends)} partitions, "

@@ -16,7 +16,7 @@ import pytest
 
 from cdcpipe import avro
 from cdcpipe.config import Settings
-from tests.integration.applykit import (
+from tests.support.applykit import (
     ApplyProcess,
     TxProducer,
     checkpoints,
@@ -24,11 +24,10 @@ from tests.integration.applykit import (
     drop_schemas,
     encode,
     end_offsets,
-    free_port,
-    metric,
     publish_schemas,
 )
-from tests.unit.mergekit import TABLES, delete_row, insert, update
+from tests.support.mergekit import TABLES, delete_row, insert, update
+from tests.support.processes import free_port, metric
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -70,7 +69,7 @@ async def test_health_503_when_kafka_unreachable(settings: Settings, tmp_path: P
             conditions = await wait_health(proc, 503)
         print(f"/health with Kafka down: {conditions}")
         assert conditions["postgres"] == "ok"
-        assert "cdcpipe_apply_events_applied_total" in proc.metrics()
+        assert "cdcpipe_apply_events_applied_total" in proc.metrics_text()
         rc, took = proc.terminate()  # still stoppable while waiting for Kafka
         assert rc == 0 and took < 10, (rc, took)
     finally:
@@ -133,7 +132,7 @@ async def test_circuit_opens_and_closes_and_metrics(settings: Settings, tmp_path
             assert time.monotonic() < deadline, proc.tail()
             await asyncio.sleep(0.2)
         await asyncio.sleep(2.5)  # one more lag update
-        text = proc.metrics()
+        text = proc.metrics_text()
         applied = {op: metric(text, "cdcpipe_apply_events_applied_total", table="ks.kv", op=op)
                    for op in ("upsert", "partition_delete")}
         print("metrics:", applied, {n: metric(text, n) for n in (

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import subprocess
 import threading
 import time
 import uuid
@@ -25,24 +24,25 @@ import pytest
 
 from cdcpipe import avro
 from cdcpipe.config import Settings
-from tests.integration.applykit import (
-    ROOT,
+from tests.support.applykit import (
     ApplyProcess,
     TxProducer,
     Workload,
+    as_pg,
     audit_chains,
     checkpoints,
+    content,
     create_topics,
     encode,
     end_offsets,
-    free_port,
     install_audit,
-    metric,
+    jsonb_parsed,
     publish_schemas,
 )
-from tests.integration.test_apply_crash import jsonb_parsed
-from tests.integration.test_apply_writer import as_pg, content
-from tests.unit.mergekit import TABLES, select
+from tests.support.mergekit import TABLES, select
+from tests.support.processes import free_port, metric
+from tests.support.stack import ROOT
+from tests.support.stack import stack as stack_script
 
 OUTAGE_S = float(os.environ.get("CDCPIPE_TEST_PG_OUTAGE_S", "20"))
 pytestmark = pytest.mark.timeout(120 + 2 * OUTAGE_S)
@@ -60,8 +60,7 @@ class PrivatePostgres:
 
     def stack(self, *args: str) -> float:
         started = time.monotonic()
-        res = subprocess.run([str(ROOT / "deploy" / "local" / "stack"), *args], env=self.env, capture_output=True,
-                             text=True, timeout=120, check=False)
+        res = stack_script(*args, env=self.env, timeout=120)
         assert res.returncode == 0, res.stderr
         return time.monotonic() - started
 
@@ -153,7 +152,7 @@ async def test_postgres_outage_mid_stream(settings: Settings, private_pg: Privat
         while proc.health()[0] != 200:
             assert time.monotonic() < deadline, proc.health()
             await asyncio.sleep(0.3)
-        text = proc.metrics()
+        text = proc.metrics_text()
         assert metric(text, "cdcpipe_apply_retries_total") >= 2
         assert metric(text, "cdcpipe_apply_dlq_events_total") == 0
         rc, _ = proc.terminate()

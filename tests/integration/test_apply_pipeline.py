@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Any
 
 import asyncpg
 import pytest
@@ -17,68 +16,11 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cdcpipe import avro
 from cdcpipe.apply import pipeline
 from cdcpipe.apply.tables import ident
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.config import Settings
-from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
 from cdcpipe.runtime import Health
-from cdcpipe.typemap import serialize
+from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, wait_for
 
 pytestmark = pytest.mark.timeout(120)
-
-(TX,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int, n text) "
-                         "WITH id = 00000000-0000-0000-0000-0000000000cc;")
-_ids = iter(range(1, 10**6))
-
-
-def event(table: TableSchema, key: str, ts: int, insert: bool = False, **cols: Any) -> ChangeEvent:
-    types = {c.name: c.type for c in table.regular}
-    changes = tuple(
-        ColumnChange(n, (Cell(None, ts, deleted=True, local_deletion_time=1, raw=b"") if v is None
-                         else Cell(v, ts, raw=serialize(types[n], v)),))
-        for n, v in cols.items())
-    src = Source("c", "dc1", "n1", table.keyspace, table.table, table.table_id, 1, 0)
-    return ChangeEvent(next(_ids).to_bytes(16, "big"), Op.UPSERT, ts, src, (key,),
-                       liveness=Liveness(ts) if insert else None, columns=changes)
-
-
-def encode(schema: avro.EventSchema, ev: ChangeEvent) -> bytes:
-    return avro.encode(ev, schema, (serialize(TX.partition_key[0].type, ev.partition_key[0]),))
-
-
-async def wait_for(predicate: Any, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.3)
-
-
-def run_settings(settings: Settings, prefix: str, **batch: int) -> Settings:
-    """``settings`` for one test run: its own topic prefix, schema prefix and consumer group; ``batch`` overrides
-    ``apply.batch``."""
-    return settings.model_copy(update={
-        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
-        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
-        "apply": settings.apply.model_copy(update={
-            "group_id": prefix, "batch": settings.apply.batch.model_copy(update=batch)}),
-    })
-
-
-async def next_offset(pool: Any, prefix: str, task: asyncio.Task[int]) -> int | None:
-    """The run's checkpoint (None before apply created its table or stored one); re-raises if apply died."""
-    if task.done():
-        task.result()
-    try:
-        found = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
-    except asyncpg.UndefinedTableError:  # a fresh database: apply has not created it yet
-        return None
-    return None if found is None else int(found)
-
-
-async def drop_run(pool: Any, prefix: str) -> None:
-    """Remove what one run wrote to PostgreSQL: its schemas and its checkpoint rows."""
-    for s in await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%"):
-        await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
-    await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
 
 
 async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
@@ -96,7 +38,7 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
               event(TX, "a", 12, v=5), event(TX, "a", 11, v=4, n=None),  # older: v stays 5, n deleted at 11
               event(TX, "bad\x00key", 10, insert=True, v=9),               # PostgreSQL rejects this key
               event(TX, "b", 10, insert=True, v=2)]                        # a replica duplicate
-    payloads = [encode(schema, e) for e in events]
+    payloads = [encode_tx(schema, e) for e in events]
     payloads.insert(2, b"not an avro event")                               # undecodable
     for p in payloads:
         producer.produce(topic, key=b"k", value=p)
@@ -165,7 +107,7 @@ async def test_batch_closes_once_caught_up(settings: Settings) -> None:
         async def applied(n: int) -> bool:
             return await next_offset(pool, prefix, task) == n
         for i in range(3):
-            producer.produce(topic, key=b"k", value=encode(schema, event(TX, f"k{i}", 10, insert=True, v=i)))
+            producer.produce(topic, key=b"k", value=encode_tx(schema, event(TX, f"k{i}", 10, insert=True, v=i)))
             assert producer.flush(30) == 0
             sent = time.monotonic()
             await wait_for(lambda n=i + 1: applied(n), timeout=45 if i == 0 else 15)  # the first one: start-up

@@ -16,10 +16,8 @@ from typing import Any
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.tables import ident
 from cdcpipe.apply.writer import BatchWriter, Positioned
-from tests.integration.test_apply_writer import Clock, cleanup, content, pool, prefix
-from tests.unit.mergekit import NOW, TABLES, insert, update
-
-__all__ = ["cleanup", "pool", "prefix"]
+from tests.support.applykit import Clock, content
+from tests.support.mergekit import NOW, TABLES, insert, update
 
 
 async def slow_next_commit(pool: Any, schema: str, table: str, seconds: float) -> None:

@@ -19,11 +19,12 @@ from cdcpipe import avro
 from cdcpipe.apply import pipeline
 from cdcpipe.apply.decode import SchemaReader
 from cdcpipe.apply.tables import ident
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.config import Settings
 from cdcpipe.errors import KafkaConsumeError
 from cdcpipe.runtime import Health
-from tests.integration.test_apply_pipeline import TX, drop_run, encode, event, next_offset, run_settings, wait_for
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
+from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -106,7 +107,7 @@ async def test_event_whose_schema_is_not_readable_yet_is_applied_not_dead_letter
     (stranger,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int, n text, extra int) "
                                    "WITH id = 00000000-0000-0000-0000-0000000000cc;")
     producer = Producer(kafka)
-    producer.produce(topic, key=b"k", value=encode(schema, event(TX, "late", 10, insert=True, v=1)))
+    producer.produce(topic, key=b"k", value=encode_tx(schema, event(TX, "late", 10, insert=True, v=1)))
     assert producer.flush(30) == 0
     cfg = run_settings(settings, prefix, max_wait_ms=100)
     pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)

@@ -14,33 +14,25 @@ import json
 import os
 import random
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from cdcpipe.apply.tables import ident
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.config import Settings
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
 from cdcpipe.typemap import to_pg
-from tests.integration.applykit import ApplyProcess
-from tests.integration.capturekit import CaptureProcess, unique
+from tests.support.applykit import ApplyProcess
+from tests.support.capturekit import CaptureProcess
+from tests.support.processes import unique
 
 pytestmark = pytest.mark.timeout(150)
 
 COLUMNS = "k int, c int, s int STATIC, v text, w int, l list<int>, st set<text>, m map<text, int>, PRIMARY KEY (k, c)"
-
-
-@pytest.fixture(scope="module")
-def session(settings: Settings) -> Iterator[Session]:
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
-    s = cluster.connect()
-    yield s
-    cluster.shutdown()
 
 
 def statements(rnd: random.Random, table: str, n: int) -> list[str]:

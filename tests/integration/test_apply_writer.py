@@ -6,19 +6,17 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
-import asyncpg
 import pytest
 
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.tables import ident
 from cdcpipe.apply.writer import BatchWriter, Positioned
-from cdcpipe.config import Settings
 from cdcpipe.errors import ApplyError, UnsupportedTableError
 from cdcpipe.model import Cell
-from tests.unit.mergekit import (
+from tests.support.applykit import Clock, as_pg, content
+from tests.support.mergekit import (
     NOW,
     TABLES,
     delete_columns,
@@ -33,59 +31,6 @@ from tests.unit.mergekit import (
 )
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-async def pool(settings: Settings) -> AsyncIterator[Any]:
-    p = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
-    yield p
-    await p.close()
-
-
-@pytest.fixture
-def prefix() -> str:
-    return f"t{uuid.uuid4().hex[:10]}_"
-
-
-@pytest.fixture
-async def cleanup(pool: Any, prefix: str) -> AsyncIterator[None]:
-    yield
-    schemas = await pool.fetch("SELECT nspname FROM pg_namespace WHERE nspname LIKE $1", prefix + "%")
-    for s in schemas:
-        await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
-    await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def content(pool: Any, prefix: str, table: str) -> list[dict[str, Any]]:
-    t = TABLES[table]
-    cols = [c.name for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)]
-    order = ", ".join(ident(c.name) for c in (*t.partition_key, *t.clustering))
-    rows = await pool.fetch(f"SELECT {', '.join(ident(c) for c in cols)} FROM {ident(prefix + t.keyspace)}."
-                            f"{ident(t.table)} ORDER BY {order}")
-    return [dict(r) for r in rows]
-
-
-def as_pg(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The model's typed SELECT rows as the PostgreSQL mirror shows them (maps as JSON text)."""
-    import json
-
-    from cdcpipe.typemap import to_pg
-
-    t = TABLES[table]
-    types = {c.name: c.type for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)}
-    out = []
-    for r in rows:
-        conv = {k: to_pg(types[k], v)[0] for k, v in r.items()}
-        out.append({k: json.loads(v) if types[k].name == "map" and v is not None else v for k, v in conv.items()})
-    return out
 
 
 def workload() -> list[Any]:
@@ -173,7 +118,7 @@ async def test_expiry_and_purge(pool: Any, prefix: str, cleanup: None) -> None:
 
 async def test_errors_are_classified(pool: Any, prefix: str, cleanup: None) -> None:
     writer = BatchWriter(pool, schema_prefix=prefix, clock=Clock(NOW + 1))
-    from cdcpipe.capture.schema import parse_cql_schema
+    from cdcpipe.schema_source import parse_cql_schema
 
     (texty,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int) WITH id = "
                                 "00000000-0000-0000-0000-0000000000aa;")
@@ -212,11 +157,11 @@ def _all_types_events(seed: int, rows: int) -> list[Any]:
     import datetime
     import struct
 
-    from cdcpipe.capture.schema import parse_cql_schema
-    from cdcpipe.capture.values import CqlType
+    from cdcpipe.cql import CqlType
     from cdcpipe.model import ChangeEvent, ColumnChange, Liveness, Op, Source
+    from cdcpipe.schema_source import parse_cql_schema
     from cdcpipe.typemap import serialize
-    from tests.unit.test_pgbinary import raw_value
+    from tests.support.eventkit import raw_value
 
     (t,) = parse_cql_schema(_ALL_TYPES)
     rng = random.Random(seed)
@@ -289,7 +234,7 @@ async def test_binary_copy_stores_what_typed_records_store(pool: Any, prefix: st
     binary replaced): every column's text, the inexact lists and the metadata are equal."""
     from cdcpipe.apply import pgbinary
     from cdcpipe.apply.tables import layout
-    from cdcpipe.capture.schema import parse_cql_schema
+    from cdcpipe.schema_source import parse_cql_schema
 
     (table,) = parse_cql_schema(_ALL_TYPES)
     lay = layout(table)

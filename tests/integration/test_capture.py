@@ -7,27 +7,18 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import fastavro
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from cdcpipe.config import Settings
 from cdcpipe.model import ChangeEvent, Op
-from tests.integration.capturekit import CaptureProcess, EventReader, unique
+from tests.support.capturekit import CaptureProcess, EventReader
+from tests.support.processes import unique
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def session(settings: Settings) -> Iterator[Session]:
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
-    s = cluster.connect()
-    yield s
-    cluster.shutdown()
 
 
 def make_table(session: Session) -> tuple[str, str]:

@@ -5,37 +5,22 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from cdcpipe.capture.cdc_index import scan
 from cdcpipe.config import Settings
-from tests.integration.capturekit import CaptureProcess, EventReader, unique
+from tests.support.capturekit import CaptureProcess, EventReader
+from tests.support.cassandra import cluster
+from tests.support.processes import free_port, metric_value, unique
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture(scope="module")
-def session(settings: Settings) -> Iterator[Session]:
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
-    s = cluster.connect()
-    yield s
-    cluster.shutdown()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -58,22 +43,6 @@ def wait_for(port: int, path: str, want: int, timeout: float) -> tuple[int, str]
             pass
         time.sleep(0.2)
     raise AssertionError(f"{path} did not answer {want} within {timeout}s; last: {last}")
-
-
-def metric(text: str, name: str, **labels: str) -> float | None:
-    """The value of one sample of ``name`` with exactly these labels (None when absent)."""
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        got = {}
-        if "{" in head:
-            for part in head[head.index("{") + 1:-1].split(","):
-                k, _, v = part.partition("=")
-                got[k] = v.strip('"')
-        if head.split("{")[0] == name and got == labels:
-            return float(value)
-    return None
 
 
 def ops_env(port: int, **extra: str) -> dict[str, str]:
@@ -162,21 +131,21 @@ def test_metrics_exist_and_move(session: Session, settings: Settings, tmp_path: 
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             _, text = get(port, "/metrics")
-            lags.append(metric(text, "cdcpipe_capture_lag_seconds"))
-            if metric(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op="upsert") == 20:
+            lags.append(metric_value(text, "cdcpipe_capture_lag_seconds"))
+            if metric_value(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op="upsert") == 20:
                 break
             time.sleep(0.1)
-        events = {op: metric(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op=op)
+        events = {op: metric_value(text, "cdcpipe_capture_events_produced_total", keyspace=ks, table="t", op=op)
                   for op in ("upsert", "row_delete", "partition_delete")}
         assert events == {"upsert": 20, "row_delete": 1, "partition_delete": 1}
-        assert (metric(text, "cdcpipe_capture_mutations_read_total") or 0) > (
-            metric(before, "cdcpipe_capture_mutations_read_total") or 0)
-        assert (metric(text, "cdcpipe_capture_transactions_total", outcome="committed") or 0) > (
-            metric(before, "cdcpipe_capture_transactions_total", outcome="committed") or 0)
-        assert (metric(text, "cdcpipe_capture_cdc_raw_bytes") or 0) > 0
+        assert (metric_value(text, "cdcpipe_capture_mutations_read_total") or 0) > (
+            metric_value(before, "cdcpipe_capture_mutations_read_total") or 0)
+        assert (metric_value(text, "cdcpipe_capture_transactions_total", outcome="committed") or 0) > (
+            metric_value(before, "cdcpipe_capture_transactions_total", outcome="committed") or 0)
+        assert (metric_value(text, "cdcpipe_capture_cdc_raw_bytes") or 0) > 0
         assert all(lag is not None and 0 <= lag < 60 for lag in lags)
-        assert metric(text, "cdcpipe_capture_section_errors_total") == 0
-        assert metric(text, "cdcpipe_capture_segments_deleted_total") is not None
+        assert metric_value(text, "cdcpipe_capture_section_errors_total") == 0
+        assert metric_value(text, "cdcpipe_capture_segments_deleted_total") is not None
         rc, _ = cap.terminate()
         assert rc == 0
     finally:
@@ -194,10 +163,9 @@ def _segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int)
 
     if (seg := found()) is not None:
         return seg
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
+    c = cluster(settings)
     try:
-        session = cluster.connect()
+        session = c.connect()
         session.execute("CREATE KEYSPACE IF NOT EXISTS itops_fill WITH replication = "
                         "{'class': 'SimpleStrategy', 'replication_factor': 1}")
         session.execute("CREATE TABLE IF NOT EXISTS itops_fill.t (k int PRIMARY KEY, v blob) WITH cdc = true")
@@ -205,7 +173,7 @@ def _segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int)
         for i in range(2 * at_least // 1024 + 16):
             session.execute(insert, (i, bytes(1024)))
     finally:
-        cluster.shutdown()
+        c.shutdown()
     deadline = time.monotonic() + 10
     while (seg := found()) is None:
         assert time.monotonic() < deadline, f"no segment in {cdc_raw} reached {at_least} durable bytes"
@@ -236,12 +204,12 @@ def test_section_errors_and_segments_deleted_move(settings: Settings, tmp_path: 
         text = ""
         while time.monotonic() < deadline:
             _, text = get(port, "/metrics")
-            if (metric(text, "cdcpipe_capture_segments_deleted_total") or 0) >= 1:
+            if (metric_value(text, "cdcpipe_capture_segments_deleted_total") or 0) >= 1:
                 break
             time.sleep(0.2)
-        assert (metric(text, "cdcpipe_capture_section_errors_total") or 0) >= 1
-        assert metric(text, "cdcpipe_capture_segments_deleted_total") == 1
-        assert (metric(text, "cdcpipe_capture_mutations_read_total") or 0) > 0
+        assert (metric_value(text, "cdcpipe_capture_section_errors_total") or 0) >= 1
+        assert metric_value(text, "cdcpipe_capture_segments_deleted_total") == 1
+        assert (metric_value(text, "cdcpipe_capture_mutations_read_total") or 0) > 0
         assert not (cdc_raw / seg.log.name).exists() and not (cdc_raw / seg.idx.name).exists()
         rc, _ = cap.terminate()
         assert rc == 0

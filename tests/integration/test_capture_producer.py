@@ -9,7 +9,7 @@ import uuid
 from cdcpipe.capture.producer import EventProducer, Record
 from cdcpipe.capture.segment import Position
 from cdcpipe.config import Settings
-from tests.integration.test_kafka import consume, new_topic
+from tests.support.topics import consume, new_topic
 
 
 def test_a_commit_that_times_out_is_committed_again_not_restarted(settings: Settings) -> None:

@@ -12,29 +12,20 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 from cassandra.concurrent import execute_concurrent_with_args
 
 from cdcpipe.capture.cdc_index import scan
 from cdcpipe.config import Settings
-from tests.integration.capturekit import CaptureProcess, EventReader, unique
+from tests.support.capturekit import CaptureProcess, EventReader
+from tests.support.processes import unique
 
 CRASH_WRITES = int(os.environ.get("CDCPIPE_IT_CRASH_WRITES", "10000"))
 KILLS = 5
 pytestmark = pytest.mark.timeout(180 + CRASH_WRITES // 100)
-
-
-@pytest.fixture(scope="module")
-def session(settings: Settings) -> Iterator[Session]:
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
-    s = cluster.connect()
-    yield s
-    cluster.shutdown()
 
 
 def make_table(session: Session) -> tuple[str, str]:

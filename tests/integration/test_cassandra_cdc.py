@@ -4,24 +4,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cassandra.cluster import Cluster, Session
+from cassandra.cluster import Session
 
 from cdcpipe.config import Settings
 
 
-@pytest.fixture(scope="module")
-def session(settings: Settings) -> Iterator[Session]:
-    points = settings.cassandra.contact_points()
-    cluster = Cluster([h for h, _ in points], port=points[0][1], protocol_version=5)
-    s = cluster.connect()
-    s.execute("CREATE KEYSPACE IF NOT EXISTS it_stack WITH replication = "
-              "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-    yield s
-    cluster.shutdown()
+@pytest.fixture(scope="module", autouse=True)
+def it_stack(session: Session) -> None:
+    """The keyspace ``it_stack``."""
+    session.execute("CREATE KEYSPACE IF NOT EXISTS it_stack WITH replication = "
+                    "{'class': 'SimpleStrategy', 'replication_factor': 1}")
 
 
 def idx_offsets(cdc_raw: Path) -> dict[str, int]:

@@ -2,48 +2,12 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
-from confluent_kafka import Consumer, KafkaException, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Producer
 
 from cdcpipe.config import Settings
-
-
-def new_topic(settings: Settings, partitions: int = 3) -> str:
-    admin = AdminClient(settings.kafka.client_config())
-    name = f"it-{uuid.uuid4().hex[:10]}"
-    futures = admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
-    futures[name].result(timeout=30)
-    return name
-
-
-def consume(settings: Settings, topic: str, expect: int, isolation: str = "read_committed",
-            limit_s: float = 30.0) -> list[bytes]:
-    consumer = Consumer({**settings.kafka.client_config(), "group.id": f"it-{uuid.uuid4().hex[:8]}",
-                         "auto.offset.reset": "earliest", "enable.auto.commit": False,
-                         "isolation.level": isolation})
-    consumer.subscribe([topic])
-    got: list[bytes] = []
-    deadline = time.monotonic() + limit_s
-    try:
-        while len(got) < expect and time.monotonic() < deadline:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                continue
-            if msg.error():
-                raise KafkaException(msg.error())
-            got.append(msg.value())
-        # read a little longer to see nothing unexpected arrives
-        extra = consumer.poll(1.0)
-        if extra is not None and not extra.error():
-            got.append(extra.value())
-        if got:
-            consumer.commit(asynchronous=False)
-    finally:
-        consumer.close()
-    return got
+from tests.support.topics import consume, new_topic
 
 
 def test_produce_and_consume_1000_messages(settings: Settings) -> None:

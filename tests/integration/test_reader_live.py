@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import subprocess
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -23,13 +22,14 @@ import pytest
 from cassandra.cluster import Cluster
 
 from cdcpipe.capture.mutation import MutationDecoder
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.rows import RangeTombstoneMarker
-from cdcpipe.capture.schema import SchemaRegistry, connect_system_schema
 from cdcpipe.capture.segment import SegmentReader
-from cdcpipe.capture.values import decode_counter, decode_value, parse_cql_type
+from cdcpipe.cql import decode_counter, decode_value, parse_cql_type
 from cdcpipe.errors import MutationDecodeError, SegmentError
-from tests.integration.conftest import STACK
-from tests.integration.live_workload import KEYSPACE, SCALAR_COLUMNS, Expected, Workload, create_schema
+from cdcpipe.schema_source import connect_system_schema
+from tests.support.live_workload import KEYSPACE, SCALAR_COLUMNS, Expected, Workload, create_schema
+from tests.support.stack import stack
 
 AUX_OCTET = 12
 MODES = {
@@ -55,7 +55,7 @@ def aux_stack(name: str, stack_env: dict[str, str], extra: dict[str, str], *args
     env = {**os.environ, **extra, "CDCPIPE_STACK_DIR": str(state / "aux" / name),
            "CDCPIPE_STACK_CACHE": str(state / "cache"), "CDCPIPE_STACK_SERVICES": "cassandra",
            "CDCPIPE_STACK_CASSANDRA_FIRST": str(AUX_OCTET)}
-    out = subprocess.run([str(STACK), *args], env=env, capture_output=True, text=True, timeout=600, check=False)
+    out = stack(*args, env=env, timeout=600)
     assert out.returncode == 0, f"aux Cassandra {name}: stack {' '.join(args)} failed:\n{out.stderr}"
 
 

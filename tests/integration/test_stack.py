@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.integration.conftest import stack
+from tests.support.stack import stack
 
 
 def test_status_reports_all_healthy_under_4_gb(stack_env: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ import pytest
 from cdcpipe import avro
 from cdcpipe.apply.decode import decode_record
 from cdcpipe.errors import EventDecodeError
-from tests.unit.test_avro import all_changes, table
+from tests.support.eventkit import all_changes, random_update, reference_messages, table
 
 
 class _Reader:
@@ -39,7 +39,6 @@ def test_decode_delta_matches_the_delta_of_the_decoded_event() -> None:
 
     from cdcpipe.apply import merge
     from cdcpipe.apply.decode import _Plan, decode_delta
-    from tests.unit.test_avro_fast import _reference, _update
 
     t = table()
     schema = avro.table_schema(t)
@@ -50,7 +49,7 @@ def test_decode_delta_matches_the_delta_of_the_decoded_event() -> None:
     rng = random.Random(11)
     fast = total = 0
     for _ in range(1500):
-        messages = _reference(_update(rng, t), schema)
+        messages = reference_messages(random_update(rng, t), schema)
         if isinstance(messages, str):
             continue
         for data in messages:

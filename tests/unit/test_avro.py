@@ -3,86 +3,20 @@
 from __future__ import annotations
 
 import datetime
-import decimal
 import io
 import struct
 import uuid
 
 import fastavro
 import pytest
-from cassandra.util import Date, Duration, Time
 
 from cdcpipe import avro
-from cdcpipe.capture.events import Change, Origin, from_mutation
+from cdcpipe.capture.events import from_mutation
 from cdcpipe.capture.mutation import Mutation, PartitionUpdate
-from cdcpipe.capture.rows import (
-    EXCL_START_BOUND,
-    INCL_END_BOUND,
-    Cell,
-    DeletionTime,
-    Liveness,
-    RangeTombstoneMarker,
-    Row,
-)
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
-from cdcpipe.capture.values import driver_type, parse_cql_type
+from cdcpipe.capture.rows import Cell, Liveness, Row
 from cdcpipe.errors import EventDecodeError
-
-TID = uuid.UUID("0b0f6a50-1d7e-11ef-9a1b-0242ac120002")
-CQL = f"""
-CREATE TYPE ks.addr (street text, "No" int);
-CREATE TABLE ks."Things" (p int, q text, c1 timestamp, c2 uuid, s int STATIC,
-  t_ascii ascii, t_bigint bigint, t_blob blob, t_bool boolean, t_date date, t_dec decimal, t_double double,
-  t_dur duration, t_float float, t_inet inet, t_small smallint, t_time time, t_tiny tinyint, t_tu timeuuid,
-  t_vi varint, t_fl frozen<list<int>>, t_fm frozen<map<text, frozen<list<int>>>>, t_tup tuple<int, text>,
-  t_fu frozen<addr>, t_vec vector<float, 2>, l list<text>, st set<int>, m map<int, text>, a addr,
-  PRIMARY KEY ((p, q), c1, c2)) WITH CLUSTERING ORDER BY (c1 DESC, c2 ASC) AND id = {TID} AND cdc = true;
-"""
-ORIGIN = Origin("cluster", "dc1", "node-1")
-
-
-def table() -> TableSchema:
-    return parse_cql_schema(CQL)[0]
-
-
-def ser(cql: str, value: object) -> bytes:
-    t = parse_cql_type(cql, "ks", lambda k, n: (("street", "No"), ("text", "int")) if n == "addr" else None)
-    data: bytes = driver_type(t).serialize(value, 4)
-    return data
-
-
-def composite(*parts: bytes) -> bytes:
-    return b"".join(len(p).to_bytes(2, "big") + p + b"\0" for p in parts)
-
-
-VALUES = {
-    "t_ascii": ("ascii", "abc"), "t_bigint": ("bigint", -5), "t_blob": ("blob", b"\x00\xff"),
-    "t_bool": ("boolean", True), "t_date": ("date", Date(19000)), "t_dec": ("decimal", decimal.Decimal("1.50")),
-    "t_double": ("double", 2.5), "t_dur": ("duration", Duration(1, 2, 3000000001)), "t_float": ("float", 1.5),
-    "t_inet": ("inet", "10.0.0.1"), "t_small": ("smallint", 7), "t_time": ("time", Time(3723000000001)),
-    "t_tiny": ("tinyint", -2), "t_tu": ("timeuuid", uuid.uuid1()), "t_vi": ("varint", 10**30),
-    "t_fl": ("frozen<list<int>>", [1, 2]), "t_fm": ("frozen<map<text, frozen<list<int>>>>", {"a": [1]}),
-    "t_tup": ("tuple<int, text>", (1, None)), "t_fu": ("frozen<addr>", ("x", 3)),
-    "t_vec": ("vector<float, 2>", [1.0, 2.0]),
-}
-
-
-def all_changes() -> list[Change]:
-    ts = datetime.datetime(2024, 5, 1, 12, 0, 0, 123000)
-    ck = (ser("timestamp", ts), ser("uuid", uuid.UUID(int=5)))
-    cells = [Cell(n, ser(cql, v), 100, 0, None) for n, (cql, v) in VALUES.items()]
-    cells += [Cell("l", ser("text", "e"), 100, 30, 2000, path=uuid.uuid1().bytes),
-              Cell("st", b"", 100, path=ser("int", 4)), Cell("m", b"", 101, 0, 1800000000, True, ser("int", 1)),
-              Cell("a", ser("int", 9), 100, path=b"\0\1")]
-    row = Row(ck, Liveness(100, 30, 2000), None, tuple(cells), (("l", DeletionTime(99, 1700000000)),))
-    static = Row((), None, None, (Cell("s", ser("int", 1), 90),), static=True)
-    d = DeletionTime(200, 1700000001)
-    markers = (RangeTombstoneMarker(EXCL_START_BOUND, ck[:1], None, d),
-               RangeTombstoneMarker(INCL_END_BOUND, (), d, None))
-    deleted_row = Row(ck, None, DeletionTime(150, 1700000000), ())
-    u = PartitionUpdate(table(), composite(ser("int", 1), ser("text", "q")), DeletionTime(50, 1700000000), static,
-                        (row, deleted_row), markers)
-    return from_mutation(Mutation(None, (u,)), ORIGIN, 12, 345)
+from cdcpipe.schema_source import parse_cql_schema
+from tests.support.eventkit import CQL, ORIGIN, TID, all_changes, table
 
 
 def test_round_trip_every_kind_of_event() -> None:
@@ -151,7 +85,7 @@ def test_decode_errors() -> None:
 
 
 def test_timestamp_outside_datetime_range_keeps_the_event() -> None:
-    from cdcpipe.capture.values import TimestampMillis
+    from cdcpipe.cql import TimestampMillis
 
     t = parse_cql_schema(f"CREATE TABLE ks.w (p int, c timestamp, ts timestamp, lt frozen<list<timestamp>>, "
                          f"PRIMARY KEY (p, c)) WITH id = {TID} AND cdc = true;")[0]

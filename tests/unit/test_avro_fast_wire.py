@@ -10,14 +10,15 @@ import uuid
 import pytest
 
 from cdcpipe import avro
-from cdcpipe.avro_fast import TableEncoder, Unsupported
+from cdcpipe.capture.encoder import TableEncoder, Unsupported
 from cdcpipe.capture.mutation import MutationDecoder, SinkRefused
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.rows import DELETION_TIME_EPOCH, NO_TIMESTAMP, TIMESTAMP_EPOCH
-from cdcpipe.capture.schema import SchemaRegistry, TableSchema, parse_cql_schema
 from cdcpipe.capture.segment import Position
-from tests.unit.test_avro import ORIGIN
-from tests.unit.test_avro_fast import _reference, _value
-from tests.unit.test_mutation import i32, names, uv
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
+from tests.support.eventkit import ORIGIN, random_value, reference_messages
+from tests.support.segments import i32, names, uv
 
 TID = uuid.UUID("55555555-2222-3333-4444-555555555555")
 SCHEMA = f"""
@@ -86,7 +87,8 @@ def _row(rng: random.Random) -> bytes:
         if name not in present:
             continue
         deleted = rng.random() < 0.15
-        value = b"" if deleted else _value(rng, cql) if fixed < 0 else _value(rng, cql)[:fixed].rjust(fixed, b"\0")
+        value = b"" if deleted else random_value(rng, cql) if fixed < 0 else \
+            random_value(rng, cql)[:fixed].rjust(fixed, b"\0")
         cell = bytearray(_cell_head(rng, row_ts, row_ttl, deleted))
         if not value:
             cell[0] |= 0x04  # HAS_EMPTY_VALUE
@@ -105,9 +107,9 @@ def _row(rng: random.Random) -> bytes:
         cells = []
         for _ in range(rng.randint(0, 3)):
             deleted = rng.random() < 0.15
-            path = {"l": uuid.uuid1().bytes, "m": _value(rng, "text"), "st": _value(rng, "text"),
+            path = {"l": uuid.uuid1().bytes, "m": random_value(rng, "text"), "st": random_value(rng, "text"),
                     "u": rng.choice([b"\0\0", b"\0\1"])}[name]
-            value = b"" if deleted or name == "st" else _value(rng, "int" if name != "u" else "text")
+            value = b"" if deleted or name == "st" else random_value(rng, "int" if name != "u" else "text")
             cell = bytearray(_cell_head(rng, row_ts, row_ttl, deleted)) + uv(len(path)) + path
             if value:
                 cell += uv(len(value)) + value
@@ -176,7 +178,7 @@ def test_rows_decoded_into_events_equal_both_passes_and_the_reference(
         outcomes["fused"] += 1
         assert su.rows == () and su.key == u.key
         assert sink.out == expected
-        assert [m for _, _, m in sink.out] == _reference(u, schema)
+        assert [m for _, _, m in sink.out] == reference_messages(u, schema)
     assert outcomes["fused"] > 2000, outcomes
     assert outcomes["refused"] > 100, outcomes
 

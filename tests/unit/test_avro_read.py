@@ -32,10 +32,10 @@ from cdcpipe.capture.rows import (
     RangeTombstoneMarker,
     Row,
 )
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.errors import EventDecodeError
-from tests.unit.test_avro import ORIGIN, composite
-from tests.unit.test_avro_fast import _value
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
+from tests.support.eventkit import ORIGIN, composite, random_value
 
 KEY_TYPES = ["int", "bigint", "smallint", "tinyint", "text", "ascii", "blob", "uuid", "timeuuid", "timestamp",
              "date", "time", "varint", "double", "boolean", "inet"]  # the last four have no canonical bytes
@@ -74,15 +74,15 @@ def _cell(rng: random.Random, name: str, cql: str) -> Cell:
     ldt = rng.choice([0, 2**31 - 1, 2**40]) if deleted or ttl else None
     path = None
     if cql.startswith("list"):
-        path, value = rng.choice([uuid.uuid1().bytes, b"\1\2"]), _value(rng, "text")
+        path, value = rng.choice([uuid.uuid1().bytes, b"\1\2"]), random_value(rng, "text")
     elif cql.startswith("set"):
-        path, value = _value(rng, "int"), b""
+        path, value = random_value(rng, "int"), b""
     elif cql.startswith("map"):
-        path, value = _value(rng, "int"), _value(rng, "text")
+        path, value = random_value(rng, "int"), random_value(rng, "text")
     elif cql == "addr":
-        path, value = rng.choice([b"\0\0", b"\0\1", b"\0\7"]), _value(rng, "int")
+        path, value = rng.choice([b"\0\0", b"\0\1", b"\0\7"]), random_value(rng, "int")
     else:
-        value = _value(rng, cql)
+        value = random_value(rng, cql)
     return Cell(name, b"" if deleted else value, ts, ttl, ldt, deleted, path)
 
 
@@ -91,9 +91,9 @@ def _deletion(rng: random.Random) -> DeletionTime:
 
 
 def _key_value(rng: random.Random, cql: str) -> bytes:
-    return _value(rng, cql) if cql in ("int", "bigint", "text", "ascii", "blob", "uuid", "timeuuid", "timestamp",
+    return random_value(rng, cql) if cql in ("int", "bigint", "text", "ascii", "blob", "uuid", "timeuuid", "timestamp",
                                        "date", "time", "varint", "double", "boolean", "inet") \
-        else _value(rng, "int")[:{"smallint": 2, "tinyint": 1}.get(cql, 4)]
+        else random_value(rng, "int")[:{"smallint": 2, "tinyint": 1}.get(cql, 4)]
 
 
 def _update(rng: random.Random, t: TableSchema) -> PartitionUpdate:
@@ -236,8 +236,8 @@ def test_long_is_avros_long_over_the_whole_range() -> None:
 
 
 def test_fast_version_is_the_dataclass() -> None:
-    v = _live(5, b"x", merge._UNSET)
-    assert v == merge.Version(5, None, 0, False, b"x") and v.obj is merge._UNSET
+    v = _live(5, b"x", merge.UNSET)
+    assert v == merge.Version(5, None, 0, False, b"x") and v.obj is merge.UNSET
     assert hash(v) == hash(merge.Version(5, None, 0, False, b"x"))
 
 

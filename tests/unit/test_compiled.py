@@ -14,7 +14,7 @@ from cdcpipe._compiled import MODULES, status
 
 def stamp(build: Path, **overrides: object) -> None:
     build.mkdir(parents=True, exist_ok=True)
-    content = {"interpreter": _compiled._interpreter(), "modules": _compiled._expected(), **overrides}
+    content = {"interpreter": _compiled.interpreter_tag(), "modules": _compiled.expected_digests(), **overrides}
     (build / "stamp.json").write_text(json.dumps(content))
 
 
@@ -28,7 +28,7 @@ def test_fresh_stamp(tmp_path: Path) -> None:
 
 
 def test_a_changed_source_makes_the_build_stale(tmp_path: Path) -> None:
-    modules = _compiled._expected()
+    modules = _compiled.expected_digests()
     modules[MODULES[1]] = "0" * 64
     stamp(tmp_path, modules=modules)
     assert status(tmp_path) == f"stale: {MODULES[1]} changed since the build"
@@ -40,7 +40,7 @@ def test_another_interpreter(tmp_path: Path) -> None:
 
 
 def _origin(mode: str) -> str:
-    code = "import cdcpipe.avro_fast as m, cdcpipe.capture.segment as s; print(m.__file__, s.__file__)"
+    code = "import cdcpipe.capture.encoder as m, cdcpipe.capture.segment as s; print(m.__file__, s.__file__)"
     env = {**os.environ, "CDCPIPE_COMPILED": mode}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr

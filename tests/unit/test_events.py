@@ -18,8 +18,9 @@ from cdcpipe.capture.rows import (
     RangeTombstoneMarker,
     Row,
 )
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.model import Op
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
 
 TID = uuid.UUID("5a1ff267-ace0-3f12-8563-cfae6103c65e")
 CQL = f"""

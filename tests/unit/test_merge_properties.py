@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from cdcpipe.apply import merge
 from cdcpipe.model import Cell, ChangeEvent, Op
 from cdcpipe.typemap import serialize
-from tests.unit.mergekit import (
+from tests.support.mergekit import (
     NOW,
     TABLES,
     delete_columns,

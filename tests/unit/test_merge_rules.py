@@ -7,7 +7,7 @@ import uuid
 
 from cdcpipe.apply import merge, state, view
 from cdcpipe.model import Cell
-from tests.unit.mergekit import (
+from tests.support.mergekit import (
     NOW,
     TABLES,
     delete_columns,

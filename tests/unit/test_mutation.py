@@ -13,10 +13,13 @@ import pytest
 
 from cdcpipe.capture.dump import update_to_json
 from cdcpipe.capture.mutation import MutationDecoder, first_table_id
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.rows import DELETION_TIME_EPOCH, NO_TIMESTAMP, TIMESTAMP_EPOCH, DeletionTime
-from cdcpipe.capture.schema import SchemaRegistry, TableSchema, parse_cql_schema
 from cdcpipe.capture.segment import Entry, Position, SegmentReader, StaticKeyProvider
 from cdcpipe.errors import MutationDecodeError, UnknownTableError
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
+from tests.support.segments import i32, names, uv
 
 KEY = bytes.fromhex("b7d96fb9b11d829179aeeb0b4e81f97a")
 SYSTEM = {
@@ -100,17 +103,6 @@ def test_hash_acceptance(testdata: Path, hash_props: Callable[[Path], dict[str, 
 
 # ------------------------------------------------------------------------------------ hand-built data
 
-def uv(v: int) -> bytes:
-    """Cassandra unsigned vint of a 64-bit pattern."""
-    v &= (1 << 64) - 1
-    for size in range(1, 9):
-        if v < 1 << (7 * size):
-            raw = bytearray(v.to_bytes(size, "big"))
-            raw[0] |= ~(0xFF >> (size - 1)) & 0xFF
-            return bytes(raw)
-    return b"\xff" + v.to_bytes(8, "big")
-
-
 def test_uvint_examples() -> None:
     from cdcpipe.capture.rows import uvint
 
@@ -118,14 +110,6 @@ def test_uvint_examples() -> None:
                        ((1 << 64) - 1, "ff" * 9), (1 << 56, "ff0100000000000000"), ((1 << 56) - 1, "fe" + "ff" * 7)]:
         assert uv(value).hex() == enc
         assert uvint(bytes.fromhex(enc) + b"\x99", 0) == (value, len(enc) // 2)
-
-
-def names(*cols: str) -> bytes:
-    return uv(len(cols)) + b"".join(uv(len(c)) + c.encode() for c in cols)
-
-
-def i32(v: int) -> bytes:
-    return struct.pack(">i", v)
 
 
 TID = uuid.UUID("11111111-2222-3333-4444-555555555555")
@@ -309,8 +293,8 @@ def test_dropped_column_cells_are_filtered() -> None:
         "CREATE TABLE ks.d (pk int PRIMARY KEY, a int) WITH id = 66666666-2222-3333-4444-555555555555;")
     from dataclasses import replace
 
-    from cdcpipe.capture.schema import DroppedColumn
-    from cdcpipe.capture.values import CqlType
+    from cdcpipe.cql import CqlType
+    from cdcpipe.schema import DroppedColumn
 
     table = replace(tables[0], dropped=(DroppedColumn("gone", CqlType("text"), MIN_TS + 50),))
     pu = pu_header(table.table_id, i32(1), 0x10) + names("gone") + uv(2)

@@ -1,6 +1,7 @@
 """cdcpipe.apply.pgbinary: fields against PostgreSQL's binary forms written out by hand, and the direct writers
 against the typed route (deserialize → convert → typed writer) on random serialized values with their edge cases.
-``raw_value`` is shared with the integration test that compares the stored rows with asyncpg's COPY."""
+The random values (``raw_value``, tests/support/eventkit.py) are shared with the integration test that compares the
+stored rows with asyncpg's COPY."""
 
 from __future__ import annotations
 
@@ -15,63 +16,18 @@ import pytest
 from cdcpipe.apply.merge import Version
 from cdcpipe.apply.pgbinary import NULL, instant_field, raw_writer, record_writer, typed_writer
 from cdcpipe.apply.tables import instant, layout
-from cdcpipe.capture.schema import parse_cql_schema
-from cdcpipe.capture.values import CqlType
+from cdcpipe.cql import CqlType
+from cdcpipe.schema_source import parse_cql_schema
 from cdcpipe.typemap import converter, deserializer, pg_type
+from tests.support.eventkit import DAY_NS, DAYS_MIN, MS_MAX, MS_MIN, raw_value
 
 UTC = datetime.UTC
-DAY_NS = 86_400_000_000_000
-MS_MIN, MS_MAX = -62_135_596_800_000, 253_402_300_799_999  # Python's datetime range, in ms since 1970
-DAYS_MIN, DAYS_MAX = -719_162, 2_932_896  # date.min, date.max in days since 1970
-_INTS = {"tinyint": (">b", 8), "smallint": (">h", 16), "int": (">i", 32), "bigint": (">q", 64)}
-_TEXT = "aZ9 é€😀\x00\n\"\\'"
 DIRECT = ("tinyint", "smallint", "int", "bigint", "float", "double", "boolean", "uuid", "timeuuid", "ascii", "text",
           "varchar", "blob", "timestamp", "date", "time")
 
 
 def field(data: bytes) -> bytes:
     return len(data).to_bytes(4, "big") + data
-
-
-def raw_value(rng: random.Random, name: str) -> bytes:
-    """A serialized value of the CQL scalar ``name``, edge values often (empty = null for fixed types)."""
-    if name in _INTS:
-        fmt, bits = _INTS[name]
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-        return struct.pack(fmt, rng.choice([lo, hi, 0, -1, 1, rng.randint(lo, hi), rng.randint(lo, hi)]))
-    if name in ("float", "double"):
-        if name == "float" and rng.random() < 0.1:
-            return rng.choice([b"\x7f\x80\x00\x01", b"\xff\xc0\x00\x00"])  # a signalling NaN, a negative NaN
-        big, tiny = (3.4028234663852886e38, 1e-45) if name == "float" else (1.7976931348623157e308, 5e-324)
-        v = rng.choice([math.nan, math.inf, -math.inf, -0.0, 0.0, big, -big, tiny,
-                        rng.uniform(-1, 1) * 10 ** rng.randint(-30, 30)])
-        return struct.pack(">f" if name == "float" else ">d", v)
-    if name == "boolean":
-        return rng.choice([b"\x00", b"\x01", b"\x02", b"\xff"])
-    if name in ("uuid", "timeuuid"):
-        return (uuid.uuid1(clock_seq=rng.getrandbits(14)) if name == "timeuuid"
-                else uuid.UUID(int=rng.getrandbits(128), version=4)).bytes
-    if name == "ascii":
-        return "".join(rng.choice("abc XYZ~\x01" + ("\x00" if rng.random() < 0.2 else ""))
-                       for _ in range(rng.randint(0, 12))).encode()
-    if name in ("text", "varchar"):
-        return "".join(rng.choice(_TEXT[:-5] if rng.random() < 0.7 else _TEXT)
-                       for _ in range(rng.randint(0, 12))).encode()
-    if name in ("blob", "custom"):
-        return rng.randbytes(rng.randint(0, 20))
-    if name == "timestamp":
-        ms = rng.choice([MS_MIN - 1, MS_MIN, MS_MIN + 1, MS_MAX, MS_MAX + 1, -(1 << 63), (1 << 63) - 1, 0, -1,
-                         rng.randint(-10**13, 10**13), rng.randint(MS_MIN, MS_MAX), rng.randint(MS_MIN, MS_MAX)])
-        return struct.pack(">q", ms)
-    if name == "date":
-        days = rng.choice([DAYS_MIN - 1, DAYS_MIN, DAYS_MIN + 1, DAYS_MAX - 1, DAYS_MAX, DAYS_MAX + 1, 0, -1,
-                           -(1 << 31), (1 << 31) - 1, rng.randint(-10**6, 10**6), rng.randint(DAYS_MIN, DAYS_MAX)])
-        return struct.pack(">I", days + (1 << 31))
-    if name == "time":
-        ns = rng.choice([0, 1, 999, 1000, DAY_NS - 1, DAY_NS - 1000, rng.randrange(0, DAY_NS, 1000),
-                         rng.randrange(0, DAY_NS)])
-        return struct.pack(">q", ns)
-    raise ValueError(name)
 
 
 def maybe_empty(rng: random.Random, name: str) -> bytes:

@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cdcpipe.capture.mutation import MutationDecoder
-from cdcpipe.capture.schema import SchemaRegistry, parse_cql_schema
+from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.segment import Entry, SegmentReader, StaticKeyProvider
 from cdcpipe.errors import MutationDecodeError, SegmentError
+from cdcpipe.schema_source import parse_cql_schema
 
 KEY = bytes.fromhex("b7d96fb9b11d829179aeeb0b4e81f97a")
 CFID = "657e5210-7cbb-11ee-9858-c9aa1eb53e69"

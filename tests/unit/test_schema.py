@@ -12,15 +12,11 @@ import pytest
 from cassandra import cqltypes
 from cassandra.util import Duration
 
-from cdcpipe.capture.schema import (
-    SchemaRegistry,
-    TableSchema,
-    parse_cql_schema,
-    schema_from_rows,
-    system_table_id,
-)
-from cdcpipe.capture.values import CqlType, decode_cells, decode_value, parse_cql_type, render, to_json
+from cdcpipe.capture.registry import SchemaRegistry
+from cdcpipe.cql import CqlType, decode_cells, decode_value, parse_cql_type, render, to_json
 from cdcpipe.errors import SchemaError
+from cdcpipe.schema import TableSchema, system_table_id
+from cdcpipe.schema_source import parse_cql_schema, schema_from_rows
 
 UDTS = {("ks", "addr"): (("street", "zip"), ("text", "int")),
         ("ks", "Person"): (("name", "home"), ("text", "frozen<addr>"))}
@@ -187,7 +183,7 @@ def test_registry_without_source_reports_unknown_once(caplog: pytest.LogCaptureF
 
 def enc(type_text: str, value: Any) -> bytes:
     t = parse_cql_type(type_text, "ks", resolve)
-    from cdcpipe.capture.values import driver_type
+    from cdcpipe.cql import driver_type
 
     return bytes(driver_type(t).serialize(value, 4))
 
@@ -239,7 +235,7 @@ def test_multi_cell_values() -> None:
 def test_timestamps_outside_datetime_range_decode_losslessly() -> None:
     import struct
 
-    from cdcpipe.capture.values import TimestampMillis
+    from cdcpipe.cql import TimestampMillis
 
     for millis in (253402300800000, -62135596800001, -(1 << 63), (1 << 63) - 1):
         raw = struct.pack(">q", millis)
@@ -271,8 +267,8 @@ def test_cluster_options_use_credentials_timeout_and_local_dc() -> None:
     from cassandra.cluster import EXEC_PROFILE_DEFAULT
     from cassandra.policies import DCAwareRoundRobinPolicy
 
-    from cdcpipe.capture.schema import cluster_options
     from cdcpipe.config import CassandraSettings
+    from cdcpipe.schema_source import cluster_options
 
     cfg = CassandraSettings(hosts=["db1:9142", "db2"], username="cdc", password="s3cret",  # type: ignore[arg-type]
                             local_dc="dc2", connect_timeout_s=3)
@@ -289,8 +285,8 @@ def test_cluster_options_use_credentials_timeout_and_local_dc() -> None:
 def test_connect_system_schema_takes_settings_or_hosts(monkeypatch: pytest.MonkeyPatch) -> None:
     import cassandra.cluster
 
-    from cdcpipe.capture.schema import SystemSchemaSource, connect_system_schema
     from cdcpipe.config import CassandraSettings
+    from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 
     seen: list[dict[str, Any]] = []
     session = object()

@@ -12,7 +12,7 @@ import pytest
 from cassandra.util import Date, Duration, Time
 
 from cdcpipe import typemap
-from cdcpipe.capture.values import parse_cql_type
+from cdcpipe.cql import parse_cql_type
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "type-mapping.md"
 
@@ -83,3 +83,13 @@ def test_serialized_bytes_order_is_unsigned() -> None:
 
 def test_committed_doc_is_up_to_date() -> None:
     assert DOC.read_text() == typemap.render_doc(), "run: python -m cdcpipe.typemap > docs/type-mapping.md"
+
+
+@pytest.mark.parametrize("row", typemap.MAPPING, ids=lambda r: r.cql)
+def test_every_mapping_row_is_what_the_code_does(row: typemap.TypeRow) -> None:
+    """The doc's table is the code's: each example of a row gets the row's PostgreSQL type (S = the element's)."""
+    for cql in row.examples:
+        t = parse_cql_type(cql)
+        element = t.params[0] if t.name in ("list", "set") else None
+        expected = row.pg.replace("S", typemap.pg_type(element)) if element is not None else row.pg
+        assert typemap.pg_type(t) == expected, cql

@@ -1,4 +1,5 @@
-"""Shared fixtures for the commit log reader tests: test data location and a segment builder."""
+"""Cassandra commit-log bytes for unit tests: Cassandra's own test segments (``tests/data/cassandra-commitlog``),
+segments and entries built the way Cassandra writes them, and the primitives of its mutation serialization."""
 
 from __future__ import annotations
 
@@ -8,18 +9,8 @@ import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import pytest
-
-TESTDATA = Path(__file__).resolve().parents[2].parent / "shared" / "testdata" / "cassandra-commitlog"
-TEST_KEY = bytes.fromhex("b7d96fb9b11d829179aeeb0b4e81f97a")
-
-
-@pytest.fixture(scope="session")
-def testdata() -> Path:
-    """The shared commit log test data; a missing copy is a failure, never a skip."""
-    if not (TESTDATA / "README.md").is_file():
-        pytest.fail(f"commit log test data missing at {TESTDATA}")
-    return TESTDATA
+TESTDATA = Path(__file__).resolve().parents[1] / "data" / "cassandra-commitlog"
+TEST_KEY = bytes.fromhex("b7d96fb9b11d829179aeeb0b4e81f97a")  # alias testing:1 of test-conf/cassandra.keystore
 
 
 def _crc_int(crc: int, value: int) -> int:
@@ -103,17 +94,8 @@ def build_segment(sections: Sequence[Sequence[bytes]], *, segment_id: int = 1700
     return bytes(out)
 
 
-@pytest.fixture(scope="session")
-def segment_builder() -> Callable[..., bytes]:
-    return build_segment
-
-
-@pytest.fixture(scope="session")
-def entry_encoder() -> Callable[[bytes], bytes]:
-    return encode_entry
-
-
 def read_hash_txt(path: Path) -> dict[str, str]:
+    """The properties of a data set's ``hash.txt`` (``cells``, ``hash``, ``cfid``)."""
     props = {}
     for line in path.read_text().splitlines():
         if line and not line.startswith("#") and "=" in line:
@@ -122,6 +104,24 @@ def read_hash_txt(path: Path) -> dict[str, str]:
     return props
 
 
-@pytest.fixture(scope="session")
-def hash_props() -> Callable[[Path], dict[str, str]]:
-    return read_hash_txt
+# ---------------------------------------------------------------------------------------------- mutation bytes
+
+def uv(v: int) -> bytes:
+    """Cassandra unsigned vint of a 64-bit pattern."""
+    v &= (1 << 64) - 1
+    for size in range(1, 9):
+        if v < 1 << (7 * size):
+            raw = bytearray(v.to_bytes(size, "big"))
+            raw[0] |= ~(0xFF >> (size - 1)) & 0xFF
+            return bytes(raw)
+    return b"\xff" + v.to_bytes(8, "big")
+
+
+def names(*cols: str) -> bytes:
+    """A column name list as a PartitionUpdate header writes it."""
+    return uv(len(cols)) + b"".join(uv(len(c)) + c.encode() for c in cols)
+
+
+def i32(v: int) -> bytes:
+    """A big-endian int (an ``int`` value, a key of an ``int`` partition key)."""
+    return struct.pack(">i", v)

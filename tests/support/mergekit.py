@@ -1,5 +1,5 @@
 """Builders of ChangeEvents as Cassandra's CQL statements write them (reference §2–§6), and a ``select`` that runs
-``merge.collapse`` + ``view`` — shared by the merge tests."""
+``merge.collapse`` + ``view`` — shared by the merge unit tests and the apply integration tests."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import uuid
 from typing import Any
 
 from cdcpipe.apply import merge, view
-from cdcpipe.capture.schema import TableSchema, parse_cql_schema
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
 
 CQL = """
 CREATE TABLE ks.kv  (k int PRIMARY KEY, v text, n int) WITH id = 00000000-0000-0000-0000-000000000001;

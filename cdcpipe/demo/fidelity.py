@@ -33,7 +33,8 @@ from typing import Any
 from cdcpipe.apply.state import decode_partition
 from cdcpipe.apply.tables import ident
 from cdcpipe.apply.view import static_view
-from cdcpipe.capture.schema import Column, SystemSchemaSource, TableSchema
+from cdcpipe.schema import Column, TableSchema
+from cdcpipe.schema_source import SystemSchemaSource
 from cdcpipe.typemap import deserialize, pg_type, to_pg
 
 _GRACE = 10**9  # statics: only liveness matters here, not when tombstones may be forgotten

@@ -1,75 +1,28 @@
-"""Helpers for capture integration tests: a capture subprocess, a read_committed reader decoding events with
-nothing but the ``<prefix>.schemas`` topic, and unique names."""
+"""Helpers for capture integration tests: ``cdcpipe capture`` as a child process, and a read_committed reader
+decoding events with nothing but the ``<prefix>.schemas`` topic."""
 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
-import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdcpipe.avro import SchemaCache, decode
 from cdcpipe.model import ChangeEvent
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:10]}"
-
-
-class CdcpipeProcess:
-    """``cdcpipe <command>`` as a child process with the given environment, its output appended to ``log``."""
-
-    command = ""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Self:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", self.command], env=self.env, stdout=out,
-                                         stderr=out, cwd=ROOT)
-        return self
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """kill -9."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def terminate(self, timeout: float = 10) -> tuple[int, float]:
-        """SIGTERM; (exit status, seconds it took)."""
-        assert self.proc is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(signal.SIGTERM)
-        rc = self.proc.wait(timeout)
-        return rc, time.monotonic() - t0
+from tests.support.processes import CdcpipeProcess, unique
 
 
 class CaptureProcess(CdcpipeProcess):
     """``cdcpipe capture`` as a child process with its own topic prefix and table include list."""
 
-    command = "capture"
-
     def __init__(self, prefix: str, include: str, log: Path, **extra: str) -> None:
-        super().__init__({**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix,
-                          "CDCPIPE_CAPTURE__INCLUDE_TABLES": include, "CDCPIPE_CAPTURE__NODE_ID": "node-1",
-                          "CDCPIPE_OBSERVABILITY__HTTP_PORT": "0", "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": "2", **extra},
-                         log)
+        super().__init__("capture", {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix,
+                                     "CDCPIPE_CAPTURE__INCLUDE_TABLES": include, "CDCPIPE_CAPTURE__NODE_ID": "node-1",
+                                     "CDCPIPE_OBSERVABILITY__HTTP_PORT": "0", "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": "2",
+                                     **extra}, log)
 
 
 class EventReader:

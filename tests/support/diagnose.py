@@ -14,7 +14,7 @@ import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
 from cdcpipe.avro import SchemaCache, decode
-from cdcpipe.fidelity import Mismatch
+from cdcpipe.demo.fidelity import Mismatch
 from cdcpipe.model import ChangeEvent
 
 

@@ -1,8 +1,9 @@
 """A seeded random CQL workload that records, write by write, what Cassandra must log in its commit log.
 
-Used by the live reader test and by ``bench/reader.py``.  Every statement carries its own ``USING TIMESTAMP``
-(unique, deliberately out of order), so each expectation is keyed by (table, partition key bytes, clustering
-bytes, column, cell path, timestamp) and can be matched exactly against what the reader decodes.  Expected
+Used by the live reader test (``tests/integration/test_reader_live.py``).  Every statement carries its own
+``USING TIMESTAMP`` (unique, deliberately out of order), so each expectation is keyed by (table, partition key
+bytes, clustering bytes, column, cell path, timestamp) and can be matched exactly against what the reader
+decodes.  Expected
 values are the cassandra-driver's serialization of what was written (rule: the commit log holds the bytes the
 coordinator serialized).
 """
@@ -17,8 +18,8 @@ from typing import Any
 
 from cassandra.cluster import Session
 
-from cdcpipe.capture.values import CqlType, driver_type, parse_cql_type
-from cdcpipe.workload import random_scalar
+from cdcpipe.cql import CqlType, driver_type, parse_cql_type
+from cdcpipe.demo.workload import random_scalar
 
 KEYSPACE = "live_reader"
 PROTO = 4

@@ -1,7 +1,7 @@
 """CQL types and values: a type tree parsed from CQL type strings, the commit-log length rule per
 type, decoding of serialized values with cassandra-driver's codecs, and a JSON rendering.
 
-Value encodings follow ``shared/reference/cassandra-commitlog-format.md`` §8. Values are decoded
+Value encodings follow ``docs/reference/cassandra-commitlog-format.md`` §8. Values are decoded
 lazily (only when asked), the mutation decoder keeps raw bytes.
 """
 

@@ -7,7 +7,7 @@ Contract
     reversed doubles, uuid text); the others (varint, decimal, inet, duration, collections, tuples, UDTs,
     vectors, edge values such as out-of-range timestamps) go through exactly that path for the one value.
     :class:`Unsupported` means the caller must fall back to the reference path.  ``cell_writer`` writes any cell
-    of a column (its Avro Cell record and its part of the event id's hash input) for ``avro_fast``.
+    of a column (its Avro Cell record and its part of the event id's hash input) for ``capture.encoder``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import fastavro
 
 from cdcpipe.avro_values import converter
 from cdcpipe.capture.events import value_of
-from cdcpipe.capture.values import CqlType, udt_field_index
+from cdcpipe.cql import CqlType, udt_field_index
 
 Encoder = Callable[[bytes], bytes | None]  # serialized CQL value -> Avro binary of the value, None for null
 
@@ -209,41 +209,41 @@ def required_encoder(enc: Encoder) -> Callable[[bytes], bytes]:
 
 
 # ------------------------------------------------------------------------------------------------ cells, event id
-# The event id hashes the change as ``events._Hasher`` feeds it (see ``avro_fast``).
+# The event id hashes the change as ``events._Hasher`` feeds it (see ``capture.encoder``).
 
-_Q = struct.Struct(">q").pack
-_NONE_I = b"\x00"  # the hash's encoding of None
-_ONE = b"\x01" + _Q(1)  # the hash's count prefix of a 1-tuple
-_NULL_PATH = _ONE + b"\xff\xff\xff\xff"
+pack_long = struct.Struct(">q").pack
+HASH_NONE = b"\x00"  # the hash's encoding of None
+HASH_ONE = b"\x01" + pack_long(1)  # the hash's count prefix of a 1-tuple
+_NULL_PATH = HASH_ONE + b"\xff\xff\xff\xff"
 
 
 def opt_long(v: int | None) -> bytes:
     return _NULL if v is None else _SOME + zlong(v)
 
 
-def _h(v: int | None) -> bytes:
+def hash_int(v: int | None) -> bytes:
     """The event-id hash's encoding of an int (``events._Hasher.int``)."""
-    return _NONE_I if v is None else b"\x01" + _Q(int(v))
+    return HASH_NONE if v is None else b"\x01" + pack_long(int(v))
 
 
 _LIVE_SOME = b"\x02\x02\x02"  # an inlined live cell: column union branch, 1-element array, value union branch
-_LIVE_HEAD = _NULL_PATH + _ONE  # no path, then the value as a 1-tuple
-_LIVE_TAIL = _h(0) + _h(False) + _NONE_I + _NONE_I  # ttl 0, not deleted, no expiry, no deletion time
+LIVE_HEAD = _NULL_PATH + HASH_ONE  # no path, then the value as a 1-tuple
+LIVE_TAIL = hash_int(0) + hash_int(False) + HASH_NONE + HASH_NONE  # ttl 0, not deleted, no expiry, no deletion time
 
 
-def _h_text(s: str) -> bytes:
+def hash_text(s: str) -> bytes:
     b = s.encode()
-    return _ONE + len(b).to_bytes(4, "big") + b
+    return HASH_ONE + len(b).to_bytes(4, "big") + b
 
 
 
 
 def _h_bytes(v: bytes | None) -> bytes:
-    return _NULL_PATH if v is None else _ONE + len(v).to_bytes(4, "big") + v
+    return _NULL_PATH if v is None else HASH_ONE + len(v).to_bytes(4, "big") + v
 
 
-def _h_tuple(values: tuple[bytes | None, ...]) -> bytes:
-    parts = [_h(len(values))]
+def hash_tuple(values: tuple[bytes | None, ...]) -> bytes:
+    parts = [hash_int(len(values))]
     for v in values:
         parts.append(b"\xff\xff\xff\xff" if v is None else len(v).to_bytes(4, "big") + v)
     return b"".join(parts)
@@ -287,11 +287,12 @@ def cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
         if path is None and not rc.ttl and not rc.deleted:  # the common case: a live simple cell
             n = len(raw)
             return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00"]),
-                    b"".join([_LIVE_HEAD, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
+                    b"".join([LIVE_HEAD, n.to_bytes(4, "big"), raw, hash_int(ts), LIVE_TAIL]))
         if path is not None and p is not None and not rc.ttl and not rc.deleted:  # a live collection element
             n, m = len(raw), len(p)
             return (b"".join([value(raw), zlong(n), raw, zlong(ts), b"\x00\x00\x00\x00", path(p), zlong(m), p]),
-                    b"".join([_ONE, m.to_bytes(4, "big"), p, _ONE, n.to_bytes(4, "big"), raw, _h(ts), _LIVE_TAIL]))
+                    b"".join([HASH_ONE, m.to_bytes(4, "big"), p, HASH_ONE, n.to_bytes(4, "big"), raw, hash_int(ts),
+                              LIVE_TAIL]))
         if rc.deleted:
             ttl, exp, ld = 0, None, ldt
             avro = [_NULL if vtype != "null" else b"", zlong(len(raw)), raw, zlong(ts), b"\x00", _NULL, _TRUE,
@@ -302,7 +303,7 @@ def cell_writer(t: CqlType, cell_fields: list[dict[str, Any]],
             avro = [value(raw), zlong(len(raw)), raw, zlong(ts), zlong(ttl), opt_long(exp), _FALSE, _NULL]
         if path is not None:
             avro += (path(p), zlong(len(p or b"")), p or b"")
-        h = (_h_bytes(p), _h_bytes(raw), _h(ts), _h(ttl), _h(rc.deleted), _h(exp), _h(ld))
+        h = (_h_bytes(p), _h_bytes(raw), hash_int(ts), hash_int(ttl), hash_int(rc.deleted), hash_int(exp), hash_int(ld))
         return b"".join(avro), b"".join(h)
     # the inlined live cell begins with the column's and the value's union branches: written by the encoder
     return write, value_encoder(t, vtype[1], _LIVE_SOME) if path is None and vtype != "null" else None

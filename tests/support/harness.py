@@ -1,17 +1,17 @@
 """The fidelity harness: capture and apply as processes, a seeded workload, and the proof that PostgreSQL holds
 what Cassandra returns.
 
-Usable by tests and by hand (``python -m tests.e2e.harness --ops 20000`` against the stack in the environment).
+Usable by tests and by hand (``python -m tests.support.harness --ops 20000`` against the stack in the environment).
 One run (:func:`run_fidelity`):
 
-1. create the demo keyspace (``cdcpipe.workload``) and a fence table, start one ``cdcpipe capture`` per node
+1. create the demo keyspace (``cdcpipe.demo.workload``) and a fence table, start one ``cdcpipe capture`` per node
    and one ``cdcpipe apply`` (unique topic prefix and consumer group, ``apply.purge_interval_s`` 1 s);
 2. drive the workload (a ``during`` callback may inject faults meanwhile);
 3. write a fence row; once the read_committed event log holds the fence from every node, every earlier change is
    in Kafka; read every table topic to its end;
 4. wait until apply's checkpoint rows reach the last committed record of every partition, and until short TTLs
    have expired and apply re-viewed the rows they changed;
-5. compare every table (:func:`cdcpipe.fidelity.compare`), count dead letters (PostgreSQL table and both DLQ
+5. compare every table (:func:`cdcpipe.demo.fidelity.compare`), count dead letters (PostgreSQL table and both DLQ
    topics), and check that every event was applied once: each node's stream holds each ``event_id`` once, and
    the audit of checkpoint moves (a trigger on ``cdcpipe_checkpoints``) is one contiguous chain per partition.
 """
@@ -23,16 +23,12 @@ import asyncio
 import contextlib
 import itertools
 import os
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,27 +36,11 @@ import asyncpg
 from cassandra.cluster import Cluster, Session
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from cdcpipe import fidelity, workload
 from cdcpipe.avro import SchemaCache, decode
-from tests.e2e import diagnose
-
-ROOT = Path(__file__).resolve().parents[2]
-STACK = ROOT / "deploy" / "local" / "stack"
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:8]}"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-# ---------------------------------------------------------------------------------------------- the stack
-
-
+from cdcpipe.demo import fidelity, workload
+from tests.support import diagnose
+from tests.support.processes import CdcpipeProcess, unique
+from tests.support.stack import ROOT, StackEnv
 
 _TRANSIENT = frozenset({
     KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.NOT_COORDINATOR,
@@ -69,128 +49,8 @@ _TRANSIENT = frozenset({
     KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
 })
 
-@dataclass(frozen=True)
-
-class StackEnv:
-    """Where a stack's services are: ``env`` is the ``deploy/local/stack env`` output (CDCPIPE_* settings)."""
-
-    env: dict[str, str]
-
-    @property
-    def hosts(self) -> list[str]:
-        return [h.rsplit(":", 1)[0] for h in self.env["CDCPIPE_CASSANDRA__HOSTS"].split(",")]
-
-    @property
-    def cdc_raw_dirs(self) -> list[str]:
-        return [self.env[f"CDCPIPE_STACK_CDC_RAW_DIR_{i}"] for i in range(1, len(self.hosts) + 1)]
-
-    @property
-    def bootstrap(self) -> str:
-        return self.env["CDCPIPE_KAFKA__BOOTSTRAP_SERVERS"]
-
-    @property
-    def dsn(self) -> str:
-        return self.env["CDCPIPE_POSTGRES__DSN"]
-
-
-def stack_cmd(stack_env: dict[str, str], *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    """``deploy/local/stack ARGS`` with the given ``CDCPIPE_STACK_*`` knobs."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDCPIPE_STACK_")}
-    env.update(stack_env)
-    return subprocess.run([str(STACK), *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env=env)
-
-
-def stack_env_of(knobs: dict[str, str]) -> StackEnv:
-    out = stack_cmd(knobs, "env")
-    assert out.returncode == 0, out.stderr
-    env: dict[str, str] = {}
-    for line in out.stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    return StackEnv(env)
-
 
 # ---------------------------------------------------------------------------------------------- processes
-
-
-class Proc:
-    """One ``cdcpipe`` process (capture or apply) with its own settings, log and /metrics port."""
-
-    def __init__(self, name: str, command: str, env: dict[str, str], log: Path) -> None:
-        self.name, self.command, self.log = name, command, log
-        self.port = free_port()
-        self.env = {**env, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
-                    "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1"}
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.kills = 0
-
-    def start(self) -> Proc:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "ab") as out:
-            out.write(f"\n==== start {self.starts + 1} at {time.time():.3f}\n".encode())
-            out.flush()
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", self.command], env=self.env,
-                                         stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.starts += 1
-        return self
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill9(self) -> None:
-        if self.alive:
-            assert self.proc is not None
-            self.proc.kill()
-            self.proc.wait(20)
-            self.kills += 1
-
-    def stop(self, timeout: float = 20) -> int | None:
-        """SIGTERM, then SIGKILL after ``timeout``; the exit status (None if it was not running)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
-
-    def metrics(self) -> dict[str, float]:
-        """The process's /metrics as ``{"name{labels}": value}`` (empty when it does not answer)."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return {}
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                with contextlib.suppress(ValueError):
-                    out[name] = float(value)
-        return out
-
-    def tail(self, lines: int = 30) -> str:
-        try:
-            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-
-def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
-    total = 0.0
-    for key, value in metrics.items():
-        base, _, rest = key.partition("{")
-        if base != name:
-            continue
-        if all(f'{k}="{v}"' in rest for k, v in labels.items()):
-            total += value
-    return total
 
 
 class Pipeline:
@@ -199,23 +59,24 @@ class Pipeline:
     def __init__(self, stack: StackEnv, keyspace: str, workdir: Path, *, partitions: int = 3,
                  extra: dict[str, str] | None = None) -> None:
         self.stack = stack
-        self.prefix = unique("e2e")
+        self.prefix = unique("e2e", 8)
         self.group = self.prefix
         base = {**os.environ, **stack.env, "CDCPIPE_KAFKA__TOPIC_PREFIX": self.prefix,
                 "CDCPIPE_OBSERVABILITY__LOG_FORMAT": "json", **(extra or {})}
         self.captures = [
-            Proc(f"capture-{i}", "capture", {
+            CdcpipeProcess("capture", {
                 **base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": raw, "CDCPIPE_CAPTURE__NODE_ID": f"node-{i}",
                 "CDCPIPE_CASSANDRA__HOSTS": f"{host}:9042", "CDCPIPE_CAPTURE__INCLUDE_TABLES": f"{keyspace}.*",
-                "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": str(partitions)}, workdir / f"capture-{i}.log")
+                "CDCPIPE_CAPTURE__TOPIC_PARTITIONS": str(partitions)}, workdir / f"capture-{i}.log",
+                name=f"capture-{i}", http=True)
             for i, (host, raw) in enumerate(zip(stack.hosts, stack.cdc_raw_dirs, strict=True), 1)]
-        self.apply = Proc("apply", "apply", {
+        self.apply = CdcpipeProcess("apply", {
             **base, "CDCPIPE_APPLY__GROUP_ID": self.group, "CDCPIPE_APPLY__PURGE_INTERVAL_S": "1",
             "CDCPIPE_APPLY__BATCH__MAX_WAIT_MS": "100", "CDCPIPE_POSTGRES__POOL_MAX_SIZE": "6"},
-            workdir / "apply.log")
+            workdir / "apply.log", http=True)
 
     @property
-    def procs(self) -> list[Proc]:
+    def procs(self) -> list[CdcpipeProcess]:
         return [*self.captures, self.apply]
 
     def start(self) -> Pipeline:
@@ -225,7 +86,7 @@ class Pipeline:
 
     def check_alive(self) -> None:
         for p in self.procs:
-            assert p.alive, f"{p.name} exited ({p.proc.returncode if p.proc else '?'}):\n{p.tail()}"
+            assert p.running, f"{p.name} exited ({p.proc.returncode if p.proc else '?'}):\n{p.tail()}"
 
     def stop(self) -> dict[str, int | None]:
         return {p.name: p.stop() for p in self.procs}
@@ -238,13 +99,13 @@ class EventLog:
     """Reads every table topic of ``<prefix>.<keyspace>.*`` with read_committed, decoding each event."""
 
     def __init__(self, bootstrap: str, prefix: str, keyspace: str) -> None:
-        conf = {"bootstrap.servers": bootstrap, "group.id": unique("e2e-log"), "enable.auto.commit": False,
+        conf = {"bootstrap.servers": bootstrap, "group.id": unique("e2e-log", 8), "enable.auto.commit": False,
                 "isolation.level": "read_committed", "auto.offset.reset": "earliest",
                 "topic.metadata.refresh.interval.ms": 1000}
         self.prefix, self.keyspace = prefix, keyspace
         self.consumer = Consumer(conf)
         self.consumer.subscribe([f"^{prefix}\\.{keyspace}\\..*"])
-        self._schemas_consumer = Consumer({**conf, "group.id": unique("e2e-schemas")})
+        self._schemas_consumer = Consumer({**conf, "group.id": unique("e2e-schemas", 8)})
         self._schemas_assigned = False
         self.schemas = SchemaCache()
         self.last: dict[tuple[str, int], int] = {}
@@ -312,7 +173,7 @@ class EventLog:
 
 def dlq_messages(bootstrap: str, prefix: str) -> dict[str, int]:
     """Messages on ``<prefix>.dlq`` (apply) and ``<prefix>.capture-dlq`` (capture); absent topics count 0."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-dlq")})
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-dlq", 8)})
     out = {}
     try:
         for topic in (f"{prefix}.dlq", f"{prefix}.capture-dlq"):
@@ -493,7 +354,7 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
                  settle_timeout: float = 180, consistency: int | None = None,
                  pipeline_extra: dict[str, str] | None = None) -> Outcome:
     """One whole run (see the module docstring); always stops its processes and drops its keyspace/schema."""
-    keyspace = unique("e2e")
+    keyspace = unique("e2e", 8)
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
     cluster, session = connect(stack)
@@ -592,18 +453,6 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
             asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
         raw.shutdown()
         cluster.shutdown()
-
-
-@contextlib.contextmanager
-def private_stack(knobs: dict[str, str], nodes: int = 1) -> Iterator[StackEnv]:
-    """A stack of its own (state folder and addresses from ``knobs``), purged afterwards."""
-    try:
-        up = stack_cmd(knobs, "up", *(["--nodes", str(nodes)] if nodes > 1 else []), timeout=900)
-        assert up.returncode == 0, f"private stack did not start:\n{up.stderr[-3000:]}"
-        yield stack_env_of(knobs)
-    finally:
-        down = stack_cmd(knobs, "down", "--purge", timeout=300)
-        assert down.returncode == 0, down.stderr[-2000:]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,9 +13,9 @@ Contract
     regular rows of an update are read from the wire straight into the same events (``out``), without Rows or
     Cells (one pass; ``tests/unit/test_avro_fast_wire.py`` compares it with both passes and the reference).
 
-Values are written by ``cdcpipe.avro_raw`` from their serialized form.  Cost model (docs/operations.md): a live
-cell of a simple column is inlined into its row (one Avro field, one hash run), other cells go through their
-column's writer; nothing per event is built but bytes.
+Values are written by ``cdcpipe.capture.avro_write`` from their serialized form.  Cost model (docs/operations.md):
+a live cell of a simple column is inlined into its row (one Avro field, one hash run), other cells go through
+their column's writer; nothing per event is built but bytes.
 """
 
 from __future__ import annotations
@@ -25,28 +25,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdcpipe.avro import MAGIC, EventSchema
-from cdcpipe.avro_raw import (
-    _LIVE_HEAD,
-    _LIVE_TAIL,
-    _NONE_I,
-    _ONE,
-    _Q,
+from cdcpipe.capture.avro_write import (
+    HASH_NONE,
+    HASH_ONE,
+    LIVE_HEAD,
+    LIVE_TAIL,
     SMALL_LONGS,
     SOME_SMALL_LONGS,
     CellWriter,
     Encoder,
     Unsupported,
-    _h,
-    _h_text,
-    _h_tuple,
     cell_writer,
+    hash_int,
+    hash_text,
+    hash_tuple,
     nullable_encoder,
     opt_long,
+    pack_long,
     required_encoder,
     value_encoder,
     zlong,
 )
-from cdcpipe.capture.events import Origin, _ranges
+from cdcpipe.capture.events import Origin, ranges
 from cdcpipe.capture.mutation import PartitionUpdate
 from cdcpipe.capture.rows import (
     HAS_ALL_COLUMNS,
@@ -58,6 +58,8 @@ from cdcpipe.capture.rows import (
     IS_DELETED,
     IS_EXPIRING,
     NO_TIMESTAMP,
+    TWO_63,
+    TWO_64,
     USE_ROW_TIMESTAMP,
     USE_ROW_TTL,
     Cell,
@@ -66,22 +68,20 @@ from cdcpipe.capture.rows import (
     Row,
     RowReader,
     WireError,
-    _2_63,
-    _2_64,
     uvint,
 )
-from cdcpipe.capture.schema import TableSchema
 from cdcpipe.capture.segment import Position
+from cdcpipe.schema import TableSchema
 
 _NULL, _SOME, _FALSE, _TRUE = b"\x00", b"\x02", b"\x00", b"\x01"
 # op enum indexes in the record: upsert 0, row_delete 1, partition_delete 2, range_delete 3 (zigzag: 00 02 04 06)
 __all__ = ["TableEncoder", "Unsupported", "value_encoder", "zlong"]
-_H_STATIC, _H_ROW, _H_LIVE, _H_DELETION = _h_text("S"), _h_text("W"), _h_text("L"), _h_text("D")
-_H_ZERO = _h(0)
+_H_STATIC, _H_ROW, _H_LIVE, _H_DELETION = hash_text("S"), hash_text("W"), hash_text("L"), hash_text("D")
+_H_ZERO = hash_int(0)
 # an inlined live cell: "\x02\x02" (the column's union branch, a 1-element array), the value's union branch...,
 # then after the raw value and timestamp: ttl 0, no expiry, not deleted, no deletion time, end of array, no
 # collection deletion
-_LIVE_NULL, _LIVE_REST = b"\x02\x02\x00", b"\x00\x00\x00\x00\x00\x00"  # _LIVE_SOME: avro_raw
+_LIVE_NULL, _LIVE_REST = b"\x02\x02\x00", b"\x00\x00\x00\x00\x00\x00"  # _LIVE_SOME: avro_write
 _LEN4 = [n.to_bytes(4, "big") for n in range(0x2000)]  # the hash's length prefix of a short value
 # a column: (field index, hash of its name, cell writer, value encoder of a simple column, hash prefix of a live cell)
 _Column = tuple[int, bytes, CellWriter, Encoder | None, bytes]
@@ -124,9 +124,9 @@ class TableEncoder:
             for c in cols:
                 i, f = by_name[c.name]
                 cell_fields = f["type"][1]["fields"][0]["type"]["items"]["fields"]
-                h_name = _h_text("C") + _h_text(c.name)
+                h_name = hash_text("C") + hash_text(c.name)
                 write, value = cell_writer(c.type, cell_fields)
-                self.columns[static][c.name] = (i, h_name, write, value, h_name + _NONE_I + _LIVE_HEAD)
+                self.columns[static][c.name] = (i, h_name, write, value, h_name + HASH_NONE + LIVE_HEAD)
     def _clustering(self, raws: tuple[bytes | None, ...]) -> bytes:
         """The Clustering record for these values (missing trailing values are null)."""
         ck = self.ck
@@ -165,7 +165,7 @@ class TableEncoder:
         if seg[0] != segment_id:
             seg = self._segment = (segment_id, self.source + zlong(segment_id))
         head = b"".join([seg[1], zlong(position), *keys])
-        h_base = b"".join((self.h_table, _ONE, len(key).to_bytes(4, "big"), key))
+        h_base = b"".join((self.h_table, HASH_ONE, len(key).to_bytes(4, "big"), key))
         return h_base, head
 
     def encode(self, u: PartitionUpdate, segment_id: int, position: int) -> list[tuple[str, int, bytes]]:
@@ -180,14 +180,14 @@ class TableEncoder:
         if u.partition_deletion is not None:
             d = u.partition_deletion
             dl = (d.marked_for_delete_at, d.local_deletion_time)
-            eid = blake2b(h_base + _h_text("P") + _h(dl[0]) + _h(dl[1]), digest_size=16).digest()
+            eid = blake2b(h_base + hash_text("P") + hash_int(dl[0]) + hash_int(dl[1]), digest_size=16).digest()
             out.append(("partition_delete", dl[0], b"".join([
                 header, eid, b"\x04", zlong(dl[0]), head,
                 b"\x00\x00\x00\x00\x02", zlong(dl[0]), zlong(dl[1]), b"\x00\x00", nulls])))
-        for (s_raw, s_incl), (e_raw, e_incl), dt in _ranges(u.range_tombstones) if u.range_tombstones else ():
+        for (s_raw, s_incl), (e_raw, e_incl), dt in ranges(u.range_tombstones) if u.range_tombstones else ():
             dl = (dt.marked_for_delete_at, dt.local_deletion_time)
-            h = b"".join([h_base, _h_text("R"), _h(dl[0]), _h(dl[1]), _h_text("s"), _h(s_incl), _h_tuple(s_raw),
-                          _h_text("e"), _h(e_incl), _h_tuple(e_raw)])
+            h = b"".join([h_base, hash_text("R"), hash_int(dl[0]), hash_int(dl[1]), hash_text("s"), hash_int(s_incl),
+                          hash_tuple(s_raw), hash_text("e"), hash_int(e_incl), hash_tuple(e_raw)])
             ncl = len(self.ck)
             eid = blake2b(h, digest_size=16).digest()
             out.append(("range_delete", dl[0], b"".join([
@@ -225,16 +225,16 @@ class TableEncoder:
                 if fields[spec[0]] is not _NULL or (groups is not None and name in groups):
                     raise Unsupported(f"two cells of simple column {name}")  # never in a decoded row
                 if ts != last:
-                    last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
+                    last, zts, hts = ts, zlong(ts), b"\x01" + pack_long(ts)
                 n = len(raw)
                 v = value(raw)
                 if n < 0x2000:
                     fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, SMALL_LONGS[n + n], raw, zts,
                                                 _LIVE_REST))
-                    hcols += (spec[4], _LEN4[n], raw, hts, _LIVE_TAIL)
+                    hcols += (spec[4], _LEN4[n], raw, hts, LIVE_TAIL)
                 else:
                     fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, zlong(n), raw, zts, _LIVE_REST))
-                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
+                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, LIVE_TAIL)
                 continue
             if groups is None:
                 groups = {}
@@ -266,8 +266,8 @@ class TableEncoder:
             else:
                 b, p = uvint(buf, p)
             row_ts = b + min_ts
-            if row_ts >= _2_63:
-                row_ts -= _2_64
+            if row_ts >= TWO_63:
+                row_ts -= TWO_64
             if flags & HAS_TTL:
                 row_ttl, p = r.ttl(p)
                 row_ldt, p = r.ldt(p)
@@ -313,8 +313,8 @@ class TableEncoder:
                 else:
                     b, p = uvint(buf, p)
                 ts = b + min_ts
-                if ts >= _2_63:
-                    ts -= _2_64
+                if ts >= TWO_63:
+                    ts -= TWO_64
             if cflags & USE_ROW_TTL:
                 ttl, ldt = row_ttl, row_ldt
             elif cflags & (IS_DELETED | IS_EXPIRING):
@@ -351,16 +351,16 @@ class TableEncoder:
                 if fields[spec[0]] is not _NULL:
                     raise Unsupported(f"two cells of simple column {name}")
                 if ts != last:
-                    last, zts, hts = ts, zlong(ts), b"\x01" + _Q(ts)
+                    last, zts, hts = ts, zlong(ts), b"\x01" + pack_long(ts)
                 n = len(raw)
                 v = value(raw)
                 if n < 0x2000:
                     fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, SMALL_LONGS[n + n], raw, zts,
                                                 _LIVE_REST))
-                    hcols += (spec[4], _LEN4[n], raw, hts, _LIVE_TAIL)
+                    hcols += (spec[4], _LEN4[n], raw, hts, LIVE_TAIL)
                 else:
                     fields[spec[0]] = b"".join((_LIVE_NULL if v is None else v, zlong(n), raw, zts, _LIVE_REST))
-                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, _LIVE_TAIL)
+                    hcols += (spec[4], n.to_bytes(4, "big"), raw, hts, LIVE_TAIL)
                 continue
             if groups is None:
                 groups = {}
@@ -382,11 +382,11 @@ class TableEncoder:
         elif groups is not None:
             for name, (i, h_name, cell_avro, cell_h) in groups.items():
                 fields[i] = b"".join([_SOME, zlong(len(cell_avro)), *cell_avro, b"\x00\x00"])
-                hcols[hcols.index(name)] = b"".join([h_name, _NONE_I, *cell_h])
+                hcols[hcols.index(name)] = b"".join([h_name, HASH_NONE, *cell_h])
         live = lv is not None and lv[0] != NO_TIMESTAMP
         if not hcols and not live and d is None:
             return
-        h: list[Any] = [h_base, _H_STATIC if static else _H_ROW, _h_tuple(clustering) if clustering else _H_ZERO]
+        h: list[Any] = [h_base, _H_STATIC if static else _H_ROW, hash_tuple(clustering) if clustering else _H_ZERO]
         if static or not clustering:
             avro = [b"\x00\x00\x01" if static else b"\x00\x00\x00"]  # no clustering, no raw values, static?
         else:
@@ -397,18 +397,18 @@ class TableEncoder:
             if lts > newest:
                 newest = lts
             if lts == last and not lttl:  # an INSERT: the marker has the cells' timestamp
-                h += (_H_LIVE, hts, _H_ZERO, _NONE_I)
+                h += (_H_LIVE, hts, _H_ZERO, HASH_NONE)
                 avro += (_SOME, zts, b"\x00\x00")
             else:
                 exp = lv[2] if lttl > 0 else None
-                h += (_H_LIVE, _h(lts), _h(lttl), _h(exp))
+                h += (_H_LIVE, hash_int(lts), hash_int(lttl), hash_int(exp))
                 avro += (_SOME, zlong(lts), zlong(lttl), opt_long(exp))
         else:
             avro.append(_NULL)
         if d is not None:
             if d.marked_for_delete_at > newest:
                 newest = d.marked_for_delete_at
-            h += (_H_DELETION, _h(d.marked_for_delete_at), _h(d.local_deletion_time))
+            h += (_H_DELETION, hash_int(d.marked_for_delete_at), hash_int(d.local_deletion_time))
             avro += (_SOME, zlong(d.marked_for_delete_at), zlong(d.local_deletion_time))
         else:
             avro.append(_NULL)
@@ -444,7 +444,8 @@ class TableEncoder:
             cd = deletions.get(name)
             arr = zlong(len(cell_avro)) + b"".join(cell_avro) + b"\x00" if cell_avro else b"\x00"
             fields[i] = b"".join([_SOME, arr, _NULL if cd is None else _SOME + zlong(cd[0]) + zlong(cd[1])])
-            hcols[hcols.index(name)] = b"".join([h_name, _NONE_I if cd is None else _h(cd[0]) + _h(cd[1]), *cell_h])
+            deletion_h = HASH_NONE if cd is None else hash_int(cd[0]) + hash_int(cd[1])
+            hcols[hcols.index(name)] = b"".join([h_name, deletion_h, *cell_h])
         return newest
 
 

@@ -1,13 +1,13 @@
-"""``cdcpipe demo`` (what ``make run`` shows) and ``cdcpipe status``.
+"""``cdcpipe demo``: what ``make run`` shows.
 
-The demo creates the ``demo`` keyspace (:mod:`cdcpipe.workload`: scalars, collections, a UDT, statics, clustering
+The demo creates the ``demo`` keyspace (:mod:`cdcpipe.demo.workload`: scalars, collections, a UDT, statics, clustering
 columns, TTL, every CQL type), starts ``cdcpipe capture`` and ``cdcpipe apply`` as background processes (logs and
 ports under ``<stack dir>/run/``), drives the seeded workload while a live ``rich`` view shows per table the events
 captured and applied per second, the consumer lag and the dead letters, waits until apply caught up, then compares
-both databases table by table (:mod:`cdcpipe.fidelity`: rows and a content checksum).  It exits 0 when they
+both databases table by table (:mod:`cdcpipe.demo.fidelity`: rows and a content checksum).  It exits 0 when they
 match, 1 when they differ, 130 on Ctrl-C — every process it started is stopped in each case.
 
-``cdcpipe status`` prints the same figures from the two processes' ``/metrics``.
+Its live view is ``cdcpipe status``'s (:mod:`cdcpipe.status`).
 """
 
 from __future__ import annotations
@@ -22,133 +22,20 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from collections import defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
-from rich.text import Text
 
-from cdcpipe import fidelity, workload
 from cdcpipe.config import Settings
+from cdcpipe.demo import fidelity, workload
+from cdcpipe.status import PORTS_FILE, console_for_output, figures, ports, render, run_dir
 
 KEYSPACE = "demo"
-PORTS_FILE = "ports.json"
-
-
-# ---------------------------------------------------------------------------------------------- figures
-
-
-def scrape(url: str, timeout: float = 2.0) -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
-    """Samples of a Prometheus ``/metrics`` page as ``{(name, labels): value}``; None when it does not answer."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return None
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, tuple(sorted(s.labels.items())))] = float(s.value)
-    return out
-
-
-@dataclass
-class Figures:
-    """Per table (``ks.t``): events captured and applied (totals), consumer lag; and the dead letters."""
-
-    up: dict[str, bool] = field(default_factory=dict)
-    captured: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    applied: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    lag: dict[str, float] = field(default_factory=lambda: defaultdict(float))
-    duplicates: float = 0.0
-    dlq: float = 0.0
-    capture_lag_s: float = 0.0
-    at: float = field(default_factory=time.monotonic)
-
-    @property
-    def tables(self) -> list[str]:
-        return sorted(set(self.captured) | set(self.applied) | set(self.lag))
-
-
-def figures(capture_url: str, apply_url: str) -> Figures:
-    f = Figures()
-    cap, app = scrape(capture_url), scrape(apply_url)
-    f.up = {"capture": cap is not None, "apply": app is not None}
-    for (name, labels), value in (cap or {}).items():
-        lab = dict(labels)
-        if name == "cdcpipe_capture_events_produced_total":
-            f.captured[f"{lab['keyspace']}.{lab['table']}"] += value
-        elif name == "cdcpipe_capture_dead_letters_total":
-            f.dlq += value
-        elif name == "cdcpipe_capture_lag_seconds":
-            f.capture_lag_s = value
-    for (name, labels), value in (app or {}).items():
-        lab = dict(labels)
-        if name == "cdcpipe_apply_events_applied_total":
-            f.applied[lab["table"]] += value
-        elif name == "cdcpipe_apply_dlq_events_total":
-            f.dlq += value
-        elif name == "cdcpipe_apply_duplicates_total":
-            f.duplicates += value
-        elif name == "cdcpipe_apply_consumer_lag":
-            f.lag[".".join(lab["topic"].split(".")[-2:])] += value
-    return f
-
-
-def render(now: Figures, before: Figures | None, title: str, footer: str = "") -> Group:
-    """The live view: one line per table, then the totals."""
-    dt = max(1e-3, now.at - before.at) if before is not None else 0.0
-    table = Table(title=title, title_justify="left")
-    for col in ("table", "captured", "captured/s", "applied", "applied/s", "lag (events)"):
-        table.add_column(col, justify="left" if col == "table" else "right")
-    for t in now.tables:
-        cap_rate = (now.captured[t] - before.captured.get(t, 0)) / dt if before is not None and dt else 0.0
-        app_rate = (now.applied[t] - before.applied.get(t, 0)) / dt if before is not None and dt else 0.0
-        table.add_row(t, f"{now.captured.get(t, 0):.0f}", f"{cap_rate:.0f}", f"{now.applied.get(t, 0):.0f}",
-                      f"{app_rate:.0f}", f"{now.lag.get(t, 0):.0f}")
-    state = "  ".join(f"{k}: {'up' if v else 'DOWN'}" for k, v in now.up.items())
-    line = Text(f"{state}   capture lag {now.capture_lag_s:.1f}s   duplicates skipped {now.duplicates:.0f}   "
-                f"dead letters {now.dlq:.0f}", style="bold red" if now.dlq else "")
-    return Group(table, line, Text(footer))
-
-
-def _ports(run_dir: Path) -> tuple[str, str]:
-    try:
-        data = json.loads((run_dir / PORTS_FILE).read_text())
-        return f"http://127.0.0.1:{data['capture']}/metrics", f"http://127.0.0.1:{data['apply']}/metrics"
-    except (OSError, ValueError, KeyError):
-        return "http://127.0.0.1:9401/metrics", "http://127.0.0.1:9402/metrics"
-
-
-def status(args: argparse.Namespace, settings: Settings) -> int:
-    """``cdcpipe status``: the live figures of a running capture and apply (from their /metrics)."""
-    cap_default, app_default = _ports(_run_dir())
-    cap_url, app_url = args.capture_url or cap_default, args.apply_url or app_default
-    console = _console()
-    before = figures(cap_url, app_url)
-    time.sleep(args.interval)
-    while True:
-        now = figures(cap_url, app_url)
-        console.print(render(now, before, f"cdcpipe status ({cap_url}, {app_url})"))
-        if not args.watch:
-            return 0 if all(now.up.values()) else 1
-        before = now
-        time.sleep(args.interval)
 
 
 # ---------------------------------------------------------------------------------------------- the demo
-
-
-def _run_dir() -> Path:
-    stack = os.environ.get("CDCPIPE_STACK_DIR") or str(Path.cwd() / ".stack")
-    return Path(stack) / "run"
 
 
 def _free_port(preferred: int) -> int:
@@ -183,29 +70,25 @@ class Child:
         return int(self.proc.returncode)
 
 
-def _console() -> Console:
-    return Console() if sys.stdout.isatty() else Console(width=140)
-
-
 def demo(args: argparse.Namespace, settings: Settings) -> int:
     from cassandra.cluster import Cluster
 
-    console = _console()
-    run_dir = _run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    console = console_for_output()
+    folder = run_dir()
+    folder.mkdir(parents=True, exist_ok=True)
     hosts = [h for h, _ in settings.cassandra.contact_points()]
     dsn = settings.require("postgres.dsn").get_secret_value()
     cdc_raw = str(settings.require("capture.cdc_raw_dir"))
     prefix = f"demo{int(time.time())}"
-    ports = {"capture": _free_port(9401), "apply": _free_port(9402)}
-    (run_dir / PORTS_FILE).write_text(json.dumps(ports) + "\n")
+    chosen = {"capture": _free_port(9401), "apply": _free_port(9402)}
+    (folder / PORTS_FILE).write_text(json.dumps(chosen) + "\n")
     cluster = Cluster(hosts, protocol_version=5, connect_timeout=20)
     session = cluster.connect()
     children: list[Child] = []
     stop = threading.Event()
     try:
         console.print(f"[bold]cdcpipe demo[/]: keyspace [cyan]{KEYSPACE}[/], topic prefix [cyan]{prefix}[/], "
-                      f"logs in {run_dir}")
+                      f"logs in {folder}")
         session.execute(f"DROP KEYSPACE IF EXISTS {KEYSPACE}", timeout=120)
         asyncio.run(fidelity.drop_mirror(dsn, KEYSPACE))
         for stmt in workload.schema(KEYSPACE):
@@ -215,13 +98,13 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
         children.append(Child("capture", {**base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": cdc_raw,
                                           "CDCPIPE_CAPTURE__INCLUDE_TABLES": f"{KEYSPACE}.*",
                                           "CDCPIPE_CAPTURE__NODE_ID": "demo-node-1",
-                                          "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(ports["capture"])},
-                              run_dir / "capture.log"))
+                                          "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(chosen["capture"])},
+                              folder / "capture.log"))
         children.append(Child("apply", {**base, "CDCPIPE_APPLY__GROUP_ID": prefix,
                                         "CDCPIPE_APPLY__PURGE_INTERVAL_S": "1",
-                                        "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(ports["apply"])},
-                              run_dir / "apply.log"))
-        cap_url, app_url = _ports(run_dir)
+                                        "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(chosen["apply"])},
+                              folder / "apply.log"))
+        cap_url, app_url = ports(folder)
         wl = workload.Workload(KEYSPACE, args.seed)
         tally = workload.Tally()
         driver = threading.Thread(target=lambda: workload.drive(session, wl, args.ops, rate=args.rate, stop=stop,
@@ -297,19 +180,3 @@ async def _compare(hosts: list[str], session: Any, dsn: str) -> fidelity.Report:
     finally:
         await conn.close()
         await asyncio.to_thread(raw_cluster.shutdown)
-
-
-def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    d = sub.add_parser("demo", help="live replication demo: workload, live view, then compare both databases")
-    d.add_argument("--ops", type=int, default=15_000, help="statements of the demo workload")
-    d.add_argument("--rate", type=float, default=500.0, help="statements per second at most")
-    d.add_argument("--seed", type=int, default=7)
-    d.add_argument("--settle-timeout", type=float, default=180.0)
-    d.set_defaults(func=demo)
-    s = sub.add_parser("status", help="live figures of the running capture and apply (from their /metrics)")
-    s.add_argument("--capture-url", help="capture's /metrics URL (default: from the demo's run folder)")
-    s.add_argument("--apply-url", help="apply's /metrics URL")
-    s.add_argument("--interval", type=float, default=1.0, help="seconds between the two samples of a rate")
-    s.add_argument("--watch", action="store_true", help="print again every interval until Ctrl-C")
-    s.set_defaults(func=status)
-

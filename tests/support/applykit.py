@@ -1,41 +1,34 @@
-"""Helpers for apply robustness tests: events in the real Avro encoding produced with a transactional producer,
-``cdcpipe apply`` as a child process (kill -9, SIGTERM, /health, /metrics), a checkpoint audit trigger, and
-dumps of the mirror tables."""
+"""Helpers for apply tests: events in the real Avro encoding produced with a transactional producer, apply's
+pipeline run in the test's event loop, ``cdcpipe apply`` as a child process (kill -9, SIGTERM, /health, /metrics), a
+checkpoint audit trigger, the mirror tables' content and dumps, and a seeded workload over the merge-kit tables."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
-import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdcpipe import avro
 from cdcpipe.apply import merge
 from cdcpipe.apply.tables import ident
-from cdcpipe.capture.schema import TableSchema
-from cdcpipe.capture.values import CqlType
-from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange
-from cdcpipe.typemap import serialize
-from tests.integration.capturekit import CdcpipeProcess
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from cdcpipe.config import Settings
+from cdcpipe.cql import CqlType
+from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
+from cdcpipe.schema import TableSchema
+from cdcpipe.schema_source import parse_cql_schema
+from cdcpipe.typemap import serialize, to_pg
+from tests.support import mergekit as mk
+from tests.support.processes import CdcpipeProcess
 
 # ---------------------------------------------------------------------------------------------- encoding
 
@@ -133,63 +126,73 @@ def end_offsets(kafka: dict[str, Any], topics: Iterable[str]) -> dict[tuple[str,
     return out
 
 
+# ---------------------------------------------------------------------------------------------- in-process pipeline
+
+(TX,) = parse_cql_schema("CREATE TABLE ks.tx (k text PRIMARY KEY, v int, n text) "
+                         "WITH id = 00000000-0000-0000-0000-0000000000cc;")
+_ids = iter(range(1, 10**6))
+
+
+def event(table: TableSchema, key: str, ts: int, insert: bool = False, **cols: Any) -> ChangeEvent:
+    """A change of the row ``key`` of a table keyed by one text column: ``cols`` written (None: deleted) at
+    ``ts``, with a row marker if ``insert``."""
+    types = {c.name: c.type for c in table.regular}
+    changes = tuple(
+        ColumnChange(n, (Cell(None, ts, deleted=True, local_deletion_time=1, raw=b"") if v is None
+                         else Cell(v, ts, raw=serialize(types[n], v)),))
+        for n, v in cols.items())
+    src = Source("c", "dc1", "n1", table.keyspace, table.table, table.table_id, 1, 0)
+    return ChangeEvent(next(_ids).to_bytes(16, "big"), Op.UPSERT, ts, src, (key,),
+                       liveness=Liveness(ts) if insert else None, columns=changes)
+
+
+def encode_tx(schema: avro.EventSchema, ev: ChangeEvent) -> bytes:
+    """The Avro value of an :func:`event` of :data:`TX`."""
+    return avro.encode(ev, schema, (serialize(TX.partition_key[0].type, ev.partition_key[0]),))
+
+
+async def wait_for(predicate: Any, timeout: float = 40.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.3)
+
+
+def run_settings(settings: Settings, prefix: str, **batch: int) -> Settings:
+    """``settings`` for one test run: its own topic prefix, schema prefix and consumer group; ``batch`` overrides
+    ``apply.batch``."""
+    return settings.model_copy(update={
+        "kafka": settings.kafka.model_copy(update={"topic_prefix": prefix}),
+        "postgres": settings.postgres.model_copy(update={"schema_prefix": prefix + "_"}),
+        "apply": settings.apply.model_copy(update={
+            "group_id": prefix, "batch": settings.apply.batch.model_copy(update=batch)}),
+    })
+
+
+async def next_offset(pool: Any, prefix: str, task: asyncio.Task[int]) -> int | None:
+    """The run's checkpoint (None before apply created its table or stored one); re-raises if apply died."""
+    if task.done():
+        task.result()
+    try:
+        found = await pool.fetchval("SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+    except asyncpg.UndefinedTableError:  # a fresh database: apply has not created it yet
+        return None
+    return None if found is None else int(found)
+
+
+async def drop_run(pool: Any, prefix: str) -> None:
+    """Remove what one run wrote to PostgreSQL: its schemas and its checkpoint rows."""
+    await drop_schemas(pool, prefix)
+    await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+
+
 # ---------------------------------------------------------------------------------------------- process
 
 class ApplyProcess(CdcpipeProcess):
     """``cdcpipe apply`` as a child process (logs appended to ``log``), with its own ops HTTP port."""
 
-    command = "apply"
-
     def __init__(self, log: Path, **env: str) -> None:
-        self.port = free_port()
-        super().__init__({**os.environ, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(self.port),
-                          "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **env}, log)
-
-    def _get(self, path: str) -> tuple[int, bytes]:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as r:
-                return int(r.status), bytes(r.read())
-        except urllib.error.HTTPError as e:
-            return int(e.code), bytes(e.read())
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        status, body = self._get("/health")
-        return status, dict(json.loads(body))
-
-    def metrics(self) -> str:
-        status, body = self._get("/metrics")
-        assert status == 200
-        return body.decode()
-
-    def wait_http(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.running, self.tail()
-            try:
-                self._get("/health")
-                return
-            except OSError:
-                assert time.monotonic() < deadline, "apply's HTTP server did not start"
-                time.sleep(0.1)
-
-    def tail(self, n: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of ``name`` whose labels include ``labels``."""
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric_name, _, rest = head.partition("{")
-        if metric_name != name:
-            continue
-        got = dict(kv.split("=", 1) for kv in rest.rstrip("}").split(",") if kv) if rest else {}
-        if all(got.get(k) == json.dumps(v) for k, v in labels.items()):
-            total += float(value)
-    return total
+        super().__init__("apply", {**os.environ, **env}, log, http=True)
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL
@@ -248,6 +251,42 @@ async def drop_schemas(pool: Any, like: str) -> None:
         await pool.execute(f"DROP SCHEMA {ident(s[0])} CASCADE")
 
 
+class Clock:
+    """A settable clock for :class:`cdcpipe.apply.writer.BatchWriter`."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def content(pool: Any, prefix: str, table: str) -> list[dict[str, Any]]:
+    """The rows of the merge-kit table ``table`` mirrored under the schema prefix ``prefix``, in key order."""
+    t = mk.TABLES[table]
+    cols = [c.name for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)]
+    order = ", ".join(ident(c.name) for c in (*t.partition_key, *t.clustering))
+    rows = await pool.fetch(f"SELECT {', '.join(ident(c) for c in cols)} FROM {ident(prefix + t.keyspace)}."
+                            f"{ident(t.table)} ORDER BY {order}")
+    return [dict(r) for r in rows]
+
+
+def as_pg(table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The model's typed SELECT rows as the PostgreSQL mirror shows them (maps as JSON text)."""
+    t = mk.TABLES[table]
+    types = {c.name: c.type for c in (*t.partition_key, *t.clustering, *t.static, *t.regular)}
+    out = []
+    for r in rows:
+        conv = {k: to_pg(types[k], v)[0] for k, v in r.items()}
+        out.append({k: json.loads(v) if types[k].name == "map" and v is not None else v for k, v in conv.items()})
+    return out
+
+
+def jsonb_parsed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """asyncpg returns jsonb as text: parse it to compare with the model's values."""
+    return [{k: json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v for k, v in r.items()} for r in rows]
+
+
 # ---------------------------------------------------------------------------------------------- workload
 
 class Workload:
@@ -273,8 +312,6 @@ class Workload:
         return {"now": self.now}
 
     def _one(self) -> ChangeEvent:
-        from tests.unit import mergekit as mk
-
         r = self.rnd
         ts = r.randint(1, 3000)
         table = r.choice(self.TABLES)

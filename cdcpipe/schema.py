@@ -1,6 +1,6 @@
 """The table schema model: what decoding a table's PartitionUpdates needs (columns, types, dropped columns).
 
-Built by ``cdcpipe.capture.schema`` from a CQL file or ``system_schema``; see reference §9.
+Built by ``cdcpipe.schema_source`` from a CQL file or ``system_schema``; see reference §9.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hashlib
 import uuid
 from dataclasses import dataclass, field
 
-from cdcpipe.capture.values import CqlType
+from cdcpipe.cql import CqlType
 
 PARTITION_KEY, CLUSTERING, STATIC, REGULAR = "partition_key", "clustering", "static", "regular"
 
