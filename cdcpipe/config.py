@@ -4,16 +4,18 @@ Keys mirror the module paths that use them (``capture.cdc_raw_dir`` is the envir
 ``CDCPIPE_CAPTURE__CDC_RAW_DIR``).  Precedence, highest first: environment, YAML file given with ``--config``,
 defaults.  Invalid or missing settings raise :class:`ConfigError` with one message that names every bad
 setting and the environment variable that sets it; the CLI prints it and exits 2 without a traceback.
-Secrets (passwords, tokens, DSNs carrying passwords) are ``SecretStr`` and never printed.
+Secrets (passwords, tokens, DSNs carrying passwords) are ``SecretStr`` and never printed; ``kafka.extra``
+properties whose name names a secret (:func:`is_secret_key`) are hidden the same way wherever settings are shown.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
 
@@ -21,6 +23,45 @@ from cdcpipe.errors import ConfigError
 
 ENV_PREFIX = "CDCPIPE_"
 NESTED = "__"
+HIDDEN = "**********"
+
+# The long-lived processes and their default HTTP ports (observability.http_port unset).
+Process = Literal["capture", "apply"]
+DEFAULT_HTTP_PORTS: dict[Process, int] = {"capture": 9400, "apply": 9401}
+
+MIB = 1024 * 1024
+# Cassandra's default commitlog_segment_size; the largest mutation it logs is half a segment (max_mutation_size).
+DEFAULT_COMMITLOG_SEGMENT_SIZE = 32 * MIB
+MESSAGE_OVERHEAD = 1 * MIB  # an event's key, envelope and metadata beyond its cells' values
+
+
+def max_message_bytes_for(commitlog_segment_size: int) -> int:
+    """The Kafka message size that holds the event of the largest mutation a node logs: that mutation is at most
+    half a segment, and an event carries each value twice (typed and raw), plus its envelope."""
+    return 2 * (commitlog_segment_size // 2) + MESSAGE_OVERHEAD
+
+
+_SECRET_WORDS = frozenset({"password", "passwd", "passphrase", "secret", "token", "key", "pem", "jaas",
+                           "credential", "credentials", "apikey"})
+_NOT_SECRET_LAST = frozenset({"location", "file", "path", "dir", "directory", "url", "endpoint", "id", "name",
+                              "type", "size", "algorithm", "mechanism", "mechanisms"})
+
+
+def is_secret_key(name: str) -> bool:
+    """Whether a setting or librdkafka property named ``name`` holds a secret: one of its words (split at
+    ``.``, ``_``, ``-``) is password, passphrase, secret, token, key, pem, jaas or credential(s) — unless its last
+    word says it names where or what the secret is (location, file, path, url, id, …): ``ssl.key.password`` and
+    ``ssl.key.pem`` are secrets, ``ssl.key.location`` and ``sasl.oauthbearer.token.endpoint.url`` are not."""
+    words = [w for w in re.split(r"[._\-]+", name.lower()) if w]
+    if not words or words[-1] in _NOT_SECRET_LAST:
+        return False
+    return any(w in _SECRET_WORDS for w in words) or name.lower() == "sasl.oauthbearer.config"
+
+
+def hide_secrets(props: dict[str, Any]) -> dict[str, Any]:
+    """``props`` (e.g. a librdkafka configuration) with the value of every secret key (:func:`is_secret_key`)
+    replaced by ``'**********'``: what may be logged or shown."""
+    return {k: HIDDEN if is_secret_key(k) or isinstance(v, SecretStr) else v for k, v in props.items()}
 
 
 class _Section(BaseModel):
@@ -62,7 +103,13 @@ class CassandraSettings(_Section):
 
 
 class KafkaSettings(_Section):
-    """Kafka connection and naming; ``extra`` passes librdkafka properties through unchanged."""
+    """Kafka connection and naming; ``extra`` passes librdkafka properties through unchanged (those whose name
+    names a secret are hidden wherever settings are shown, see :func:`is_secret_key`).
+
+    ``max_message_bytes`` is the largest event message, used for the topics capture and apply create
+    (``max.message.bytes``), the producers (``message.max.bytes``) and the consumers (fetch and receive sizes);
+    unset, it is :func:`max_message_bytes_for` ``capture.commitlog_segment_size`` (33 MiB for Cassandra's default
+    32 MiB segments)."""
 
     bootstrap_servers: str = "127.0.0.1:9092"
     topic_prefix: str = Field(default="cdcpipe", pattern=r"^[A-Za-z0-9._-]+$")
@@ -71,12 +118,29 @@ class KafkaSettings(_Section):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     extra: dict[str, str] = Field(default_factory=dict)
+    max_message_bytes: int | None = Field(default=None, ge=1_000_000, le=1_000_000_000)
+
+    def __repr_args__(self) -> Any:  # repr/str (and so logs) never show a secret of ``extra``
+        for name, value in super().__repr_args__():
+            yield name, hide_secrets(value) if name == "extra" and isinstance(value, dict) else value
+
+    def message_bytes(self) -> int:
+        """``max_message_bytes``, or its default for Cassandra's default segment size when unset."""
+        return self.max_message_bytes or max_message_bytes_for(DEFAULT_COMMITLOG_SEGMENT_SIZE)
+
+    def topic_config(self) -> dict[str, str]:
+        """Topic configuration of every topic cdcpipe creates: messages up to :meth:`message_bytes`."""
+        return {"max.message.bytes": str(self.message_bytes())}
 
     def client_config(self) -> dict[str, str | int | float | bool]:
-        """librdkafka configuration common to producers, consumers and admin clients."""
+        """librdkafka configuration common to producers, consumers and admin clients: a request or response may
+        carry one message of :meth:`message_bytes` (consumers add :meth:`fetch_config`)."""
+        size = self.message_bytes()
         conf: dict[str, str | int | float | bool] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            "message.max.bytes": size + MESSAGE_OVERHEAD,
+            "receive.message.max.bytes": max(100 * MIB, size + 2 * MESSAGE_OVERHEAD),
         }
         if self.sasl_mechanism:
             conf["sasl.mechanism"] = self.sasl_mechanism
@@ -86,6 +150,13 @@ class KafkaSettings(_Section):
             conf["sasl.password"] = self.sasl_password.get_secret_value()
         conf.update(self.extra)
         return conf
+
+    def fetch_config(self) -> dict[str, int]:
+        """Consumer-only sizes: one fetch may return a message of :meth:`message_bytes` (within
+        ``receive.message.max.bytes``)."""
+        size = self.message_bytes()
+        return {"max.partition.fetch.bytes": size + MESSAGE_OVERHEAD,
+                "fetch.max.bytes": max(50 * MIB, size + MESSAGE_OVERHEAD)}
 
 
 class PostgresSettings(_Section):
@@ -115,8 +186,21 @@ class CaptureSettings(_Section):
     batch_max_events: int = Field(default=5000, gt=0)  # one Kafka transaction holds at most this many events
     flush_ms: int = Field(default=100, gt=0, le=10_000)  # ... and is committed at least this often
     topic_partitions: int = Field(default=6, gt=0)
-    topic_replication: int = Field(default=1, gt=0)
-    cdc_total_space: int = Field(default=4096 * 1024 * 1024, gt=0)  # bytes; Cassandra's cdc_total_space
+    # None: min(3, brokers); 1 on a cluster of several brokers only when set explicitly (see replication_factor)
+    topic_replication: int | None = Field(default=None, gt=0)
+    # bytes; Cassandra's cdc_total_space.  None: read from the node (system_views.settings), else Cassandra's
+    # default 4096 MiB (Cassandra uses min(4096 MiB, 1/8 of the volume) when cassandra.yaml does not set it)
+    cdc_total_space: int | None = Field(default=None, gt=0)
+    # where unreadable segments are moved (never deleted); default <cdc_raw>/../cdc_quarantine; same filesystem
+    quarantine_dir: Path | None = None
+    stall_timeout_s: float = Field(default=60.0, gt=0)  # no progress on durable data this long: /readyz "stalled"
+    schema_recheck_s: float = Field(default=5.0, gt=0)  # re-check a cdc = false table's flag at most this often
+    # a table switched to cdc = false stays captured until what was durable this long after the switch is read
+    # (> Cassandra's commitlog_sync_period, 10 s by default): its writes made before the switch are not lost
+    schema_off_grace_s: float = Field(default=15.0, ge=0)
+    kafka_retry_max_wait_s: float = Field(default=30.0, gt=0)  # the cap of the backoff while Kafka fails
+    # bytes; the node's commitlog_segment_size: its largest mutation is half of it (sizes kafka.max_message_bytes)
+    commitlog_segment_size: int = Field(default=DEFAULT_COMMITLOG_SEGMENT_SIZE, ge=MIB, le=1024 * MIB)
 
     @field_validator("include_tables", "exclude_tables", mode="before")
     @classmethod
@@ -124,6 +208,17 @@ class CaptureSettings(_Section):
         if isinstance(value, str):
             return [t.strip() for t in value.split(",") if t.strip()]
         return value
+
+
+def replication_factor(configured: int | None, brokers: int) -> int:
+    """The replication factor of a topic cdcpipe creates: ``capture.topic_replication`` when set (1 included:
+    an explicit choice), else min(3, ``brokers``) — never 1 on a cluster of several brokers by default."""
+    if configured is not None:
+        return configured
+    if brokers < 1:
+        raise ConfigError("cannot choose a topic replication factor: the Kafka cluster reported no brokers; "
+                          f"set capture.topic_replication ({env_name('capture.topic_replication')})")
+    return min(3, brokers)
 
 
 class ApplyBatchSettings(_Section):
@@ -144,13 +239,20 @@ class ApplySettings(_Section):
     concurrency: int = Field(default=4, gt=0)
     dlq_topic: str | None = None  # default: <kafka.topic_prefix>.dlq
     circuit_failures: int = Field(default=5, gt=0)
+    # the cap of the backoff between retries of a held batch (PostgreSQL unreachable, or a table's fault)
+    retry_max_wait_s: float = Field(default=60.0, gt=0)
 
 
 class ObservabilitySettings(_Section):
     http_host: str = "0.0.0.0"
-    http_port: int = Field(default=9400, ge=0, le=65535)
+    http_port: int | None = Field(default=None, ge=0, le=65535)  # None: 9400 for capture, 9401 for apply
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
+    liveness_timeout_s: float = Field(default=30.0, gt=0)  # /livez fails when the event loop stalls this long
+
+    def port_for(self, process: Process) -> int:
+        """The HTTP port of ``process``: ``http_port`` when set, else its default (:data:`DEFAULT_HTTP_PORTS`)."""
+        return DEFAULT_HTTP_PORTS[process] if self.http_port is None else self.http_port
 
 
 class VaultSettings(_Section):
@@ -210,17 +312,35 @@ class Settings(BaseSettings):
             raise ConfigError(f"missing setting {dotted} (set {env_name(dotted)} or {dotted} in --config)")
         return value
 
+    @model_validator(mode="after")
+    def _size_messages_for_the_commit_log(self) -> Settings:
+        """kafka.max_message_bytes unset: derived from capture.commitlog_segment_size (once, here, so every client
+        agrees).  Set below that: refused — the largest mutation the node logs could never be shipped."""
+        needed = max_message_bytes_for(self.capture.commitlog_segment_size)
+        if self.kafka.max_message_bytes is None:
+            kafka = self.kafka.model_copy(update={"max_message_bytes": needed})  # a KafkaSettings given is kept
+            object.__setattr__(self, "kafka", kafka)  # frozen: set once, while validating
+        elif self.kafka.max_message_bytes < needed:
+            raise ValueError(
+                f"kafka.max_message_bytes ({env_name('kafka.max_message_bytes')}) is {self.kafka.max_message_bytes}, "
+                f"below the {needed} bytes the event of the largest mutation needs (half of "
+                f"capture.commitlog_segment_size {self.capture.commitlog_segment_size}, each value twice, and its "
+                f"envelope): raise it, or set capture.commitlog_segment_size "
+                f"({env_name('capture.commitlog_segment_size')}) to the node's commitlog_segment_size")
+        return self
+
     def redacted(self) -> dict[str, Any]:
-        """All settings as plain data, secrets replaced by ``'**********'``."""
+        """All settings as plain data, secrets (``SecretStr`` fields and every key that names a secret,
+        :func:`is_secret_key`, e.g. in ``kafka.extra``) replaced by ``'**********'``."""
         redacted: dict[str, Any] = _redact(self.model_dump(mode="python"))
         return redacted
 
 
 def _redact(value: Any) -> Any:
     if isinstance(value, SecretStr):
-        return "**********"
+        return HIDDEN
     if isinstance(value, dict):
-        return {k: _redact(v) for k, v in value.items()}
+        return {k: HIDDEN if is_secret_key(str(k)) and value[k] is not None else _redact(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_redact(v) for v in value]
     if isinstance(value, Path):
@@ -257,6 +377,9 @@ def load_settings(config_file: Path | None = None) -> Settings:
 def _describe(exc: ValidationError, config_file: Path | None) -> str:
     problems = []
     for err in exc.errors(include_url=False, include_input=False):
+        if not err["loc"]:  # a rule across settings: its message names them
+            problems.append(err["msg"].removeprefix("Value error, "))
+            continue
         dotted = ".".join(str(p) for p in err["loc"])
         source = f"{env_name(dotted)} or {dotted} in --config" if config_file else env_name(dotted)
         problems.append(f"{dotted} ({source}): {err['msg']}")

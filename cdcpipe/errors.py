@@ -8,6 +8,7 @@ class and by ``retriable``, never by message text. Stages add their own subclass
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 
 class CdcpipeError(Exception):
@@ -192,10 +193,19 @@ class UnsupportedTableError(ApplyError):
 
 # SQLSTATE classes where the same statement may succeed later: connection exception, transaction rollback
 # (serialization failure, deadlock), insufficient resources, operator intervention (shutdown, restart),
-# system error.  Everything else (data exception 22, integrity constraint 23, ...) is permanent.
+# system error.
 RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 # Single states of otherwise permanent classes that clear up by themselves: lock_not_available (lock_timeout).
 RETRIABLE_SQLSTATES = frozenset({"55P03"})
+# Whose fault a PostgreSQL error is.  The record's: data exception (22), integrity constraint (23), program limit
+# (54: e.g. a row too large for an index): those rows are isolated and dead-lettered.  Transient: the classes and
+# states above that clear up by themselves (statement timeout 57014 included) are retried quietly.  Every other
+# SQLSTATE (read-only transaction 25006, insufficient privilege 42501, undefined table/column 42P01/42703, disk
+# full 53100, admin shutdown 57P01, ...) is the table's or the server's: the batch is held, retried with backoff
+# and reported until someone fixes the cause (:class:`TableFaultError`).
+RECORD_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
+TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40"})
+TRANSIENT_SQLSTATES = frozenset({"55P03", "57014"})
 
 
 def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", partition: int = -1,
@@ -214,12 +224,77 @@ def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", part
     )
 
     sqlstate = getattr(exc, "sqlstate", None)
+    coords: dict[str, Any] = {"table": table, "topic": topic, "partition": partition, "offset": offset}
+    message = f"{type(exc).__name__}: {exc}"
     if isinstance(sqlstate, str) and sqlstate:
-        retriable = sqlstate[:2] in RETRIABLE_SQLSTATE_CLASSES or sqlstate in RETRIABLE_SQLSTATES
-    elif isinstance(exc, DataError | ClientConfigurationError | UnsupportedClientFeatureError
-                    | UnsupportedServerFeatureError):
+        if sqlstate[:2] in RECORD_SQLSTATE_CLASSES:
+            return ApplyError(message, sqlstate=sqlstate, retriable=False, **coords)
+        if sqlstate[:2] in TRANSIENT_SQLSTATE_CLASSES or sqlstate in TRANSIENT_SQLSTATES:
+            return ApplyError(message, sqlstate=sqlstate, retriable=True, **coords)
+        return TableFaultError(message, sqlstate=sqlstate, **coords)
+    if isinstance(exc, DataError | ClientConfigurationError | UnsupportedClientFeatureError
+                  | UnsupportedServerFeatureError):
         retriable = False
     else:
         retriable = isinstance(exc, OSError | TimeoutError | InterfaceError | InternalClientError)
-    return ApplyError(f"{type(exc).__name__}: {exc}", table=table, topic=topic, partition=partition, offset=offset,
-                      sqlstate=sqlstate if isinstance(sqlstate, str) else None, retriable=retriable)
+    return ApplyError(message, retriable=retriable, **coords)
+
+
+class TableFaultError(ApplyError):
+    """PostgreSQL refuses every write to ``table``, not one record: the server is read-only (25006), a privilege
+    was revoked (42501), a table or column was dropped by hand (42P01, 42703), the disk is full (53100), the server
+    is shutting down (57P01), or a record PostgreSQL refused was refused again for a known-good probe write.
+
+    Retriable (the same write succeeds once someone fixes the cause): apply holds the partition at its checkpoint,
+    retries with capped backoff and reports it not ready (:mod:`cdcpipe.apply.applier`); nothing is dead-lettered.
+    """
+
+    def __init__(self, reason: str, *, table: str = "", topic: str = "", partition: int = -1, offset: int = -1,
+                 sqlstate: str | None = None) -> None:
+        super().__init__(reason, table=table, topic=topic, partition=partition, offset=offset, sqlstate=sqlstate,
+                         retriable=True)
+
+
+class DamagedEntryError(SegmentError):
+    """A commit-log entry whose size is intact (its CRC matched) but whose data fails its CRC: the entry is not
+    decoded; ``data`` holds its bytes as read (for the capture dead-letter record) and ``logical_offset`` where its
+    size field begins (``offset`` is the sync marker of its section, as for every :class:`SegmentError`)."""
+
+    def __init__(self, path: str, offset: int, reason: str, *, data: bytes, logical_offset: int) -> None:
+        super().__init__(path, offset, reason)
+        self.data = data
+        self.logical_offset = logical_offset
+
+
+class SegmentQuarantineError(CdcpipeError):
+    """A segment could not be moved to the quarantine directory (``path``: where it is; retriable: capture keeps
+    it in cdc_raw, never deletes it, and tries again)."""
+
+    def __init__(self, path: str, reason: str, *, retriable: bool = True) -> None:
+        super().__init__(f"{path}: {reason}", retriable=retriable)
+        self.path = path
+        self.reason = reason
+
+
+class DataEndsEarlyError(SegmentError):
+    """A segment's data ends (a zero-filled area, or the end of a truncated file) before the durable offset its
+    ``_cdc.idx`` gives: what lies between cannot be read.  ``zero_filled`` tells which."""
+
+    def __init__(self, path: str, offset: int, reason: str, *, zero_filled: bool) -> None:
+        super().__init__(path, offset, reason)
+        self.zero_filled = zero_filled
+
+
+class OffsetGapError(KafkaLocatedError):
+    """Offsets apply still needs are gone from ``topic[partition]``: ``first``..``last`` (inclusive; ``last`` -1:
+    unknown, the topic was deleted and recreated) were deleted by retention while apply was behind, or went with the
+    old topic.  Not retriable: apply stops the partition (never resets it) until an operator re-snapshots ``table``
+    and moves the checkpoint (``cdcpipe_checkpoints``) on."""
+
+    def __init__(self, topic: str, partition: int, first: int, last: int, cause: str, *, table: str = "") -> None:
+        gone = f"offsets {first}–{last}" if last >= first else f"offsets from {first} on"
+        what = f"table {table}" if table else "the table it carries"
+        super().__init__(f"{gone} of {topic}/{partition} are gone ({cause}): re-snapshot {what}, then set its "
+                         f"checkpoint (cdcpipe_checkpoints: next_offset = the first offset to apply, topic_id = NULL) "
+                         "and restart apply", cause, topic=topic, partition=partition, offset=first, retriable=False)
+        self.first, self.last, self.table = first, last, table

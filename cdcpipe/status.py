@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cdcpipe.config import Settings
+from cdcpipe.config import DEFAULT_HTTP_PORTS, Settings
 from cdcpipe.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -123,11 +123,14 @@ def render(now: Figures, before: Figures | None, title: str, footer: str = "") -
 
 
 def ports(run_dir: Path) -> tuple[str, str]:
+    """capture's and apply's ``/metrics`` URLs: those of the demo's run folder, else the default ports (9400,
+    9401) on loopback."""
     try:
         data = json.loads((run_dir / PORTS_FILE).read_text())
         return f"http://127.0.0.1:{data['capture']}/metrics", f"http://127.0.0.1:{data['apply']}/metrics"
     except (OSError, ValueError, KeyError):
-        return "http://127.0.0.1:9401/metrics", "http://127.0.0.1:9402/metrics"
+        return (f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['capture']}/metrics",
+                f"http://127.0.0.1:{DEFAULT_HTTP_PORTS['apply']}/metrics")
 
 
 def status(args: argparse.Namespace, settings: Settings) -> int:
@@ -148,8 +151,9 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = sub.add_parser("status", help="live figures of the running capture and apply (from their /metrics)")
-    s.add_argument("--capture-url", help="capture's /metrics URL (default: from the demo's run folder)")
-    s.add_argument("--apply-url", help="apply's /metrics URL")
+    s.add_argument("--capture-url", help="capture's /metrics URL (default: from the demo's run folder, else "
+                   "http://127.0.0.1:9400/metrics)")
+    s.add_argument("--apply-url", help="apply's /metrics URL (default: ... else http://127.0.0.1:9401/metrics)")
     s.add_argument("--interval", type=float, default=1.0, help="seconds between the two samples of a rate")
     s.add_argument("--watch", action="store_true", help="print again every interval until Ctrl-C")
     s.set_defaults(func=status)

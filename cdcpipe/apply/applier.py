@@ -6,7 +6,14 @@ failures (``retriable`` errors: lost connection, serialization failure, deadlock
 with exponential backoff from 1 s to 60 s; the circuit opens (``/health`` 503) after ``threshold`` consecutive
 failures and closes on the next success.  A permanent failure splits the batch in halves, applied in order,
 until the poison records are alone; a lone record becomes a dead letter only if PostgreSQL, answering again,
-refuses it a second time.
+refuses it a second time and a known-good probe write to the same table succeeds (:meth:`BatchWriter.probe`).
+
+Whose fault a failure is decides what happens (:mod:`cdcpipe.errors`): a record's (data exception, constraint)
+is isolated and dead-lettered; a table's or the server's (:class:`TableFaultError`: read-only server, revoked
+privilege, table or column dropped by hand, disk full, shutdown — or a record refused again while the probe is
+refused too) holds the batch: its partition's checkpoint stays where it is, the write is retried with backoff
+(1 s → ``max_wait_s``), ``/health`` fails the condition ``paused:<table>`` naming the SQLSTATE, the gauge
+``cdcpipe_apply_paused{table,sqlstate}`` is 1, nothing is dead-lettered; the first write that succeeds resumes it.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from cdcpipe.apply.deadletter import DeadLetter, DeadLetterer
 from cdcpipe.apply.decode import SchemaReader, decode_delta
 from cdcpipe.apply.merge import Delta
 from cdcpipe.apply.writer import BatchWriter, Positioned
-from cdcpipe.errors import CdcpipeError, EventDecodeError, UnsupportedTableError
+from cdcpipe.errors import ApplyError, CdcpipeError, EventDecodeError, TableFaultError, UnsupportedTableError
 from cdcpipe.runtime import Health
 from cdcpipe.schema import TableSchema
 
@@ -39,7 +46,7 @@ class CircuitBreaker:
     """Counts consecutive failures of one dependency; open (unhealthy) at ``threshold``."""
 
     def __init__(self, health: Health, name: str, threshold: int) -> None:
-        self._health = health
+        self._health = self.health = health
         self._name = name
         self._threshold = threshold
         self.failures = 0
@@ -64,6 +71,11 @@ def _retriable(exc: BaseException) -> bool:
     return isinstance(exc, CdcpipeError) and exc.retriable and not isinstance(exc, UnsupportedTableError)
 
 
+def _transient(exc: BaseException) -> bool:
+    """Retriable, and not a table's or server's fault (lost connection, serialization failure, timeout)."""
+    return _retriable(exc) and not isinstance(exc, TableFaultError)
+
+
 def _poison(exc: CdcpipeError) -> bool:
     """Whether a write error is the records' fault (isolate them), not the table's or the connection's."""
     return not exc.retriable and not isinstance(exc, UnsupportedTableError)
@@ -83,8 +95,10 @@ class BatchApplier:
         self._dlq = dlq
         self._group = group
         self._breaker = breaker
+        self._health = breaker.health
         self._max_wait = max_wait_s
         self.tables: dict[str, TableSchema] = {}
+        self.paused: dict[str, str] = {}  # table → SQLSTATE of the fault holding its batches
 
     async def apply(self, batch: Batch) -> None:
         run: list[_Item] = []
@@ -144,9 +158,7 @@ class BatchApplier:
             if not _poison(exc):
                 raise
             if len(items) == 1:
-                confirmed = await self._reproduce(table, items)
-                if confirmed is not None:
-                    await self._dead_letter(DeadLetter(items[0].record, table.name, confirmed, 0))
+                await self._lone(table, items)
                 return
             mid = len(items) // 2
             await self._isolate(table, items[:mid])
@@ -167,6 +179,63 @@ class BatchApplier:
             return exc
         return None
 
+    async def _lone(self, table: TableSchema, items: list[_Item]) -> None:
+        """A record PostgreSQL refused alone: dead-letter it if the refusal is confirmed and a known-good probe write
+        to its table succeeds; while the probe is refused too, the table is at fault: hold the record (pause,
+        retry with backoff) until either it is applied or the probe succeeds."""
+        delay = 1.0
+        rec = items[0].record
+        cp = Checkpoint(self._group, rec.topic, rec.partition, rec.offset + 1)
+        while True:
+            confirmed = await self._reproduce(table, items)
+            if confirmed is None:
+                return
+            try:
+                async for attempt in AsyncRetrying(  # a transient failure of the probe itself: try again
+                        retry=retry_if_exception(_transient), reraise=True,
+                        wait=wait_exponential(multiplier=1, min=1, max=self._max_wait)):
+                    with attempt:
+                        await self._writer.probe(table, cp)
+            except CdcpipeError as exc:
+                if isinstance(exc, UnsupportedTableError):
+                    raise
+                sqlstate = exc.sqlstate if isinstance(exc, ApplyError) else None
+                fault = TableFaultError(f"{confirmed} (and a known-good probe write failed: {exc})",
+                                        table=table.name, topic=rec.topic, partition=rec.partition,
+                                        offset=rec.offset, sqlstate=sqlstate or getattr(confirmed, "sqlstate", None))
+                metrics.RETRIES.labels(table.name).inc()
+                self._pause(table, fault)
+                log.warning("record and probe refused: table at fault, holding", table=table.name,
+                            topic=rec.topic, partition=rec.partition, offset=rec.offset, error=str(fault),
+                            retry_in_s=delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._max_wait)
+                continue
+            await self._dead_letter(DeadLetter(rec, table.name, confirmed, 0))
+            return
+
+    def _pause(self, table: TableSchema, exc: BaseException) -> None:
+        """Report ``table`` held by ``exc`` (a table's or server's fault): health, gauge."""
+        sqlstate = getattr(exc, "sqlstate", None) or "?"
+        was = self.paused.get(table.name)
+        if was is not None and was != sqlstate:
+            metrics.PAUSED.labels(table.name, was).set(0)
+        self.paused[table.name] = sqlstate
+        metrics.PAUSED.labels(table.name, sqlstate).set(1)
+        where = f" at {exc.topic}[{exc.partition}]" if isinstance(exc, ApplyError) and exc.topic else ""
+        self._health.fail(f"paused:{table.name}",
+                          f"writes to {table.name}{where} paused by SQLSTATE {sqlstate}: {exc}; nothing is skipped, "
+                          f"retrying every <= {self._max_wait:g} s until it is fixed")
+
+    def _resume(self, table: TableSchema) -> str | None:
+        """Report ``table`` no longer held; returns the SQLSTATE that held it (None: it was not held)."""
+        sqlstate = self.paused.pop(table.name, None)
+        if sqlstate is not None:
+            metrics.PAUSED.labels(table.name, sqlstate).set(0)
+            self._health.ok(f"paused:{table.name}")
+            log.info("table writes resumed", table=table.name, sqlstate=sqlstate)
+        return sqlstate
+
     def _retrying(self, table: TableSchema | None = None,
                   on_retry: Callable[[Any], None] | None = None) -> AsyncRetrying:
         """The retry policy: retriable errors, forever, backing off 1 s → ``max_wait_s``; with ``table``, each
@@ -184,6 +253,12 @@ class BatchApplier:
             with attempt:
                 result = await self._writer.write(table, positioned, cp)
         self._breaker.success()
+        if self._resume(table) == "42703":  # a column dropped by hand is back: refill it from the stored state
+            async for attempt in self._retrying(table):
+                with attempt:
+                    rows = await self._writer.refresh(table)
+            log.info("table re-written from its stored state after a dropped column came back", table=table.name,
+                     rows=rows)
         metrics.BATCH_SIZE.observe(len(items))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         oldest = min((i.record.timestamp_ms for i in items if i.record.timestamp_ms), default=0)
@@ -208,6 +283,8 @@ class BatchApplier:
         exc = state.outcome.exception() if state.outcome is not None else None
         metrics.RETRIES.labels(table.name).inc()
         self._breaker.failure(f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, TableFaultError):
+            self._pause(table, exc)
         log.warning("batch write failed, retrying", table=table.name, attempt=state.attempt_number,
                     error=str(exc))
 
@@ -215,8 +292,16 @@ class BatchApplier:
         r = letter.record
         log.error("dead letter", table=letter.table, topic=r.topic, partition=r.partition, offset=r.offset,
                   error_type=type(letter.error).__name__, error=str(letter.error))
-        async for attempt in self._retrying():
+        async for attempt in self._retrying(on_retry=self._dead_letter_failed):
             with attempt:
                 await asyncio.to_thread(self._dlq.send_blocking, letter)
                 await self._dlq.store(letter)
+        if attempt.retry_state.attempt_number > 1:
+            self._breaker.success()
         metrics.DLQ_EVENTS.labels(letter.table or "?").inc()
+
+    def _dead_letter_failed(self, state: Any) -> None:
+        """A dead letter not stored yet (Kafka or PostgreSQL unreachable or refusing): not ready until it is."""
+        exc = state.outcome.exception() if state.outcome is not None else None
+        self._breaker.failure(f"dead letter not stored yet: {type(exc).__name__}: {exc}")
+        log.warning("dead letter not stored, retrying", attempt=state.attempt_number, error=str(exc))

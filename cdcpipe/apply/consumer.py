@@ -1,26 +1,35 @@
 """The Kafka side of apply: a consumer-group member reading change-event topics with ``read_committed``.
 
 Contract: auto-commit is off; on every assignment the consumer seeks each partition to the checkpoint stored in
-PostgreSQL (``load_checkpoints``; Kafka's own committed offset is used only where PostgreSQL has none), so a crash
-anywhere never loses or repeats an applied batch.  Kafka offsets are committed (:meth:`EventConsumer.commit`)
+PostgreSQL (``load_checkpoints``; a partition PostgreSQL has none for starts at its beginning: Kafka's own committed
+offsets are only for tools that read consumer-group lag, and would skip what a restored database lacks), so a
+crash anywhere never loses or repeats an applied batch.  Kafka offsets are committed (:meth:`EventConsumer.commit`)
 only after the PostgreSQL transaction that stored the same checkpoint committed.  Each assignment bumps the
 partition's ``generation``; records of an older generation are dropped by the pipeline (their partition moved).
 Every method here except :meth:`EventConsumer.commit` and :meth:`EventConsumer.current` blocks: the pipeline calls
 them in a thread.  Those two never call the Kafka client, so the event loop may call them while a rebalance
 callback runs (the callback waits for the event loop to load checkpoints; a Kafka call from the loop that waited
 for the callback would deadlock).
+
+Never a silent reset (issue 13): a partition whose stored next offset is below the earliest offset Kafka still has
+(retention deleted what apply had not read), or whose stored topic id is not the topic's (deleted and recreated;
+the loader reports that), is not assigned: ``on_gap`` gets an :class:`cdcpipe.errors.OffsetGapError` and the
+partition stays stopped.  ``auto.offset.reset`` is ``error``, so a position that falls out of range while running
+stops its partition the same way instead of jumping to the earliest offset; a partition with no stored checkpoint
+starts at the beginning explicitly.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from cdcpipe.config import Settings
+from cdcpipe.errors import OffsetGapError
 from cdcpipe.topics import events_pattern
 
 log = structlog.get_logger(__name__)
@@ -48,19 +57,23 @@ def _committed(err: Any, partitions: list[Any]) -> None:
 
 class EventConsumer:
     """Wraps a confluent-kafka Consumer.  ``load_checkpoints(topic, partitions)`` returns PostgreSQL's
-    next offsets; it is called from the polling thread during a rebalance."""
+    next offsets (or, for a partition whose offsets are gone, the error saying so); it is called from the polling
+    thread during a rebalance.  ``on_gap`` is called (polling thread) for each partition stopped by a gap."""
 
-    def __init__(self, settings: Settings, load_checkpoints: Callable[[str, list[int]], dict[int, int]],
-                 on_revoke: Callable[[list[tuple[str, int]]], None] = lambda parts: None) -> None:
+    def __init__(self, settings: Settings,
+                 load_checkpoints: Callable[[str, list[int]], Mapping[int, int | OffsetGapError]],
+                 on_revoke: Callable[[list[tuple[str, int]]], None] = lambda parts: None,
+                 on_gap: Callable[[OffsetGapError], None] = lambda gap: None) -> None:
         from confluent_kafka import Consumer
 
         conf: dict[str, Any] = {
             **settings.kafka.client_config(),
+            **settings.kafka.fetch_config(),  # a fetch may return the largest event (kafka.max_message_bytes)
             "group.id": settings.apply.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "isolation.level": "read_committed",
-            "auto.offset.reset": "earliest",
+            "auto.offset.reset": "error",  # never jump over offsets that are gone: see the module's docstring
             "queued.max.messages.kbytes": 16384,  # bounds librdkafka's prefetch (default 64 MB) for apply's RSS
             "topic.metadata.refresh.interval.ms": 5000,
             "on_commit": _committed,
@@ -68,6 +81,9 @@ class EventConsumer:
         self._consumer = Consumer(conf)
         self._load = load_checkpoints
         self._on_revoke = on_revoke
+        self._on_gap = on_gap
+        self._prefix = settings.kafka.topic_prefix
+        self._next: dict[tuple[str, int], int] = {}  # per partition: the offset after the last record read
         self._lock = threading.Lock()
         self.generations: dict[tuple[str, int], int] = {}
         self._commits: dict[tuple[str, int], int] = {}  # next offsets to commit, handed to the polling thread
@@ -75,21 +91,63 @@ class EventConsumer:
                                  on_revoke=self._revoked)
 
     def _assigned(self, consumer: Any, partitions: list[Any]) -> None:
+        from confluent_kafka import OFFSET_BEGINNING
+
         by_topic: dict[str, list[int]] = {}
         for tp in partitions:
             by_topic.setdefault(tp.topic, []).append(tp.partition)
-        stored: dict[tuple[str, int], int] = {}
+        stored: dict[tuple[str, int], int | OffsetGapError] = {}
         for topic, parts in by_topic.items():
             for p, off in self._load(topic, parts).items():
                 stored[(topic, p)] = off
+        gaps: list[OffsetGapError] = []
+        assign = []
         with self._lock:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
                 self.generations[key] = self.generations.get(key, 0) + 1
-                if key in stored:
-                    tp.offset = stored[key]
-        consumer.assign(partitions)
-        log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]@{t.offset}" for t in partitions])
+                found = stored.get(key)
+                if isinstance(found, int):
+                    found = self._below_earliest(consumer, tp, found)
+                if isinstance(found, OffsetGapError):
+                    gaps.append(found)
+                    continue
+                tp.offset = OFFSET_BEGINNING if found is None else found
+                self._next[key] = found or 0
+                assign.append(tp)
+        consumer.assign(assign)
+        log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]@{t.offset}" for t in assign])
+        for gap in gaps:
+            self._gap(gap)
+
+    def _below_earliest(self, consumer: Any, tp: Any, next_offset: int) -> int | OffsetGapError:
+        """``next_offset``, or the gap when Kafka's earliest offset of ``tp`` is above it (or its end offset below
+        it: a topic recreated, or a log truncated, before its id was recorded).  When the broker does not say, the
+        offset is kept: a position out of range still stops the partition (``auto.offset.reset``)."""
+        from confluent_kafka import KafkaException
+
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException as exc:
+            log.warning("earliest offset unknown at assignment", topic=tp.topic, partition=tp.partition,
+                        error=str(exc))
+            return next_offset
+        if next_offset < low:
+            return self.gap_error(tp.topic, tp.partition, next_offset, low - 1, "deleted by retention before apply "
+                                  "read them")
+        if next_offset > high >= 0:
+            return self.gap_error(tp.topic, tp.partition, next_offset, -1, f"the partition ends at {high}, below "
+                                  "the checkpoint: the topic was recreated or its log truncated")
+        return next_offset
+
+    def gap_error(self, topic: str, partition: int, first: int, last: int, cause: str) -> OffsetGapError:
+        table = topic.removeprefix(self._prefix + ".") if self._prefix else topic
+        return OffsetGapError(topic, partition, first, last, cause, table=table)
+
+    def _gap(self, gap: OffsetGapError) -> None:
+        log.error("partition stopped: offsets are gone", topic=gap.topic, partition=gap.partition, first=gap.first,
+                  last=gap.last, error=str(gap))
+        self._on_gap(gap)
 
     def _revoked(self, consumer: Any, partitions: list[Any]) -> None:
         with self._lock:
@@ -112,10 +170,13 @@ class EventConsumer:
         for m in self._consumer.consume(max_records, timeout=timeout_s):
             err = m.error()
             if err is not None:
-                if err.code() != -191:  # _PARTITION_EOF
+                if err.code() == -140 and m.topic() is not None:  # _AUTO_OFFSET_RESET: the position is gone
+                    self._out_of_range(str(m.topic()), int(m.partition() or 0), str(err))
+                elif err.code() != -191:  # _PARTITION_EOF
                     log.warning("kafka consumer error", error=str(err))
                 continue
             topic, partition, offset = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
+            self._next[(topic, partition)] = offset + 1
             with self._lock:
                 gen = self.generations.get((topic, partition), 0)
             key = m.key()
@@ -123,6 +184,20 @@ class EventConsumer:
             out.append(Record(topic, partition, offset, bytes(key) if key is not None else None,
                               bytes(m.value() or b""), gen, stamp if kind != 0 and stamp > 0 else 0))
         return out
+
+    def _out_of_range(self, topic: str, partition: int, reason: str) -> None:
+        """The partition's position fell below Kafka's earliest offset while running: pause it, report the gap."""
+        from confluent_kafka import KafkaException, TopicPartition
+
+        tp = TopicPartition(topic, partition)
+        self._consumer.pause([tp])
+        first = self._next.get((topic, partition), 0)
+        try:
+            low, _ = self._consumer.get_watermark_offsets(tp, timeout=10)
+        except KafkaException:
+            low = -1
+        self._gap(self.gap_error(topic, partition, first, low - 1 if low > first else -1,
+                                 f"deleted by retention while apply was behind: {reason}"))
 
     def commit(self, topic: str, partition: int, next_offset: int) -> None:
         """Queue ``next_offset`` of one partition for the polling thread, which commits it asynchronously at its

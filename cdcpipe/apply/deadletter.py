@@ -13,6 +13,7 @@ from typing import Any
 from cdcpipe.apply import checkpoint as ckpt
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.consumer import Record
+from cdcpipe.config import KafkaSettings, replication_factor
 from cdcpipe.errors import KafkaProduceError, postgres_error
 
 DDL = (
@@ -50,12 +51,19 @@ class DeadLetterer:
     async def ensure(self) -> None:
         await self._pool.execute(DDL)
 
-    def ensure_topic_blocking(self, admin: Any, timeout_s: float = 30.0) -> None:
-        """Create the dead-letter topic unless it exists (the broker may not auto-create topics)."""
+    def ensure_topic_blocking(self, admin: Any, timeout_s: float = 30.0, *, kafka: KafkaSettings | None = None,
+                              replication: int | None = None) -> None:
+        """Create the dead-letter topic unless it exists (the broker may not auto-create topics): it takes the
+        largest event (``kafka.max_message_bytes``; without ``kafka``, its default) and is replicated
+        ``replication`` times (None: min(3, brokers), see :func:`cdcpipe.config.replication_factor`)."""
         from confluent_kafka import KafkaError, KafkaException
         from confluent_kafka.cimpl import NewTopic
 
-        future = admin.create_topics([NewTopic(self.topic, num_partitions=1)], operation_timeout=timeout_s)[self.topic]
+        if replication is None:
+            replication = replication_factor(None, len(admin.list_topics(timeout=timeout_s).brokers))
+        config = (kafka or KafkaSettings()).topic_config()
+        new = NewTopic(self.topic, num_partitions=1, replication_factor=replication, config=config)
+        future = admin.create_topics([new], operation_timeout=timeout_s)[self.topic]
         try:
             future.result(timeout=timeout_s)
         except KafkaException as exc:

@@ -21,3 +21,10 @@ DELAY = Histogram("cdcpipe_apply_delay_seconds",
                   ["table"], buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 RETRIES = Counter("cdcpipe_apply_retries_total", "Retried batch writes after a transient failure", ["table"])
 LAG = Gauge("cdcpipe_apply_consumer_lag", "High watermark minus the next offset to apply", ["topic", "partition"])
+PAUSED = Gauge("cdcpipe_apply_paused",
+               "1 while writes to a table are held by a fault of the table or the server (read-only, privilege, "
+               "table or column dropped, disk full, shutdown), with its SQLSTATE; 0 once resumed",
+               ["table", "sqlstate"])
+GAPS = Gauge("cdcpipe_apply_gap_offsets",
+             "Offsets a stopped partition needs that Kafka no longer has (retention expired or topic recreated); the "
+             "partition stays stopped until an operator re-snapshots and moves its checkpoint", ["topic", "partition"])

@@ -12,7 +12,10 @@ that dies stops the others and the process says why.  ``stop`` (SIGTERM, SIGINT)
 read, commits, and returns 0 within 10 s.
 
 ``/health`` conditions: ``kafka`` and ``postgres`` (reachable, with the error when not) and ``circuit`` (the batch
-writes' breaker: the last failure while failing).  While a dependency is down at start, the process waits for it
+writes' breaker: the last failure while failing); ``paused:<table>`` (writes held by a fault of the table or the
+server, naming the SQLSTATE: see :mod:`cdcpipe.apply.applier`); ``gap:<topic>/<partition>`` (a partition stopped
+because offsets it needs are gone: retention, or the topic recreated; see :mod:`cdcpipe.apply.consumer`).
+While a dependency is down at start, the process waits for it
 (``/health`` 503 says which) instead of exiting; during an outage batches are retried, maintenance waits.
 """
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,7 +39,7 @@ from cdcpipe.apply.deadletter import DeadLetterer
 from cdcpipe.apply.decode import SchemaReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
-from cdcpipe.errors import CdcpipeError
+from cdcpipe.errors import CdcpipeError, OffsetGapError
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.topics import apply_dlq_topic, schemas_topic
 
@@ -61,14 +66,17 @@ class Apply:
         self.settings, self.health, self.pool, self._admin = settings, health, pool, admin
         self._loop = asyncio.get_running_loop()
         self.batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
-        self.consumer = EventConsumer(settings, self._checkpoints, on_revoke=self._revoked)
+        self.consumer = EventConsumer(settings, self._checkpoints, on_revoke=self._revoked, on_gap=self._gap)
         self.writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
         self.applier = BatchApplier(self.writer, reader, dlq, cfg.group_id,
-                                    CircuitBreaker(health, "circuit", cfg.circuit_failures))
+                                    CircuitBreaker(health, "circuit", cfg.circuit_failures),
+                                    max_wait_s=cfg.retry_max_wait_s)
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
         self._polling_done = asyncio.Event()
         self._wake = asyncio.Event()  # set when records arrive or a batch finishes: the dispatcher looks again
         self._caught_up = False  # the last consume call returned everything there was
+        self._stop = asyncio.Event()  # run's stop event, once it runs
+        self._gaps: set[tuple[str, int]] = set()  # partitions stopped by a gap (see _gap)
 
     @classmethod
     async def open(cls, settings: Settings, health: Health, stop: asyncio.Event) -> Apply | None:
@@ -97,7 +105,9 @@ class Apply:
             return True
 
         async def schemas() -> bool:
-            await asyncio.to_thread(dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S)
+            await asyncio.to_thread(functools.partial(  # sized and replicated like capture's topics
+                dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S, kafka=settings.kafka,
+                replication=settings.capture.topic_replication))
             return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
         if await _until_up("postgres", dlq_table, health, stop) is None or \
                 await _until_up("kafka", schemas, health, stop) is None:
@@ -110,14 +120,16 @@ class Apply:
         process's garbage collector first (an apply process runs one ``Apply``): see :func:`cdcpipe.runtime.tune_gc`.
         """
         tune_gc()
+        self._stop = stop
         try:
             async with asyncio.TaskGroup() as tasks:
                 tasks.create_task(self._poll(stop), name="poll")
-                tasks.create_task(self._dispatch(), name="dispatch")
+                draining = [tasks.create_task(self._dispatch(), name="dispatch")]
                 for i in range(self.settings.apply.concurrency):
-                    tasks.create_task(self._write(), name=f"write-{i}")
+                    draining.append(tasks.create_task(self._write(), name=f"write-{i}"))
                 tasks.create_task(self._maintain(stop), name="maintain")
                 tasks.create_task(self._watch(stop), name="watch")
+                tasks.create_task(self._deadline(stop, draining), name="deadline")
         finally:
             await asyncio.to_thread(self.consumer.close)
             await self.pool.close()
@@ -169,6 +181,18 @@ class Apply:
                 self.batcher.done(batch.topic, batch.partition)
                 self._wake.set()
 
+    async def _deadline(self, stop: asyncio.Event, draining: list[asyncio.Task[None]]) -> None:
+        """``DRAIN_S`` after ``stop``, cancel the writers and the dispatcher if a batch is still held (PostgreSQL
+        unreachable, a table at fault): it was not applied, its checkpoint did not move, the next start applies it.
+        So a process that is retrying forever still stops when asked."""
+        await stop.wait()
+        _, pending = await asyncio.wait(draining, timeout=DRAIN_S)
+        if pending:
+            log.warning("batches still held at shutdown are left to the next start (their checkpoints did not move)",
+                        tasks=sorted(t.get_name() for t in pending))
+            for task in pending:
+                task.cancel()
+
     async def _maintain(self, stop: asyncio.Event) -> None:
         """Every ``apply.purge_interval_s``: expire TTL'd rows and purge tombstones past their grace, per table."""
         while not stop.is_set():
@@ -207,10 +231,64 @@ class Apply:
         if not meta.brokers:
             raise ConnectionError("no broker in the metadata")
 
-    def _checkpoints(self, topic: str, partitions: list[int]) -> dict[int, int]:
-        """PostgreSQL's next offsets, for the consumer's assignment callback (polling thread); loaded on the loop."""
-        load = checkpoint.load(self.pool, self.settings.apply.group_id, topic, partitions)
-        return asyncio.run_coroutine_threadsafe(load, self._loop).result(60)
+    def _checkpoints(self, topic: str, partitions: list[int]) -> dict[int, int | OffsetGapError]:
+        """PostgreSQL's next offsets, for the consumer's assignment callback (polling thread); loaded on the loop.
+        A stored checkpoint of another topic id (the topic was deleted and recreated) is a gap; checkpoints without
+        a topic id get the current one."""
+        group = self.settings.apply.group_id
+        delay = 1.0
+        while True:  # PostgreSQL unreachable during a rebalance: wait for it (a crash would only restart into it)
+            try:
+                stored = asyncio.run_coroutine_threadsafe(
+                    checkpoint.load_stored(self.pool, group, topic, partitions), self._loop).result(60)
+                break
+            except Exception as exc:
+                self.health.fail("postgres", f"unreachable: {_reason(exc)}")
+                if self._stop.is_set():
+                    raise
+                log.warning("checkpoints not readable at assignment, retrying", topic=topic, error=_reason(exc),
+                            retry_in_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, self.settings.apply.retry_max_wait_s)
+        for p in partitions:  # assigned again: a gap still there is reported again by the consumer
+            if (topic, p) in self._gaps:
+                self._gaps.discard((topic, p))
+                self.health.ok(f"gap:{topic}/{p}")
+                metrics.GAPS.labels(topic, str(p)).set(0)
+        topic_id = self._topic_id(topic)
+        out: dict[int, int | OffsetGapError] = {}
+        for p, found in stored.items():
+            if topic_id is not None and found.topic_id is not None and found.topic_id != topic_id:
+                out[p] = self.consumer.gap_error(topic, p, found.next_offset, -1,
+                                                 f"the topic was deleted and recreated: topic id {found.topic_id} → "
+                                                 f"{topic_id}; the old topic's events from the checkpoint on")
+            else:
+                out[p] = found.next_offset
+        if topic_id is not None and any(f.topic_id is None for f in stored.values()):
+            try:  # best effort: the next assignment records it
+                asyncio.run_coroutine_threadsafe(checkpoint.record_topic_id(self.pool, group, topic, topic_id),
+                                                 self._loop).result(60)
+            except Exception as exc:
+                log.warning("topic id not recorded", topic=topic, error=_reason(exc))
+        return out
+
+    def _topic_id(self, topic: str) -> str | None:
+        """The topic's id (None if Kafka does not say: the check is skipped, never guessed)."""
+        from confluent_kafka import TopicCollection
+
+        try:
+            found = self._admin.describe_topics(TopicCollection([topic]), request_timeout=PROBE_TIMEOUT_S)[topic]
+            return str(found.result(PROBE_TIMEOUT_S + 1).topic_id)
+        except Exception as exc:  # Kafka unreachable: the low-watermark check and auto.offset.reset still hold
+            log.warning("topic id unknown at assignment", topic=topic, error=_reason(exc))
+            return None
+
+    def _gap(self, gap: OffsetGapError) -> None:
+        """The consumer's gap callback (polling thread): not ready, with the error; the gauge of offsets gone."""
+        self._gaps.add((gap.topic, gap.partition))
+        self.health.fail(f"gap:{gap.topic}/{gap.partition}", str(gap))
+        metrics.GAPS.labels(gap.topic, str(gap.partition)).set(gap.last - gap.first + 1 if gap.last >= gap.first
+                                                               else -1)
 
     def _revoked(self, parts: list[tuple[str, int]]) -> None:
         """The consumer's revocation callback (polling thread): the batcher drops those partitions, on the loop."""
@@ -267,4 +345,4 @@ def main(settings: Settings) -> int:
     """``cdcpipe apply``: :func:`run` under :func:`cdcpipe.runtime.serve`, on uvloop."""
     import uvloop
 
-    return serve(settings, run, loop_factory=uvloop.new_event_loop)
+    return serve(settings, run, loop_factory=uvloop.new_event_loop, process="apply")

@@ -33,7 +33,7 @@ from cdcpipe.apply import merge, pgbinary, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import Layout, ident, instant, layout
-from cdcpipe.errors import ApplyError, postgres_error
+from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent
 from cdcpipe.schema import TableSchema
 from cdcpipe.typemap import converter
@@ -116,9 +116,22 @@ class BatchWriter:
                         "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) GROUP BY c.relname",
                         lay.schema, [table.table, table.table + "$shadow", table.table + "$partition"])
                     rels = {r["relname"]: frozenset(r["cols"]) for r in found_rel}
-                    stmts = lay.column_ddl(rels[table.table]) if len(rels) == 3 else lay.ddl()
+                    if len(rels) == 3:
+                        stmts = lay.column_ddl(rels[table.table])
+                        await _dropped_by_hand(conn, lay, stmts, rels[table.table])
+                    elif rels:
+                        missing = sorted({table.table, table.table + "$shadow", table.table + "$partition"}
+                                         - set(rels))
+                        raise TableFaultError(
+                            f"{', '.join(missing)} of {table.name} dropped by hand (the others are there): not "
+                            "re-created empty; restore it, or drop all three and re-snapshot the table",
+                            table=table.name, sqlstate="42P01")
+                    else:
+                        stmts = lay.ddl()
                     for stmt in stmts:
                         await conn.execute(stmt)
+            except TableFaultError:
+                raise
             except Exception as exc:
                 raise postgres_error(exc, table=table.name) from exc
             self._layouts[table] = lay
@@ -278,6 +291,36 @@ class BatchWriter:
         if drops:
             await conn.execute(f"DELETE FROM {lay.partitions} WHERE _cdc_partition = ANY($1::bytea[])", drops)
 
+    async def probe(self, table: TableSchema, checkpoint: Checkpoint | None) -> None:
+        """A known-good write to ``table``, rolled back: the statements of a batch (locks, the locked read, the
+        staging COPY and upsert, the checkpoint upsert) re-writing one stored row as it is (none when the table is
+        empty: the upsert then merges no row, which still needs the table, its columns and the privileges).
+        Raises :class:`ApplyError` as :meth:`write` does when PostgreSQL refuses it: then a record it refused
+        is not the record's fault but the table's or the server's."""
+        lay = await self.prepare(table)
+        try:
+            async with self._pool.acquire() as conn:
+                tx = conn.transaction()
+                await tx.start()
+                try:
+                    await conn.execute(_LOCK_TABLE, _lock_key(lay.target))
+                    found = await conn.fetchrow(f"SELECT _cdc_partition, _cdc_clustering FROM {lay.target} LIMIT 1")
+                    if found is not None:
+                        await self._write(conn, lay, [], None, [(bytes(found[0]), bytes(found[1]))],
+                                          int(self._clock()))
+                    else:
+                        await conn.execute(lay.staging_ddl())
+                        await conn.execute(lay.upsert_sql())
+                    if checkpoint is not None:
+                        await conn.execute(ckpt.UPSERT, checkpoint.group, checkpoint.topic, checkpoint.partition,
+                                           checkpoint.next_offset)
+                finally:
+                    await tx.rollback()
+        except ApplyError:
+            raise
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
+
     async def ping(self) -> None:
         """Return once PostgreSQL answers a trivial query; else raise :class:`ApplyError`, classified as every
         PostgreSQL error (retriable when the server is unreachable)."""
@@ -300,6 +343,31 @@ class BatchWriter:
             await self.write(table, [], None, extra_keys=[(bytes(r[0]), bytes(r[1])) for r in rows])
         return len(rows)
 
+    async def refresh(self, table: TableSchema, chunk: int = 5000) -> int:
+        """Re-write every row of the target table from its stored state (``_cdc_meta``), ``chunk`` rows per
+        transaction; returns how many.  After a column dropped by hand was added again (empty), this brings its
+        values back: the stored state always keeps every cell."""
+        lay = await self.prepare(table)
+        after: tuple[bytes, bytes] | None = None
+        total = 0
+        while True:
+            try:
+                if after is None:
+                    rows = await self._pool.fetch(
+                        f"SELECT _cdc_partition, _cdc_clustering FROM {lay.target} ORDER BY 1, 2 LIMIT $1", chunk)
+                else:
+                    rows = await self._pool.fetch(
+                        f"SELECT _cdc_partition, _cdc_clustering FROM {lay.target} "
+                        "WHERE (_cdc_partition, _cdc_clustering) > ($1, $2) ORDER BY 1, 2 LIMIT $3", *after, chunk)
+            except Exception as exc:
+                raise postgres_error(exc, table=table.name) from exc
+            if not rows:
+                return total
+            keys = [(bytes(r[0]), bytes(r[1])) for r in rows]
+            await self.write(table, [], None, extra_keys=keys)
+            after = keys[-1]
+            total += len(keys)
+
     async def purge(self, table: TableSchema) -> int:
         """Forget shadow rows and partition states whose grace period is over (reference rule 38)."""
         lay = await self.prepare(table)
@@ -312,6 +380,23 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         return total
+
+
+async def _dropped_by_hand(conn: Any, lay: Layout, stmts: list[str], existing: frozenset[str]) -> None:
+    """Raise :class:`TableFaultError` (42703) if a column missing from the target table has values in the stored
+    state of its rows: it was dropped by hand, and adding it back empty would mirror NULLs.  A column new in the
+    schema has none."""
+    if not stmts:
+        return
+    for c in lay.columns:
+        if c.kind in ("partition_key", "clustering") or c.name in existing:
+            continue
+        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {lay.target} WHERE _cdc_meta->'c' ? $1 "
+                               "OR _cdc_meta->'x' ? $1)", c.name):
+            raise TableFaultError(
+                f"column {c.name} of {lay.target} was dropped by hand: its rows' values are kept in _cdc_meta; add "
+                f"it back (ALTER TABLE … ADD COLUMN {c.name} …) and apply refills it", table=lay.table.name,
+                sqlstate="42703")
 
 
 async def _upsert(conn: Any, lay: Layout, rows: bytearray | list[tuple[Any, ...]]) -> None:

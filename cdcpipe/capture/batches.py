@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,19 +24,21 @@ import structlog
 
 from cdcpipe import avro
 from cdcpipe.capture import metrics
-from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower
+from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower, damage_cause, scan
 from cdcpipe.capture.encoder import TableEncoder, Unsupported
 from cdcpipe.capture.events import Origin, from_mutation
 from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id
 from cdcpipe.capture.producer import Record
 from cdcpipe.capture.registry import SchemaRegistry
+from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import Position
-from cdcpipe.errors import MutationDecodeError
+from cdcpipe.errors import DamagedEntryError, MutationDecodeError, SegmentError, UnknownTableError
 from cdcpipe.model import Op
 from cdcpipe.schema import TableSchema
 from cdcpipe.topics import capture_dlq_topic, table_topic
 
 log = structlog.get_logger(__name__)
+_SEGMENT_ID = re.compile(r"CommitLog-\d+-(\d+)")
 _new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 # per table schema version: (table, captured?, topic, fast encoder, Avro schema, op -> metrics label tuple)
 _Plan = tuple[TableSchema, bool, str, "TableEncoder | None", "avro.EventSchema | None", dict[str, tuple[str, str, str]]]
@@ -75,8 +79,12 @@ class TableFilter:
         self.include, self.exclude = include, exclude
 
     def __call__(self, t: TableSchema) -> bool:
+        return t.cdc and self.patterns_match(t)
+
+    def patterns_match(self, t: TableSchema) -> bool:
+        """Whether ``t`` would be captured with ``cdc = true`` (never a system keyspace: CDC is off there)."""
         name = f"{t.keyspace}.{t.table}"
-        if not t.cdc or any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
+        if t.keyspace.startswith("system") or any(fnmatch.fnmatchcase(name, p) for p in self.exclude):
             return False
         return not self.include or any(fnmatch.fnmatchcase(name, p) for p in self.include)
 
@@ -88,9 +96,19 @@ class BatchBuilder:
     its first writes is decoded, not dropped (see ``SchemaRegistry``)."""
 
     def __init__(self, follower: SegmentFollower, schemas: SchemaRegistry, include: TableFilter, origin: Origin,
-                 prefix: str, ensure_topic: object) -> None:
+                 prefix: str, ensure_topic: object, *, watcher: SchemaWatcher | None = None,
+                 recheck_s: float = 5.0, off_grace_s: float = 15.0) -> None:
         self.follower = follower
         self.schemas = schemas
+        self.watcher = watcher
+        self.recheck_s = recheck_s
+        self.off_grace_s = off_grace_s
+        # tables seen switched to cdc = false: still captured until the read passes what was durable
+        # ``off_grace_s`` after the switch was seen (the writes made before it): id -> (deadline, that position)
+        self._lingering: dict[uuid.UUID, tuple[float, Position | None]] = {}
+        self._rechecked = 0.0  # monotonic time of the last re-check reload
+        self._durable_ns = 0  # when the data of the chunk being converted was made durable
+        self._recheck_ids: set[bytes] = set()  # raw ids of included tables held as cdc = false (this generation)
         self.include = include
         self.origin = origin
         self.prefix = prefix
@@ -107,10 +125,10 @@ class BatchBuilder:
         if cached is not None and cached[0] is t:
             return cached[1]
         s = avro.table_schema(t)
-        self._avro[id(t)] = (t, s)
         ensure = self.ensure_topic
         assert callable(ensure)
         ensure(table_topic(self.prefix, t.keyspace, t.table))
+        self._avro[id(t)] = (t, s)  # only once its topic exists: a failed creation is tried again
         return s
 
     def _table(self, t: TableSchema) -> tuple[TableSchema, bool, str]:
@@ -118,7 +136,7 @@ class BatchBuilder:
         cached = self._tables.get(id(t))
         if cached is not None and cached[0] is t:
             return cached
-        entry = (t, self.include(t), table_topic(self.prefix, t.keyspace, t.table))
+        entry = (t, self._captures(t), table_topic(self.prefix, t.keyspace, t.table))
         self._tables[id(t)] = entry
         return entry
 
@@ -232,50 +250,140 @@ class BatchBuilder:
         batch.newest_micros = newest
         return True
 
-    def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool:
-        """Whether the entry's keyspace (that of its first table) is captured; cached by raw table id for one
-        schema generation (an unknown id is looked up again, so a new table's schema gets loaded)."""
+    def _captured_keyspace(self, data: bytes, keyspaces: set[str]) -> bool | None:
+        """Whether the entry's keyspace (that of its first table) is captured; None when its table id is unknown
+        even after a schema reload (the caller dead-letters it).  Cached by raw table id for one schema generation
+        (an unknown id is looked up again, so a new table's schema gets loaded).  An entry of a table the cache
+        holds as ``cdc = false`` first re-checks the schema when the cache may be older than the entry
+        (:meth:`_recheck`): a table switched to ``cdc = true`` is captured from its first write after the switch."""
         raw = data[1:17] if data[0] < 0x80 else None
-        if raw is not None:
+        if raw is not None and not (raw in self._recheck_ids and self._recheck(keyspaces)):  # reloaded: decide anew
             hit = self._keyspace_of.get(raw)
             if hit is not None:
                 return hit
         tid = first_table_id(data)
         t = self.schemas.get(tid) if tid is not None else None
         if t is None:
-            return tid is None  # unreadable id: let the decoder report it; unknown after refresh: dropped table
+            return True if tid is None else None  # unreadable id: the decoder reports it
+        if not t.cdc and raw is not None and self.include.patterns_match(t) and self._recheck(keyspaces):
+            t = self.schemas.get(t.table_id) or t
         if t.keyspace not in keyspaces and self._table(t)[1]:  # created since this batch began
             keyspaces.add(t.keyspace)
             self._keyspace_of.clear()
         captured = t.keyspace in keyspaces
         if raw is not None and self._generation == getattr(self.schemas, "generation", None):
             self._keyspace_of[raw] = captured
+            if not t.cdc and self.include.patterns_match(t):
+                self._recheck_ids.add(raw)
         return captured
 
+    def _recheck(self, keyspaces: set[str]) -> bool:
+        """Reload the schema if the cache may predate the chunk's data: always while schema change events are
+        unavailable (exact), else at most every ``recheck_s`` (events are the fast path; this covers a lost one).
+        True when it reloaded (``keyspaces`` and the caches are then rebuilt)."""
+        if self.schemas.loaded_ns >= self._durable_ns:
+            return False
+        now = time.monotonic()
+        if self.watcher is not None and self.watcher.healthy and now - self._rechecked < self.recheck_s:
+            return False
+        self._rechecked = now
+        return self._reload("recheck", keyspaces)
+
+    def _captures(self, t: TableSchema) -> bool:
+        """The table filter, plus the tables switched off whose earlier writes are still being read."""
+        return self.include(t) or (t.table_id in self._lingering and self.include.patterns_match(t))
+
+    def _reload(self, trigger: str, keyspaces: set[str]) -> bool:
+        captured = {t.table_id for t in self.schemas.tables() if self.include(t)}
+        if not self.schemas.refresh():
+            return False
+        metrics.SCHEMA_RELOADS.labels(trigger).inc()
+        now = time.monotonic()
+        for t in self.schemas.tables():
+            if t.table_id in captured and not t.cdc:
+                log.warning("table switched to cdc = false: its writes made before the switch are still captured",
+                            table=t.name, grace_s=self.off_grace_s)
+                self._lingering[t.table_id] = (now + self.off_grace_s, None)
+            elif t.cdc:
+                self._lingering.pop(t.table_id, None)
+        self._forget()
+        self._generation = self.schemas.generation
+        keyspaces.clear()
+        keyspaces.update(t.keyspace for t in self.schemas.tables() if self._table(t)[1])
+        return True
+
     def next(self, max_items: int) -> Batch:
-        """Read up to ``max_items`` entries and convert them; ``position`` is set when the follower advanced."""
+        """Read up to ``max_items`` entries and convert them; ``position`` is set when the follower advanced.  When
+        converting fails (Kafka cannot create a topic, Cassandra cannot reload the schema) the follower is put back
+        where it was, so the next call reads the same entries again: nothing is skipped."""
+        mark = self.follower.mark()
+        try:
+            return self._next(max_items)
+        except BaseException:
+            self.follower.restore(mark)
+            raise
+
+    def _forget(self) -> None:
+        """Drop what was decided per table (whether it is captured may have changed)."""
+        self._avro.clear()
+        self._tables.clear()
+        self._plans.clear()
+        self._keyspace_of.clear()
+        self._recheck_ids.clear()
+
+    def _expire_lingering(self) -> None:
+        """Stop capturing a switched-off table once the read has passed everything durable ``off_grace_s`` after
+        the switch was seen."""
+        now, pos, done = time.monotonic(), self.follower.position, []
+        for table_id, (deadline, frontier) in self._lingering.items():
+            if frontier is None and now >= deadline:
+                states = [s for s in scan(self.follower.cdc_raw) if s.offset is not None]
+                frontier = Position(states[-1].segment_id, states[-1].offset or 0) if states else Position(0, 0)
+                self._lingering[table_id] = (deadline, frontier)
+            if frontier is not None and pos is not None and pos >= frontier:
+                done.append(table_id)
+        for table_id in done:
+            del self._lingering[table_id]
+        if done:
+            self._forget()
+
+    def _next(self, max_items: int) -> Batch:
+        if self._lingering:
+            self._expire_lingering()
         before = self.follower.position
         started = time.time_ns()
         chunk = self.follower.poll(max_items)
         after = self.follower.position
         batch = Batch(position=after if after != before else None, end=chunk.end, caught_up=not chunk.more,
                       durable_ns=chunk.durable_ns, read_ns=started if chunk.durable_ns else 0)
+        self._durable_ns = chunk.durable_ns or time.time_ns()
         keyspaces = {t.keyspace for t in self.schemas.tables() if self._table(t)[1]}
+        if self.watcher is not None:
+            self.watcher.ensure()
+        if self.schemas.stale and chunk.items:  # a schema change event arrived: decide with the new schema
+            self._reload("event", keyspaces)
         generation = getattr(self.schemas, "generation", None)
         if generation != self._generation:
             self._keyspace_of.clear()
+            self._recheck_ids.clear()
             self._generation = generation
         read = decoded = 0
         decode, fast, fused, captured = self.decoder.decode, self._fast, self._fused, self._captured_keyspace
         for path, version, entry, error in chunk.items:
             if entry is None:
                 assert error is not None
-                metrics.SECTION_ERRORS.inc()
-                log.error("damaged segment data", segment=path, offset=error.offset, reason=error.reason)
+                batch.records.append(damage_record(self.prefix, path, error))
                 continue
             read += 1
             pos, _, data = entry
-            if not captured(data, keyspaces):
+            known = captured(data, keyspaces)
+            if known is None:
+                tid = first_table_id(data)
+                batch.records.append(self._dead_letter(path, pos, data, UnknownTableError(
+                    tid, segment=path, position=pos.offset) if tid is not None else ValueError("no table id"),
+                    cause="unknown_table"))
+                continue
+            if not known:
                 continue
             decoded += 1
             if fused(data, version, pos, path, batch):
@@ -286,7 +394,8 @@ class BatchBuilder:
                     continue
                 self._reference(mutation, pos, batch)
             except (MutationDecodeError, ValueError) as exc:
-                batch.records.append(self._dead_letter(path, pos, data, exc))
+                cause = "unknown_table" if isinstance(exc, UnknownTableError) else "undecodable"
+                batch.records.append(self._dead_letter(path, pos, data, exc, cause=cause))
         metrics.MUTATIONS_READ.inc(read)
         metrics.MUTATIONS_DECODED.inc(decoded)
         if batch.durable_ns:
@@ -295,7 +404,7 @@ class BatchBuilder:
 
     def _reference(self, mutation: Mutation, pos: Position, batch: Batch) -> None:
         """The specification path: ``events.from_mutation`` then ``avro.encode``."""
-        for c in from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self.include):
+        for c in from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self._captures):
             schema = self._event_schema(c.table)
             value = avro.encode(c.event, schema, c.raw_key, c.raw_clustering, c.raw_bounds)
             batch.records.append(Record(table_topic(self.prefix, c.table.keyspace, c.table.table), c.key, value))
@@ -303,11 +412,32 @@ class BatchBuilder:
             batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
             batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
 
-    def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception) -> Record:
+    def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception, *, cause: str) -> Record:
         metrics.DEAD_LETTERS.inc()
+        metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
         table_id = getattr(exc, "table_id", None)
-        log.error("undecodable entry sent to the dead-letter topic", segment=path, position=str(pos),
+        log.error("entry sent to the capture dead-letter topic", cause=cause, segment=path, position=str(pos),
                   table_id=str(table_id) if table_id else None, error=str(exc))
-        value = json.dumps({"segment": path, "position": str(pos), "table_id": str(table_id) if table_id else None,
-                            "error": str(exc), "entry_hex": data.hex()}).encode()
+        value = json.dumps({"cause": cause, "segment": path, "position": str(pos),
+                            "table_id": str(table_id) if table_id else None, "error": str(exc),
+                            "entry_hex": data.hex()}).encode()
         return Record(capture_dlq_topic(self.prefix), str(pos).encode(), value)
+
+
+def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
+    """The capture dead-letter record of damage met while reading a segment (its segment is kept in the
+    quarantine): where (``segment``, ``segment_id``, ``position`` = segment id and logical offset, ``file_offset``),
+    why (``cause``, ``error``) and, for an entry whose data failed its CRC, its bytes (``entry_hex``)."""
+    cause = damage_cause(error)
+    metrics.SECTION_ERRORS.inc()
+    metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
+    m = _SEGMENT_ID.search(path)
+    seg = int(m.group(1)) if m else -1
+    data = error.data if isinstance(error, DamagedEntryError) else None
+    at = error.logical_offset if isinstance(error, DamagedEntryError) else error.offset
+    log.error("damaged segment data: recorded in the capture dead-letter topic, segment kept for quarantine",
+              cause=cause, segment=path, offset=error.offset, reason=error.reason)
+    value = json.dumps({"cause": cause, "segment": path, "segment_id": seg, "position": f"{seg}:{at}",
+                        "file_offset": error.offset, "error": error.reason, "table_id": None,
+                        "entry_hex": data.hex() if data is not None else None}).encode()
+    return Record(capture_dlq_topic(prefix), f"{seg}:{at}".encode(), value)

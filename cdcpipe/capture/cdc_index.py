@@ -8,7 +8,10 @@ Contract of :class:`SegmentFollower`
     - Only segments with both a ``.log`` and a ``_cdc.idx`` are read, strictly in segment-id order: the follower
       does not read segment N+1 before N is COMPLETED and read to its end, so positions only grow.
     - Nothing past the durable offset is read; an empty or half-written idx (Cassandra truncates, then writes)
-      is read as "no news" and retried at the next poll.
+      is read as "no news" and retried at the next poll — reported as ``stalled`` after ``stall_timeout_s``, and
+      the segment quarantined once a later segment holds data (Cassandra will not rewrite it).
+    - Damage (data ending before the durable offset included) is reported once and its segment marked for the
+      quarantine before the position past it can be committed: it is moved there, never deleted.
     - Resuming from a checkpoint ``Position(s, o)`` skips segments below ``s`` and, in ``s``, the entries that end
       at or before ``o`` (``SegmentReader.read(start=o)``): no entry is read twice, none skipped.
     - Blocking (file I/O, CRCs): call :meth:`SegmentFollower.poll` from a worker thread.
@@ -18,12 +21,21 @@ from __future__ import annotations
 
 import os
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from cdcpipe.capture.quarantine import Quarantine
 from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor
-from cdcpipe.errors import SegmentError, SegmentHeaderError
+from cdcpipe.errors import (
+    DamagedEntryError,
+    DataEndsEarlyError,
+    EncryptionKeyError,
+    SegmentError,
+    SegmentHeaderError,
+)
 
 _LOG = re.compile(r"^CommitLog-(\d+)-(\d+)\.log$")
 _HEADER_PEEK = 64 * 1024
@@ -135,48 +147,166 @@ class Chunk:
     durable_ns: int = 0
 
 
-class SegmentFollower:
-    """Reads the CDC segments of ``cdc_raw`` in order from ``start`` (exclusive; None = the oldest segment)."""
+@dataclass(frozen=True, slots=True)
+class Blocked:
+    """What reading waits for: ``segment_id`` at ``offset`` (the position), durable to ``durable`` (None: its idx is
+    unreadable), and why, since ``since`` (monotonic seconds)."""
 
-    def __init__(self, cdc_raw: Path, start: Position | None, keys: KeyProvider | None = None) -> None:
+    segment_id: int
+    offset: int
+    durable: int | None
+    reason: str
+    since: float
+
+
+def damage_cause(err: SegmentError) -> str:
+    """The metric and dead-letter ``cause`` of a damage report (by class, never by message text)."""
+    if isinstance(err, DamagedEntryError):
+        return "entry_crc"
+    if isinstance(err, DataEndsEarlyError):
+        return "zero_filled" if err.zero_filled else "truncated"
+    if isinstance(err, EncryptionKeyError):
+        return "encryption_key"
+    if isinstance(err, IdxUnreadable):
+        return "idx_unreadable"
+    if isinstance(err, SegmentHeaderError):
+        return "truncated" if err.retriable else "header"
+    return "section"
+
+
+class IdxUnreadable(SegmentError):
+    """A segment's ``_cdc.idx`` stayed unreadable for ``capture.stall_timeout_s`` after a later segment had data."""
+
+
+class SegmentFollower:
+    """Reads the CDC segments of ``cdc_raw`` in order from ``start`` (exclusive; None = the oldest segment).
+
+    Damage (see :mod:`cdcpipe.capture.segment`) is reported once as an ``Item`` with its error, and its segment is
+    marked in ``quarantine`` (before the position past it can be committed), so it is moved there, never deleted.
+    A segment it cannot read at all (header, encryption key) is passed once it is COMPLETED; one whose idx stays
+    unreadable, or whose header stays incomplete, is passed once a later segment holds data and
+    ``stall_timeout_s`` has gone by.  While reading waits, ``blocked`` says for what."""
+
+    def __init__(self, cdc_raw: Path, start: Position | None, keys: KeyProvider | None = None,
+                 quarantine: Quarantine | None = None, *, stall_timeout_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.cdc_raw = cdc_raw
         self.keys = keys
+        self.quarantine = quarantine
+        self.stall_timeout_s = stall_timeout_s
+        self._clock = clock
         self.position = start  # the last position read (the next entry starts at or after it)
+        self.blocked: Blocked | None = None
         self._cache: tuple[int, bytes] | None = None  # bytes of the current COMPLETED segment
         self._ended = -1  # segments up to this id were reported ended
+        self._reported: set[tuple[int, int, str]] = set()  # damage already reported: (segment, offset, kind)
+        self._added: list[tuple[int, int, str]] = []  # ... by the last poll (undone by ``restore``)
+
+    def mark(self) -> tuple[Position | None, int]:
+        """Where reading is, for :meth:`restore` (call it before :meth:`poll`)."""
+        self._added = []
+        return self.position, self._ended
+
+    def restore(self, mark: tuple[Position | None, int]) -> None:
+        """Undo the polls since ``mark``: their chunk was not converted (e.g. Kafka or Cassandra failed), so it is
+        read again, damage reports included."""
+        self.position, self._ended = mark
+        self._cache = None
+        self._reported.difference_update(self._added)
+        self._added = []
 
     def pending(self) -> list[IndexState]:
         """Segments with data not yet read (for lag and health)."""
         return [s for s in scan(self.cdc_raw) if self.position is None or s.segment_id >= self.position.segment_id]
 
+    def stalled(self) -> str | None:
+        """Why reading has made no progress on durable data for ``stall_timeout_s`` (None: it has not)."""
+        b = self.blocked
+        if b is None or self._clock() - b.since < self.stall_timeout_s:
+            return None
+        durable = "unknown" if b.durable is None else str(b.durable)
+        return (f"segment {b.segment_id} at offset {b.offset} (durable offset {durable}): {b.reason}, no progress "
+                f"for {self._clock() - b.since:.0f}s")
+
+    def _wait(self, state: IndexState, reason: str, finished: bool) -> bool:
+        """Record that reading waits on ``state``; True when it should stop waiting (the segment is finished and
+        the wait has lasted ``stall_timeout_s``)."""
+        pos = self.position
+        offset = pos.offset if pos is not None and pos.segment_id == state.segment_id else 0
+        b = self.blocked
+        if b is None or (b.segment_id, b.offset, b.reason) != (state.segment_id, offset, reason):
+            b = self.blocked = Blocked(state.segment_id, offset, state.offset, reason, self._clock())
+        return finished and self._clock() - b.since >= self.stall_timeout_s
+
+    def _damage(self, chunk: Chunk, state: IndexState, err: SegmentError, mv: int = 0) -> None:
+        """Report ``err`` (once) and mark its segment for quarantine."""
+        key = (state.segment_id, err.offset, type(err).__name__)
+        if key in self._reported:
+            return
+        if len(self._reported) >= 65536:
+            self._reported.clear()
+        self._reported.add(key)
+        self._added.append(key)
+        if self.quarantine is not None:
+            at = err.logical_offset if isinstance(err, DamagedEntryError) else err.offset
+            self.quarantine.mark(state.log.name, damage_cause(err), err.reason, f"{state.segment_id}:{at}")
+        chunk.items.append(Item(str(state.log), mv, error=err))
+
     def poll(self, max_items: int) -> Chunk:
         """Read up to ``max_items`` new entries of the oldest unfinished segment; report it as ended when it is
         COMPLETED and read to its end."""
         chunk = Chunk()
-        for state in scan(self.cdc_raw):
+        states = scan(self.cdc_raw)
+        for i, state in enumerate(states):
             pos = self.position
             if state.segment_id <= self._ended or (pos is not None and state.segment_id < pos.segment_id):
                 continue
-            if state.offset is None:
-                return chunk  # idx being rewritten: wait, never skip ahead of it
+            finished = state.completed or any(s.offset for s in states[i + 1:])  # Cassandra writes a later one
+            if state.offset is None:  # idx being rewritten: wait, never skip ahead of it ...
+                if not self._wait(state, "its _cdc.idx is empty or unreadable", finished):
+                    return chunk
+                # ... unless it stays unreadable though Cassandra has moved on: quarantine it
+                self._damage(chunk, state, IdxUnreadable(str(state.idx), 0, "_cdc.idx unreadable while a later "
+                                                         "segment holds data"))
+                self.position = Position(state.segment_id + 1, 0)  # before anything of the next segments
+                return self._end(chunk, state)
             start = pos.offset if pos is not None and pos.segment_id == state.segment_id else 0
             if start < state.offset or pos is None or pos.segment_id != state.segment_id:
                 chunk.durable_ns = state.written_ns
                 try:
                     if not self._read(state, start, max_items, chunk):
                         chunk.more = True
+                        self.blocked = None
                         return chunk
-                except SegmentHeaderError as exc:
-                    if exc.retriable:
-                        return chunk
-                    chunk.items.append(Item(str(state.log), 0, error=exc))  # unreadable: reported, then passed
+                except (SegmentHeaderError, EncryptionKeyError) as exc:
+                    if exc.retriable and not state.completed and not self._wait(state, exc.reason, finished):
+                        return chunk  # a header still being written, or a file not readable yet
+                    self._damage(chunk, state, exc)  # unreadable: reported, marked, then passed
                     self.position = Position(state.segment_id, state.offset)
-            if state.completed:
-                self._cache = None
-                self._ended = state.segment_id
-                chunk.end = SegmentEnd(state.segment_id, Position(state.segment_id, state.offset), state)
-                chunk.more = True  # the next segment may hold data already
+                    if not state.completed and finished:
+                        return self._end(chunk, state)  # Cassandra writes a later one: this one is over
+            if not state.completed:
+                if not finished:
+                    self.blocked = None
+                elif self._wait(state, "read to its durable offset but not COMPLETED while a later segment holds "
+                                       "data", True):
+                    return self._end(chunk, state)  # e.g. Cassandra restarted: it will not write this one again
+                return chunk
+            self.blocked = None
+            self._cache = None
+            self._ended = state.segment_id
+            chunk.end = SegmentEnd(state.segment_id, Position(state.segment_id, state.offset), state)
+            chunk.more = True  # the next segment may hold data already
             return chunk
+        self.blocked = None
+        return chunk
+
+    def _end(self, chunk: Chunk, state: IndexState) -> Chunk:
+        """Report ``state``'s segment as ended (never read again; deleted or moved once committed past)."""
+        assert self.position is not None
+        self._cache, self._ended, self.blocked = None, state.segment_id, None
+        chunk.end = SegmentEnd(state.segment_id, self.position, state)
+        chunk.more = True
         return chunk
 
     def _read(self, state: IndexState, start: int, max_items: int, chunk: Chunk) -> bool:
@@ -190,7 +320,7 @@ class SegmentFollower:
         append = chunk.items.append
         for item in reader.read(start=start, limit=state.offset):
             if isinstance(item, SegmentError):
-                chunk.items.append(Item(path, mv, error=item))
+                self._damage(chunk, state, item, mv)
                 continue
             append(_new(Item, (path, mv, item, None)))
             self.position = item.position

@@ -25,3 +25,18 @@ DELAY_SECONDS = Histogram(
     "of it beginning (stage=read), its records encoded (stage=encoded) and its transaction committed "
     "(stage=committed)",
     ["stage"], buckets=(0.002, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0))
+DEAD_LETTERS_BY_CAUSE = Counter(
+    "cdcpipe_capture_dead_letter_records", "Records written to the capture DLQ topic, by cause (undecodable, "
+    "unknown_table, entry_crc, section, header, encryption_key, truncated, zero_filled, idx_unreadable)", ["cause"])
+SEGMENTS_QUARANTINED = Counter("cdcpipe_capture_segments_quarantined",
+                               "Segments marked for quarantine (kept, never deleted), by cause", ["cause"])
+SEGMENTS_MOVED = Counter("cdcpipe_capture_segments_moved_to_quarantine",
+                         "Marked segments moved out of cdc_raw to capture.quarantine_dir")
+QUARANTINE_HELD = Gauge("cdcpipe_capture_quarantine_segments", "Segments held in capture.quarantine_dir")
+STALLED = Gauge("cdcpipe_capture_stalled", "1 while reading makes no progress on durable data "
+                "(capture.stall_timeout_s), else 0")
+CDC_TOTAL_SPACE = Gauge("cdcpipe_capture_cdc_total_space_bytes",
+                        "Cassandra's cdc_total_space (the node's setting, or capture.cdc_total_space)")
+KAFKA_RETRIES = Counter("cdcpipe_capture_kafka_retries", "Transactions retried after Kafka failed (capture waits "
+                        "with capped backoff, never gives up while Kafka is unreachable)")
+SCHEMA_RELOADS = Counter("cdcpipe_capture_schema_reloads", "Schema reloads, by trigger", ["trigger"])

@@ -4,8 +4,12 @@
         → bounded queue → ship: EventProducer.commit (events + position, one transaction)   [worker thread]
         → SegmentCollector.collect (delete what the committed position covers)
 
-One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage); if one fails the others are
-cancelled and the error propagates.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
+One ``asyncio.TaskGroup``: ``read``, ``ship`` and ``watch`` (cdc_raw usage, quarantine, stall); if one fails the
+others are cancelled and the error propagates.  Faults capture waits out instead of failing (``/readyz`` 503 with
+the reason meanwhile): Kafka unreachable (``kafka``: the transaction is retried with capped backoff, forever),
+Cassandra unreachable for a schema reload (``cassandra``: the chunk is read again), reading blocked on durable data
+(``stalled``).  Damaged segments are kept in the quarantine directory (``quarantine``), see
+:mod:`cdcpipe.capture.quarantine`.  Checkpoint steps, in order: (1) produce the batch's records, (2) produce the
 position, (3) commit the transaction, (4) only then delete segments.  ``stop`` (SIGTERM/SIGINT, see :func:`main`):
 reading stops, ``ship`` commits the batches already read, and :func:`run` returns — well within 10 s (the
 integration tests check it).
@@ -19,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
+from typing import Any
 
 import structlog
 from confluent_kafka import KafkaException
@@ -32,17 +38,20 @@ from cdcpipe.capture.checkpoint import read_checkpoint
 from cdcpipe.capture.events import Origin
 from cdcpipe.capture.inotify import DirectoryWatcher
 from cdcpipe.capture.producer import EventProducer
+from cdcpipe.capture.quarantine import Quarantine, describe
 from cdcpipe.capture.registry import SchemaRegistry
+from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.config import KafkaSettings, Settings
-from cdcpipe.errors import SchemaError
+from cdcpipe.errors import KafkaProduceError, SchemaError, SegmentQuarantineError
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 from cdcpipe.topics import positions_topic
 
 log = structlog.get_logger(__name__)
 _QUEUE_BATCHES = 4
+_SLOW_COMMIT_S = 10.0  # a transaction not committed this long: /readyz reports Kafka as failing meanwhile
 _SAFETY_POLL_S = 1.0  # while inotify works: a poll only in case an event was missed (an idle poll costs ~1 ms CPU)
 
 
@@ -71,6 +80,7 @@ class Capture:
         self.builder, self.collector = builder, collector
         self.committed = start
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(_QUEUE_BATCHES)
+        self._stop = asyncio.Event()  # run's stop: ends the wait for Kafka (the checkpoint resumes the batch)
 
     @classmethod
     def open(cls, settings: Settings, health: Health) -> Capture:
@@ -86,21 +96,33 @@ class Capture:
         log.info("capture starting", node=origin.node, cluster=origin.cluster, datacenter=origin.datacenter,
                  position=str(start) if start else None, cdc_raw=str(cdc_raw))
         schemas = SchemaRegistry(source)
-        builder = BatchBuilder(SegmentFollower(cdc_raw, start, _keys(settings)), schemas,
-                               TableFilter(c.include_tables, c.exclude_tables), origin, settings.kafka.topic_prefix,
-                               producer.ensure_topic)
-        return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, c.cdc_total_space), start)
+        quarantine = Quarantine.open(c.quarantine_dir, cdc_raw)
+        watcher = SchemaWatcher(source.session, schemas.mark_stale)
+        watcher.ensure()
+        follower = SegmentFollower(cdc_raw, start, _keys(settings), quarantine, stall_timeout_s=c.stall_timeout_s)
+        builder = BatchBuilder(follower, schemas, TableFilter(c.include_tables, c.exclude_tables), origin,
+                               settings.kafka.topic_prefix, producer.ensure_topic, watcher=watcher,
+                               recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s)
+        total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
+        log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),
+                 source="capture.cdc_total_space" if c.cdc_total_space else "node or default")
+        return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, total, quarantine), start)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow cdc_raw and ship until ``stop``.  Tunes this process's garbage collector first (a capture process
         runs one ``Capture``): see :func:`cdcpipe.runtime.tune_gc`."""
         tune_gc()
+        self._stop = stop
+        self.health.ok("quarantine")
+        self.health.ok("stalled")
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(stop), name="read")
                 tg.create_task(self._ship(), name="ship")
                 tg.create_task(self._watch(stop), name="watch")
         finally:
+            if self.builder.watcher is not None:
+                self.builder.watcher.close()
             await asyncio.to_thread(self.producer.close)
         log.info("capture stopped", position=str(self.committed) if self.committed else None)
 
@@ -121,9 +143,24 @@ class Capture:
             loop.add_reader(watcher.fileno(), on_event)
         relay = asyncio.create_task(_relay(stop, wake))
         try:
+            failures = 0
             while not stop.is_set():
                 wake.clear()  # a change seen while reading wakes the next wait at once
-                batch = await asyncio.to_thread(self.builder.next, c.batch_max_events)
+                try:
+                    batch = await asyncio.to_thread(self.builder.next, c.batch_max_events)
+                except (KafkaProduceError, SchemaError, TimeoutError) as exc:  # the chunk is read again: wait
+                    if isinstance(exc, KafkaProduceError | SchemaError) and not exc.retriable:
+                        raise
+                    failures += 1
+                    name = "cassandra" if isinstance(exc, SchemaError) else "kafka"
+                    self.health.fail(name, str(exc))
+                    log.warning("reading waits for a dependency", dependency=name, error=str(exc), attempt=failures)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), _backoff(failures, c.kafka_retry_max_wait_s))
+                    continue
+                if failures:
+                    self.health.ok("cassandra")
+                    failures = 0
                 self.health.ok("reading")
                 if batch.position is None:
                     if self._queue.empty():
@@ -165,13 +202,32 @@ class Capture:
                 pending = Batch()
 
     async def _commit(self, batch: Batch) -> None:
+        """Commit ``batch``; while Kafka fails retriably, retry it indefinitely with capped backoff
+        (``capture.kafka_retry_max_wait_s``), ``kafka`` failing in ``/readyz`` — capture never gives up on Kafka.
+        Only a non-retriable failure (fenced by another instance, a fatal producer error) raises."""
         assert batch.position is not None
-        try:
-            await asyncio.to_thread(self.producer.commit, batch.records, list(batch.schemas.values()),
-                                    batch.position)
-        except Exception as exc:
-            self.health.fail("kafka", str(exc))
-            raise
+        failures = 0
+        while True:
+            task = asyncio.ensure_future(asyncio.to_thread(
+                self.producer.commit, batch.records, list(batch.schemas.values()), batch.position))
+            done, _ = await asyncio.wait({task}, timeout=_SLOW_COMMIT_S)
+            if not done:  # say so now: one attempt may wait for Kafka for a while before it fails
+                self.health.fail("kafka", f"transaction at position {batch.position} not committed after "
+                                          f"{_SLOW_COMMIT_S:.0f}s: Kafka slow or unreachable")
+            try:
+                await task
+                break
+            except KafkaProduceError as exc:
+                self.health.fail("kafka", str(exc))
+                if not exc.retriable or self._stop.is_set():
+                    raise
+                failures += 1
+                metrics.KAFKA_RETRIES.inc()
+                wait = _backoff(failures, self.settings.capture.kafka_retry_max_wait_s)
+                log.warning("kafka unavailable: the transaction waits and is retried", error=str(exc),
+                            attempt=failures, wait_s=round(wait, 1), position=str(batch.position))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), wait)
         self.health.ok("kafka")
         if batch.durable_ns:
             metrics.DELAY_SECONDS.labels("read").observe(max(0.0, (batch.read_ns - batch.durable_ns) / 1e9))
@@ -190,6 +246,8 @@ class Capture:
             await asyncio.to_thread(self.collector.collect, batch.position)
 
     async def _watch(self, stop: asyncio.Event) -> None:
+        """Every second: cdc_raw usage, collection, the ``quarantine`` and ``stalled`` conditions."""
+        quarantine = self.builder.follower.quarantine
         while not stop.is_set():
             try:
                 await asyncio.to_thread(self.collector.usage)
@@ -197,8 +255,48 @@ class Capture:
                     await asyncio.to_thread(self.collector.collect, self.committed)
             except OSError as exc:
                 self.health.fail("reading", f"cdc_raw: {exc}")
+            except SegmentQuarantineError as exc:
+                self.health.fail("quarantine", f"cannot move a damaged segment (kept in cdc_raw): {exc}")
+            else:
+                if quarantine is not None:
+                    held = await asyncio.to_thread(quarantine.held)
+                    if held:
+                        self.health.fail("quarantine", describe(held, quarantine.directory))
+                    else:
+                        self.health.ok("quarantine")
+            stalled = self.builder.follower.stalled()
+            metrics.STALLED.set(1 if stalled else 0)
+            if stalled:
+                self.health.fail("stalled", stalled)
+            else:
+                self.health.ok("stalled")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 1.0)
+
+
+DEFAULT_CDC_TOTAL_SPACE = 4096 * 1024 * 1024  # Cassandra's default cap (it takes min(this, 1/8 of the volume))
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|TiB)?\s*$")
+_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB": 1024 ** 4}
+
+
+def node_cdc_total_space(session: Any) -> int | None:
+    """The node's ``cdc_total_space`` in bytes, from ``system_views.settings`` (Cassandra 4.0+); None when it
+    cannot be read (blocking)."""
+    for name, unit in (("cdc_total_space", None), ("cdc_total_space_in_mb", "MiB")):
+        try:
+            row = next(iter(session.execute(f"SELECT value FROM system_views.settings WHERE name = '{name}'")), None)
+        except Exception as exc:  # driver errors: fall back to the default
+            log.warning("cannot read the node's cdc_total_space", error=str(exc))
+            return None
+        m = _SIZE.match(str(row.value)) if row is not None and row.value is not None else None
+        if m is not None and int(m.group(1)) > 0:
+            return int(m.group(1)) * _UNITS[m.group(2) or unit]
+    return None
+
+
+def _backoff(failures: int, cap: float) -> float:
+    """0.5 s doubling to ``cap``."""
+    return float(min(cap, 0.5 * 2 ** min(failures - 1, 16)))
 
 
 async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
@@ -248,4 +346,4 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
 
 def main(settings: Settings) -> int:
     """``cdcpipe capture``: :func:`run` under :func:`cdcpipe.runtime.serve`, on the standard library's event loop."""
-    return serve(settings, run)
+    return serve(settings, run, process="capture")

@@ -9,10 +9,13 @@ Contract
       compacted ``<prefix>.schemas``, keyed by fingerprint), the records, and the position record (compacted
       ``<prefix>.capture-positions``, keyed by node).  Either all of it becomes visible to ``read_committed``
       consumers or none; on an abortable error the transaction is aborted and retried with the same records; a
-      ``commit_transaction`` that fails retriably (times out) is called again on the same transaction.
+      ``commit_transaction`` that fails retriably (times out) is called again on the same transaction.  While
+      Kafka stays unreachable it raises a retriable error and the caller calls it again (never gives up).
       Records carry no delivery callback (one Python call per event saved): a record that fails delivery makes
       ``commit_transaction`` fail with an abortable error, which is handled as above.
-    - Table topics ``<prefix>.<keyspace>.<table>`` are created on first use (:meth:`ensure_topic`).
+    - Table topics ``<prefix>.<keyspace>.<table>`` are created on first use (:meth:`ensure_topic`).  Every topic
+      it creates takes messages up to ``kafka.max_message_bytes`` and is replicated ``capture.topic_replication``
+      times, by default min(3, brokers) (:func:`cdcpipe.config.replication_factor`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from confluent_kafka.cimpl import NewTopic
 from cdcpipe.avro import EventSchema
 from cdcpipe.capture import metrics
 from cdcpipe.capture.segment import Position
-from cdcpipe.config import KafkaSettings
+from cdcpipe.config import KafkaSettings, replication_factor
 from cdcpipe.errors import KafkaProduceError
 from cdcpipe.topics import capture_dlq_topic, positions_topic, schemas_topic
 
@@ -54,12 +57,13 @@ def position_value(node: str, position: Position) -> bytes:
 class EventProducer:
     """One transactional producer per capture process (not thread-safe: one transaction at a time)."""
 
-    def __init__(self, kafka: KafkaSettings, node: str, *, partitions: int, replication: int,
+    def __init__(self, kafka: KafkaSettings, node: str, *, partitions: int, replication: int | None,
                  timeout_s: float = 30.0) -> None:
         self.prefix = kafka.topic_prefix
         self.node = node
         self.partitions = partitions
-        self.replication = replication
+        self._replication = replication  # None: chosen from the cluster's size on first use
+        self._topic_config = kafka.topic_config()
         self.timeout_s = timeout_s
         base = kafka.client_config()
         self._admin = AdminClient(base)
@@ -72,6 +76,8 @@ class EventProducer:
         self._topics: set[str] = set()
         self._published: set[bytes] = set()
         self._delivery_error: KafkaProduceError | None = None
+        self._committing: Position | None = None  # a transaction produced and being committed (commit resumes it)
+        self._needs_abort = False  # an abort failed: the next commit aborts first
 
     def start(self) -> None:
         """Create the bookkeeping topics and fence earlier instances (blocking)."""
@@ -89,7 +95,7 @@ class EventProducer:
         if topic in self._topics:
             return
         new = NewTopic(topic, num_partitions=partitions or self.partitions, replication_factor=self.replication,
-                       config=config or {})
+                       config={**self._topic_config, **(config or {})})
         future = self._admin.create_topics([new], operation_timeout=self.timeout_s)[topic]
         try:
             future.result(timeout=self.timeout_s)
@@ -100,25 +106,47 @@ class EventProducer:
                 raise KafkaProduceError(f"create topic: {err.str()}", topic=topic, retriable=err.retriable()) from exc
         self._topics.add(topic)
 
+    @property
+    def replication(self) -> int:
+        """The replication factor of the topics it creates (asks the cluster its size once when not set)."""
+        if self._replication is None:
+            try:
+                brokers = len(self._admin.list_topics(timeout=self.timeout_s).brokers)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                raise KafkaProduceError(f"list brokers: {err.str()}", retriable=err.retriable()) from exc
+            self._replication = replication_factor(None, brokers)
+            log.info("topic replication factor chosen", replication=self._replication, brokers=brokers)
+        return self._replication
+
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
         if err is not None and self._delivery_error is None:
             self._delivery_error = KafkaProduceError(err.str(), topic=msg.topic(), partition=msg.partition(),
                                                      retriable=err.retriable())
+
+    # --- transaction retries (a Kafka outage is waited out by the caller, never given up on) -------------------
 
     def commit(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
         """Produce ``schemas`` (those not yet published), ``records`` and ``position`` in one transaction.
 
         An abortable failure aborts the transaction and produces the same content again; a retriable failure of
         ``commit_transaction`` itself (a timeout while a broker restarts) calls it again on the same open
-        transaction, as librdkafka requires.  Raises KafkaProduceError when the producer is fenced or fatally
-        failed, or after ``_ATTEMPTS`` failures (the process must restart and resume from the checkpoint)."""
-        committing = False  # the records are produced and commit_transaction was called at least once
+        transaction, as librdkafka requires.  After ``_ATTEMPTS`` such failures it raises a *retriable*
+        KafkaProduceError and keeps its state: calling ``commit`` again with the same batch resumes (commits the
+        open transaction, or aborts the one left to abort first), so the caller can wait out an outage of any
+        length.  Raises a non-retriable KafkaProduceError when the producer is fenced or fatally failed."""
+        committing = self._committing == position  # a previous call left this transaction being committed
         for attempt in range(1, _ATTEMPTS + 1):
             try:
+                if self._needs_abort:
+                    self._abort()
+                    committing = False
                 if not committing:
                     self._produce(records, schemas, position)
                     committing = True
+                    self._committing = position
                 self._producer.commit_transaction(self.timeout_s)
+                self._committing = None
                 if self._delivery_error is not None:  # cannot happen after a successful commit; kept as a guard
                     raise self._delivery_error
                 for s in schemas:
@@ -131,11 +159,15 @@ class EventProducer:
                 log.warning("transaction failed", position=str(position), error=err.str(), attempt=attempt,
                             abortable=err.txn_requires_abort(), retriable=err.retriable(), fatal=err.fatal(),
                             committing=committing)
-                if err.fatal() or not (err.txn_requires_abort() or err.retriable()) or attempt == _ATTEMPTS:
+                if err.fatal() or not (err.txn_requires_abort() or err.retriable()):
+                    self._committing = None
                     raise KafkaProduceError(err.str(), position=str(position), retriable=False) from exc
                 if err.txn_requires_abort():
-                    self._abort()
+                    self._committing = None
                     committing = False
+                    self._abort()
+                if attempt == _ATTEMPTS:
+                    raise KafkaProduceError(err.str(), position=str(position), retriable=True) from exc
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
@@ -172,11 +204,16 @@ class EventProducer:
                 continue
 
     def _abort(self) -> None:
+        """Abort the open transaction; when that fails retriably (Kafka unreachable), the next ``commit`` aborts
+        first (``_needs_abort``)."""
+        self._needs_abort = True
         try:
             self._producer.abort_transaction(self.timeout_s)
         except KafkaException as exc:
             err: KafkaError = exc.args[0]
-            raise KafkaProduceError(f"abort_transaction: {err.str()}", retriable=False) from exc
+            raise KafkaProduceError(f"abort_transaction: {err.str()}",
+                                    retriable=err.retriable() and not err.fatal()) from exc
+        self._needs_abort = False
 
     def close(self) -> None:
         """Deliver what is queued (nothing outside a transaction is ever queued) and release the client."""

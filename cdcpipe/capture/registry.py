@@ -24,7 +24,9 @@ class SchemaRegistry:
     one ran. An id still unknown after that is logged once and remembered in ``unknown`` (id -> when it
     was last confirmed unknown); it triggers another reload only after ``unknown_recheck_interval``
     seconds (system tables, which have no schema, appear in every segment), and a column still missing
-    only after ``min_refresh_interval`` seconds. Not thread-safe."""
+    only after ``min_refresh_interval`` seconds. A table that disappears from the source (dropped while capture
+    runs) is kept for the writes made before the drop. ``stale`` (set by a schema change event, from any thread)
+    asks the owner to :meth:`refresh` before deciding more mutations. Not thread-safe otherwise."""
 
     def __init__(self, source: SchemaSource | None = None, tables: Iterable[TableSchema] = (), *,
                  min_refresh_interval: float = 5.0, unknown_recheck_interval: float = 60.0,
@@ -36,10 +38,17 @@ class SchemaRegistry:
         self._clock = clock
         self._last_refresh: float | None = None
         self.generation = 0  # completed reloads: changes whenever the tables may have changed
+        self.loaded_ns = 0  # wall clock when the last reload began: the cache is at least this recent
+        self.stale = False  # set (from any thread) when a schema change event arrived: reload before deciding
+        self._dropped: dict[uuid.UUID, TableSchema] = {}  # tables gone from the source: their older writes decode
         self._sightings: dict[tuple[uuid.UUID, bytes | None], int] = {}  # first miss -> reloads done then
         self.unknown: dict[uuid.UUID, float] = {}
         if source is not None and not self._tables:
             self.refresh()
+
+    def mark_stale(self) -> None:
+        """A schema change happened (called from any thread): the owner reloads before deciding more mutations."""
+        self.stale = True
 
     def __len__(self) -> int:
         return len(self._tables)
@@ -52,7 +61,14 @@ class SchemaRegistry:
         if self._source is None:
             return False
         self._last_refresh = self._clock()
-        self._tables = {t.table_id: t for t in self._source.load()}
+        self.stale = False  # before loading: an event arriving during the load marks it stale again
+        loaded_ns = time.time_ns()
+        tables = {t.table_id: t for t in self._source.load()}
+        for table_id, t in self._tables.items():
+            if table_id not in tables:
+                self._dropped[table_id] = t
+        self._tables = tables
+        self.loaded_ns = loaded_ns
         self.generation += 1
         for table_id in self._tables.keys() & self.unknown.keys():
             del self.unknown[table_id]
@@ -80,6 +96,8 @@ class SchemaRegistry:
         table = self._tables.get(table_id)
         if table is not None and (missing_column is None or table.column(missing_column) is not None):
             return table
+        if table is None and missing_column is None and table_id in self._dropped:
+            return self._dropped[table_id]  # dropped since it was loaded: its earlier writes still decode
         refreshed = self._refresh_due(table_id, missing_column) and self.refresh()
         if refreshed:
             log.info("schema reloaded for table id %s%s", table_id,

@@ -16,8 +16,10 @@ Positions
 Damage
     A bad sync marker, a bad entry-size CRC, a truncated section or an undecodable section is reported
     as a ``SegmentError`` value in the stream (with file and physical offset) and counted; reading
-    resumes at the next valid sync section. An entry with a bad data CRC is reported and skipped (its
-    size is CRC-protected). In compressed/encrypted segments a damaged sync marker or an undecodable
+    resumes at the next valid sync section. An entry with a bad data CRC is reported (as a
+    ``DamagedEntryError`` carrying its bytes) and skipped (its size is CRC-protected). With a ``limit`` (the
+    durable offset of ``_cdc.idx``), data that ends before it (a zero-filled area, a truncated file) is damage.
+    In compressed/encrypted segments a damaged sync marker or an undecodable
     section ends the segment, because the logical offsets of later sections cannot be recovered
     reliably. Only ``cdcpipe.errors.SegmentError`` (and subclasses) ever escape.
 """
@@ -33,7 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from cdcpipe.errors import EncryptionKeyError, SegmentError, SegmentHeaderError
+from cdcpipe.errors import (
+    DamagedEntryError,
+    DataEndsEarlyError,
+    EncryptionKeyError,
+    SegmentError,
+    SegmentHeaderError,
+)
 
 _INT = struct.Struct(">i")
 _UINT = struct.Struct(">I")
@@ -290,6 +298,7 @@ class SegmentReader:
             raise SegmentHeaderError(self.path, 0, "segment id in header differs from file name")
         self.stats = ReadStats()
         self._ended = False
+        self._end_at = 0  # logical offset of the zero size that ended the segment
         seg_id = self.descriptor.segment_id
         self._crc_base = _crc_int(_crc_int(0, seg_id), seg_id >> 32)
         self._key: bytes | None = None
@@ -320,7 +329,9 @@ class SegmentReader:
         return zlib.crc32(offset.to_bytes(4, "big"), self._crc_base)
 
     def _error(self, offset: int, reason: str) -> SegmentError:
-        err = SegmentError(self.path, offset, reason)
+        return self._count(SegmentError(self.path, offset, reason))
+
+    def _count(self, err: SegmentError) -> SegmentError:
         self.stats.errors += 1
         self.stats.error_list.append(err)
         return err
@@ -344,8 +355,12 @@ class SegmentReader:
             nxt, crc = _MARKER.unpack_from(data, phys)
             min_next = phys + (8 if self.plain else 12)
             if crc != self._marker_crc(phys) or not min_next <= nxt <= total:
-                if nxt == 0 and crc == 0:
-                    return  # end of data
+                if nxt == 0 and crc == 0:  # end of data: damage when the idx says more is durable
+                    if limit is not None and logical < limit:
+                        yield self._count(DataEndsEarlyError(
+                            self.path, phys, f"zero-filled area at logical offset {logical} before the durable "
+                                             f"offset {limit}", zero_filled=True))
+                    return
                 reason = "bad sync marker CRC" if crc != self._marker_crc(phys) else f"bad next offset {nxt}"
                 yield self._error(phys, reason)
                 if not self.plain:
@@ -382,9 +397,17 @@ class SegmentReader:
                 lo, hi = 0, plain_len
             self._ended = False
             yield from self._entries(payload, lo, hi, base, phys, seg_id, start, limit)
-            if self._ended:
+            if self._ended:  # a zero size: the legacy end of segment, or zeros where the idx says data is durable
+                if limit is not None and self._end_at < limit:
+                    yield self._count(DataEndsEarlyError(
+                        self.path, phys, f"zero-filled area at logical offset {self._end_at} before the durable "
+                                         f"offset {limit}", zero_filled=True))
                 return
             phys, logical = nxt, logical_end
+        if limit is not None and logical < limit:
+            yield self._count(DataEndsEarlyError(
+                self.path, phys, f"truncated: data ends at logical offset {logical} before the durable offset "
+                                 f"{limit}", zero_filled=False))
 
     def _unpack_section(self, raw: bytes, plain_len: int) -> bytes:
         try:
@@ -447,11 +470,11 @@ class SegmentReader:
                     return
                 if _INT.unpack_from(buf, p)[0] != 0:
                     yield self._error(marker, f"truncated entry at logical offset {p + shift}")
-                self._ended = True
+                self._ended, self._end_at = True, p + shift
                 return
             size, crc = unpack_head(buf, p)
             if size == 0:
-                self._ended = True
+                self._ended, self._end_at = True, p + shift
                 return
             if size_crcs.get(size) != crc:  # the CRC of a size depends on the size only: cached
                 if crc32(buf[p:p + 4]) != crc:
@@ -466,7 +489,12 @@ class SegmentReader:
                 return
             data = buf[body:end - 4]
             if crc32(data, crc) != unpack_crc(buf, end - 4)[0]:
-                yield self._error(marker, f"bad entry data CRC at logical offset {p + shift}")
+                if limit is not None and end + shift > limit:
+                    return
+                if p + shift >= start:
+                    err = DamagedEntryError(self.path, marker, f"bad entry data CRC at logical offset {p + shift}",
+                                            data=data, logical_offset=p + shift)
+                    yield self._count(err)
                 p = end
                 continue
             if limit is not None and end + shift > limit:

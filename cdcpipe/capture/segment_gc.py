@@ -2,7 +2,9 @@
 
 A segment (its ``.log`` hard link and its ``_cdc.idx``) is deleted only when its idx says COMPLETED and the
 committed capture position is at or past its end ``(segment id, durable offset)``: then every entry of it is in
-Kafka.  The ``.log`` goes first, so a crash in between leaves only a tiny orphan idx, swept later.  A full cdc_raw
+Kafka.  A segment marked in the quarantine (capture met damage in it, :mod:`cdcpipe.capture.quarantine`) is moved
+there instead, never deleted — also one whose idx stayed unreadable, once the committed position is past it.
+The ``.log`` goes first, so a crash in between leaves only a tiny orphan idx, swept later.  A full cdc_raw
 makes Cassandra reject writes to CDC tables, so usage is a gauge and a warning at 50 % and 80 % of
 ``capture.cdc_total_space``.
 """
@@ -16,6 +18,7 @@ import structlog
 
 from cdcpipe.capture import metrics
 from cdcpipe.capture.cdc_index import disk_usage, scan
+from cdcpipe.capture.quarantine import Quarantine
 from cdcpipe.capture.segment import Position
 
 log = structlog.get_logger(__name__)
@@ -25,10 +28,12 @@ WARN_AT = (0.5, 0.8)
 class SegmentCollector:
     """Deletes the segments a committed position covers; reports cdc_raw usage."""
 
-    def __init__(self, cdc_raw: Path, total_space: int) -> None:
+    def __init__(self, cdc_raw: Path, total_space: int, quarantine: Quarantine | None = None) -> None:
         self.cdc_raw = cdc_raw
         self.total_space = total_space
+        self.quarantine = quarantine
         self._warned = 0.0
+        metrics.CDC_TOTAL_SPACE.set(total_space)
 
     def collect(self, committed: Position) -> list[int]:
         """Delete every COMPLETED segment whose end is at or before ``committed``; their ids."""
@@ -36,7 +41,12 @@ class SegmentCollector:
         present = set()
         for s in scan(self.cdc_raw):
             present.add(s.segment_id)
-            if not s.completed or s.offset is None or Position(s.segment_id, s.offset) > committed:
+            marked = self.quarantine is not None and self.quarantine.is_marked(s.log.name)
+            if marked and self.quarantine is not None and (s.segment_id < committed.segment_id or (
+                    s.completed and s.offset is not None and Position(s.segment_id, s.offset) <= committed)):
+                self.quarantine.move(s.log, s.idx, str(committed))
+                continue
+            if marked or not s.completed or s.offset is None or Position(s.segment_id, s.offset) > committed:
                 continue
             with contextlib.suppress(FileNotFoundError):
                 s.log.unlink()

@@ -28,7 +28,7 @@ from typing import Any
 from rich.live import Live
 from rich.table import Table
 
-from cdcpipe.config import Settings
+from cdcpipe.config import DEFAULT_HTTP_PORTS, Settings
 from cdcpipe.demo import fidelity, workload
 from cdcpipe.status import PORTS_FILE, console_for_output, figures, ports, render, run_dir
 
@@ -80,7 +80,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.require("postgres.dsn").get_secret_value()
     cdc_raw = str(settings.require("capture.cdc_raw_dir"))
     prefix = f"demo{int(time.time())}"
-    chosen = {"capture": _free_port(9401), "apply": _free_port(9402)}
+    chosen = {process: _free_port(port) for process, port in DEFAULT_HTTP_PORTS.items()}
     (folder / PORTS_FILE).write_text(json.dumps(chosen) + "\n")
     cluster = Cluster(hosts, protocol_version=5, connect_timeout=20)
     session = cluster.connect()

@@ -194,7 +194,24 @@ def test_cdcpipe_services(name: str, port: int, monkeypatch: pytest.MonkeyPatch)
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    assert load_settings().observability.http_port == port
+    assert load_settings().observability.port_for("capture" if name == "capture" else "apply") == port
+    # the healthcheck asks whether the process is alive, not whether Kafka is up (that never needs a restart)
+    test = " ".join(svc["healthcheck"]["test"])
+    assert f"http://127.0.0.1:{port}/livez" in test
+
+
+def test_processes_default_to_the_ports_the_deploy_files_use() -> None:
+    """capture and apply started side by side with default settings do not collide, and every deploy file uses
+    those defaults."""
+    from cdcpipe.config import DEFAULT_HTTP_PORTS, ObservabilitySettings
+
+    obs = ObservabilitySettings()
+    assert obs.http_port is None
+    assert {p: obs.port_for(p) for p in ("capture", "apply")} == DEFAULT_HTTP_PORTS == {"capture": 9400, "apply": 9401}
+    # one shared setting would give both the same port: it is never in the shared ConfigMap nor the shared env
+    configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
+    assert "CDCPIPE_OBSERVABILITY__HTTP_PORT" not in configmap["data"]
+    assert "CDCPIPE_OBSERVABILITY__HTTP_PORT" not in load_compose()["x-cdcpipe-env"]
 
 
 def test_prometheus_scrapes_capture_and_apply() -> None:
@@ -269,15 +286,26 @@ def test_k8s_manifests() -> None:
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == "9401"
     (container,) = pod["spec"]["containers"]
     assert container["args"] == ["apply"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/health", "port": 9401}
+    assert container["ports"][0]["containerPort"] == 9401
+    assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 9401}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": 9401}
 
     sts = by_kind_name[("StatefulSet", "cassandra")]
     containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
     capture, cassandra = containers["capture"], containers["cassandra"]
     assert capture["args"] == ["capture"]
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert capture[probe]["httpGet"] == {"path": "/health", "port": 9400}
+    assert capture["ports"][0]["containerPort"] == 9400
+    assert sts["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == "9400"
+    assert capture["livenessProbe"]["httpGet"] == {"path": "/livez", "port": 9400}
+    # A pod is Ready only when every container is: a capture readiness gate would hold the Cassandra pod (and the
+    # ordered rollout) NotReady during a Kafka outage.  Either no gate, or pods managed in parallel, with the reason.
+    gated = any(k in capture for k in ("readinessProbe", "startupProbe"))
+    parallel = sts["spec"].get("podManagementPolicy") == "Parallel"
+    assert not gated or parallel, "the capture sidecar must not gate the Cassandra pod's readiness"
+    assert "Why the capture sidecar has no readiness probe" in (k8s / "README.md").read_text()
+    for c in (capture, cassandra):  # nothing in the pod probes cdcpipe's readiness
+        for probe in ("readinessProbe", "startupProbe", "livenessProbe"):
+            assert "/readyz" not in str(c.get(probe)) and "/health" not in str(c.get(probe))
     shared = {m["name"]: m["mountPath"] for m in cassandra["volumeMounts"]}
     capture_mounts = {m["name"]: m["mountPath"] for m in capture["volumeMounts"]}
     claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
@@ -299,3 +327,31 @@ def test_grafana_dashboard_json() -> None:
         exprs = " ".join(t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", []))
         missing = {m for m in METRICS if m not in exprs}
         assert not missing, f"{path.name} does not chart {sorted(missing)}"
+
+
+def _size(text: str | None, default: int) -> int:
+    """A cassandra.yaml data size (``32MiB``) in bytes; ``default`` when unset."""
+    if text is None:
+        return default
+    number = str(text).rstrip("BKMGi")
+    return int(number) * {"KiB": 1024, "MiB": 1024**2, "GiB": 1024**3}.get(str(text)[len(number):], 1)
+
+
+def test_message_limit_covers_the_largest_mutation_of_the_deployed_cassandra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """capture's commitlog_segment_size (which sizes kafka.max_message_bytes) is at least the node's, in compose and
+    in the Kubernetes example, so the largest mutation Cassandra logs fits in one Kafka message."""
+    from cdcpipe.config import DEFAULT_COMMITLOG_SEGMENT_SIZE, load_settings
+
+    k8s = [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "capture-sidecar.yaml").read_text()) if d]
+    k8s_yaml = next(d for d in k8s if d["metadata"]["name"] == "cassandra-cdc-config")["data"]["cassandra.yaml"]
+    compose_yaml = (DEPLOY / "cassandra" / "cassandra.yaml").read_text()
+    for key in list(os.environ):
+        if key.startswith("CDCPIPE_"):
+            monkeypatch.delenv(key)
+    for key, value in env_of(load_compose()["services"]["capture"]).items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    for text in (compose_yaml, k8s_yaml):
+        node = _size(yaml.safe_load(text).get("commitlog_segment_size"), DEFAULT_COMMITLOG_SEGMENT_SIZE)
+        assert settings.capture.commitlog_segment_size >= node
+        assert settings.kafka.message_bytes() >= node  # half a segment, each value twice

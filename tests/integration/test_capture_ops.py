@@ -105,7 +105,8 @@ def test_health_is_200_when_reading_and_connected(session: Session, settings: Se
     cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log", **ops_env(port)).start()
     try:
         _, body = wait_for(port, "/health", 200, 60)
-        assert json.loads(body) == {"status": "ok", "conditions": {"reading": "ok", "kafka": "ok", "cassandra": "ok"}}
+        assert json.loads(body) == {"status": "ok", "conditions": {"reading": "ok", "kafka": "ok", "cassandra": "ok",
+                                                                   "quarantine": "ok", "stalled": "ok"}}
         rc, _ = cap.terminate()
         assert rc == 0
     finally:
@@ -181,9 +182,9 @@ def _segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int)
     return seg
 
 
-def test_section_errors_and_segments_deleted_move(settings: Settings, tmp_path: Path) -> None:
+def test_section_errors_and_segments_quarantined_move(settings: Settings, tmp_path: Path) -> None:
     """A copy of a real segment, damaged in the middle and marked COMPLETED: the damage is counted, the segment
-    is shipped past it and deleted."""
+    is shipped past it and moved to the quarantine (never deleted), and /health says so."""
     source: Path = settings.require("capture.cdc_raw_dir")
     cdc_raw = tmp_path / "cdc_raw"
     cdc_raw.mkdir()
@@ -199,18 +200,25 @@ def test_section_errors_and_segments_deleted_move(settings: Settings, tmp_path: 
     cap = CaptureProcess(unique("itops"), "none.none", tmp_path / "capture.log",
                          **ops_env(port, CDCPIPE_CAPTURE__CDC_RAW_DIR=str(cdc_raw))).start()
     try:
-        wait_for(port, "/health", 200, 60)
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 60
         text = ""
         while time.monotonic() < deadline:
-            _, text = get(port, "/metrics")
-            if (metric_value(text, "cdcpipe_capture_segments_deleted_total") or 0) >= 1:
+            try:
+                _, text = get(port, "/metrics")
+            except OSError:  # not listening yet
+                time.sleep(0.2)
+                continue
+            if (metric_value(text, "cdcpipe_capture_segments_moved_to_quarantine_total") or 0) >= 1:
                 break
             time.sleep(0.2)
         assert (metric_value(text, "cdcpipe_capture_section_errors_total") or 0) >= 1
-        assert metric_value(text, "cdcpipe_capture_segments_deleted_total") == 1
+        assert metric_value(text, "cdcpipe_capture_segments_moved_to_quarantine_total") == 1
+        assert metric_value(text, "cdcpipe_capture_segments_deleted_total") == 0
         assert (metric_value(text, "cdcpipe_capture_mutations_read_total") or 0) > 0
         assert not (cdc_raw / seg.log.name).exists() and not (cdc_raw / seg.idx.name).exists()
+        assert (tmp_path / "cdc_quarantine" / seg.log.name).exists()
+        _, body = wait_for(port, "/health", 503, 10)
+        assert seg.log.name in json.loads(body)["conditions"]["quarantine"]
         rc, _ = cap.terminate()
         assert rc == 0
     finally:

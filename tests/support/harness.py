@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import json
 import os
 import sys
 import threading
@@ -172,8 +173,13 @@ class EventLog:
 
 
 def dlq_messages(bootstrap: str, prefix: str) -> dict[str, int]:
-    """Messages on ``<prefix>.dlq`` (apply) and ``<prefix>.capture-dlq`` (capture); absent topics count 0."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-dlq", 8)})
+    """Messages on ``<prefix>.dlq`` (apply) and ``<prefix>.capture-dlq`` (capture); absent topics count 0.
+
+    Capture-DLQ records of cause ``unknown_table`` are not counted: the shared node's ``cdc_raw`` holds entries of
+    tables that earlier tests dropped, which capture dead-letters (never skips) when it starts from the oldest
+    segment; this run's tables exist for the whole run, so none of its entries can be among them."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-dlq", 8), "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
     out = {}
     try:
         for topic in (f"{prefix}.dlq", f"{prefix}.capture-dlq"):
@@ -182,11 +188,34 @@ def dlq_messages(bootstrap: str, prefix: str) -> dict[str, int]:
             if meta is not None and meta.error is None:
                 for p in meta.partitions:
                     low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                    n += high - low
+                    if topic.endswith(".capture-dlq"):
+                        n += sum(1 for r in read_range(c, topic, p, low, high)
+                                 if json.loads(r).get("cause") != "unknown_table")
+                    else:
+                        n += high - low
             out[topic] = n
     finally:
         c.close()
     return out
+
+
+def read_range(c: Consumer, topic: str, partition: int, low: int, high: int, timeout_s: float = 30.0) -> list[bytes]:
+    """The values of ``topic[partition]`` from ``low`` up to ``high`` (transaction markers make gaps)."""
+    c.assign([TopicPartition(topic, partition, low)])
+    values: list[bytes] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is None:
+            if c.position([TopicPartition(topic, partition)])[0].offset >= high:
+                break
+            continue
+        if m.error() is None:
+            values.append(bytes(m.value() or b""))
+        if (m.offset() or 0) + 1 >= high:
+            break
+    c.unassign()
+    return values
 
 
 # ---------------------------------------------------------------------------------------------- PostgreSQL side

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from cdcpipe.cli import main
-from cdcpipe.config import env_name, load_settings
+from cdcpipe.config import MIB, Settings, env_name, is_secret_key, load_settings, replication_factor
 from cdcpipe.errors import ConfigError
 
 
@@ -121,3 +122,97 @@ def test_cli_reports_bad_settings_in_one_line_with_status_2(
     assert "kafka.security_protocol (CDCPIPE_KAFKA__SECURITY_PROTOCOL)" in err
     assert "Traceback" not in err
 
+
+
+def test_capture_and_apply_default_to_different_ports(monkeypatch: pytest.MonkeyPatch) -> None:
+    obs = load_settings().observability
+    assert obs.http_port is None
+    assert (obs.port_for("capture"), obs.port_for("apply")) == (9400, 9401)
+    monkeypatch.setenv("CDCPIPE_OBSERVABILITY__HTTP_PORT", "9555")
+    assert load_settings().observability.port_for("apply") == 9555
+
+
+def test_topic_replication_defaults_to_min_3_brokers_and_1_only_when_explicit(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().capture.topic_replication is None
+    assert [replication_factor(None, n) for n in (1, 2, 3, 5)] == [1, 2, 3, 3]
+    assert replication_factor(1, 5) == 1  # an explicit choice is kept
+    with pytest.raises(ConfigError, match="CDCPIPE_CAPTURE__TOPIC_REPLICATION"):
+        replication_factor(None, 0)
+    monkeypatch.setenv("CDCPIPE_CAPTURE__TOPIC_REPLICATION", "1")
+    assert load_settings().capture.topic_replication == 1
+
+
+@pytest.mark.parametrize(("key", "secret"), [
+    ("ssl.key.password", True), ("ssl.key.pem", True), ("ssl.keystore.password", True),
+    ("sasl.password", True), ("sasl.oauthbearer.client.secret", True), ("sasl.oauthbearer.config", True),
+    ("sasl.oauthbearer.assertion.private.key.passphrase", True), ("api_key", True), ("vault.token", True),
+    ("ssl.key.location", False), ("ssl.keystore.location", False), ("ssl.ca.location", False),
+    ("sasl.oauthbearer.token.endpoint.url", False), ("sasl.oauthbearer.assertion.private.key.file", False),
+    ("sasl.oauthbearer.client.id", False), ("sasl.mechanism", False), ("sasl.username", False),
+    ("client.id", False), ("linger.ms", False), ("keystore", False), ("topic_prefix", False),
+])
+def test_which_keys_name_a_secret(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+def test_every_setting_that_names_a_secret_is_a_secret_str() -> None:
+    """A field whose name names a secret must be SecretStr, or it would be shown (fields added later included)."""
+    def walk(model: type[BaseModel], prefix: str) -> list[str]:
+        bad = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                bad += walk(ann, f"{prefix}{name}.")
+            elif is_secret_key(name) and "SecretStr" not in str(ann):
+                bad.append(prefix + name)
+        return bad
+
+    assert walk(Settings, "") == []
+
+
+def test_kafka_extra_secrets_are_hidden_everywhere_settings_are_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CDCPIPE_KAFKA__EXTRA", '{"ssl.key.password": "pl4nted-keypw", "ssl.key.location": '
+                       '"/etc/kafka/client.key", "sasl.oauthbearer.client.secret": "pl4nted-oauth"}')
+    s = load_settings()
+    assert s.kafka.client_config()["ssl.key.password"] == "pl4nted-keypw"  # the client still gets it
+    shown = s.redacted()["kafka"]["extra"]
+    assert shown == {"ssl.key.password": "**********", "ssl.key.location": "/etc/kafka/client.key",
+                     "sasl.oauthbearer.client.secret": "**********"}
+    for text in (repr(s), str(s), repr(s.kafka), str(s.kafka)):
+        assert "pl4nted" not in text and "/etc/kafka/client.key" in text
+    assert main(["config"]) == 0 and main(["config", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert "pl4nted" not in out and "/etc/kafka/client.key" in out
+
+
+def test_message_size_follows_the_commit_log_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The largest mutation is half a segment; its event carries each value twice, plus an envelope."""
+    s = load_settings()
+    assert s.capture.commitlog_segment_size == 32 * MIB
+    assert s.kafka.max_message_bytes == 33 * MIB
+    conf = s.kafka.client_config()
+    assert s.kafka.topic_config() == {"max.message.bytes": str(33 * MIB)}
+    assert int(conf["message.max.bytes"]) >= 33 * MIB
+    fetch = s.kafka.fetch_config()
+    assert fetch["max.partition.fetch.bytes"] >= 33 * MIB and fetch["fetch.max.bytes"] >= 33 * MIB
+    assert int(conf["receive.message.max.bytes"]) >= fetch["fetch.max.bytes"] + 512  # librdkafka's rule
+    monkeypatch.setenv("CDCPIPE_CAPTURE__COMMITLOG_SEGMENT_SIZE", str(64 * MIB))
+    assert load_settings().kafka.max_message_bytes == 65 * MIB
+    monkeypatch.setenv("CDCPIPE_KAFKA__MAX_MESSAGE_BYTES", str(70 * MIB))
+    assert load_settings().kafka.max_message_bytes == 70 * MIB  # set explicitly: kept
+    # below what the largest mutation needs: refused, naming both settings (it would stop capture at that mutation)
+    monkeypatch.setenv("CDCPIPE_KAFKA__MAX_MESSAGE_BYTES", str(5 * MIB))
+    with pytest.raises(ConfigError, match=r"^invalid settings: kafka\.max_message_bytes \(CDCPIPE_KAFKA__MAX_MESSAGE_"
+                       r"BYTES\) is 5242880, below the 68157440 bytes .*CDCPIPE_CAPTURE__COMMITLOG_SEGMENT_SIZE"):
+        load_settings()
+    monkeypatch.setenv("CDCPIPE_CAPTURE__COMMITLOG_SEGMENT_SIZE", str(4 * MIB))
+    assert load_settings().kafka.max_message_bytes == 5 * MIB  # enough for 4 MiB segments
+
+
+def test_status_looks_for_the_default_ports(tmp_path: Path) -> None:
+    """``cdcpipe status`` without a demo run folder reads capture and apply on their default ports."""
+    from cdcpipe.status import ports
+
+    assert ports(tmp_path) == ("http://127.0.0.1:9400/metrics", "http://127.0.0.1:9401/metrics")

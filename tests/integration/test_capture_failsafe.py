@@ -1,0 +1,204 @@
+"""Capture fails loud and never loses, against the real stack: a table switched to ``cdc = true`` while capture runs
+is captured from its first write after the switch (and again after switching off and on); a damaged segment is
+shipped up to its damage, its damaged entry dead-lettered with its bytes, and the segment moved to the quarantine
+with a readiness reason naming it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+from cassandra.cluster import Session
+from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+from cdcpipe.capture.segment import Entry, SegmentReader
+from cdcpipe.config import Settings
+from cdcpipe.model import ChangeEvent
+from tests.integration.test_capture_ops import _segment_with_durable_data, get, ops_env, wait_for
+from tests.support.capturekit import CaptureProcess, EventReader
+from tests.support.processes import free_port, metric_value, unique
+from tests.support.stack import private_stack, stack_cmd, stack_dir
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def keys_of(events: list[ChangeEvent]) -> set[int]:
+    return {int(e.partition_key[0]) for e in events}
+
+
+def test_a_table_switched_to_cdc_while_capture_runs_is_captured(session: Session, settings: Settings,
+                                                                tmp_path: Path) -> None:
+    ks = unique("itfs")
+    session.execute(f"CREATE KEYSPACE {ks} WITH replication = {{'class': 'SimpleStrategy', 'replication_factor': 1}}")
+    session.execute(f"CREATE TABLE {ks}.on_t (k int PRIMARY KEY, v text) WITH cdc = true")
+    session.execute(f"CREATE TABLE {ks}.late (k int PRIMARY KEY, v text) WITH cdc = false")
+    prefix, port = unique("itfs"), free_port()
+    cap = CaptureProcess(prefix, f"{ks}.*", tmp_path / "capture.log", **ops_env(port)).start()
+    on = EventReader(settings.kafka.bootstrap_servers, prefix, f"{prefix}.{ks}.on_t")
+    late = EventReader(settings.kafka.bootstrap_servers, prefix, f"{prefix}.{ks}.late")
+    try:
+        wait_for(port, "/health", 200, 60)
+        session.execute(f"INSERT INTO {ks}.late (k, v) VALUES (-1, 'before the switch')")
+        session.execute(f"INSERT INTO {ks}.on_t (k, v) VALUES (1, 'x')")
+        on.poll_until(lambda ev: len(ev) >= 1, 60)  # capture has read this keyspace's schema: late is cdc = false
+        session.execute(f"ALTER TABLE {ks}.late WITH cdc = true")
+        for k in range(10):
+            session.execute(f"INSERT INTO {ks}.late (k, v) VALUES ({k}, 'after the switch')")
+        events = late.poll_until(lambda ev: keys_of(ev) >= set(range(10)), 60)
+        assert keys_of(events) >= set(range(10)), keys_of(events)
+
+        session.execute(f"ALTER TABLE {ks}.late WITH cdc = false")
+        session.execute(f"INSERT INTO {ks}.late (k, v) VALUES (-2, 'while off')")
+        session.execute(f"ALTER TABLE {ks}.late WITH cdc = true")
+        for k in range(100, 110):
+            session.execute(f"INSERT INTO {ks}.late (k, v) VALUES ({k}, 'after switching on again')")
+        events = late.poll_until(lambda ev: keys_of(ev) >= set(range(100, 110)), 60)
+        assert keys_of(events) >= set(range(100, 110)), keys_of(events)
+        _, text = get(port, "/metrics")
+        reloads = sum(metric_value(text, "cdcpipe_capture_schema_reloads_total", trigger=t) or 0
+                      for t in ("event", "recheck"))
+        assert reloads >= 2
+        rc, _ = cap.terminate()
+        assert rc == 0
+    finally:
+        cap.kill()
+        on.close()
+        late.close()
+        session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+
+
+def capture_dlq(bootstrap: str, prefix: str, want: int, timeout: float) -> list[dict[str, object]]:
+    topic = f"{prefix}.capture-dlq"
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("itfs"), "isolation.level": "read_committed",
+                  "enable.partition.eof": True, "auto.offset.reset": "earliest"})
+    out: list[dict[str, object]] = []
+    try:
+        c.assign([TopicPartition(topic, 0, -2)])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(out) < want:
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            err = msg.error()
+            if err is not None:
+                assert err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART), err
+                continue
+            out.append(json.loads(msg.value() or b"{}"))
+    finally:
+        c.close()
+    return out
+
+
+def test_a_damaged_segment_is_shipped_dead_lettered_and_quarantined(settings: Settings, tmp_path: Path) -> None:
+    source: Path = settings.require("capture.cdc_raw_dir")
+    cdc_raw = tmp_path / "cdc_raw"
+    cdc_raw.mkdir()
+    seg = _segment_with_durable_data(settings, source, 64 * 1024)
+    copy = cdc_raw / seg.log.name
+    shutil.copy(seg.log, copy)
+    (cdc_raw / seg.idx.name).write_text(f"{seg.offset}\nCOMPLETED")
+    entries = [e for e in SegmentReader(copy).read(limit=seg.offset) if isinstance(e, Entry)]
+    victim = entries[len(entries) // 2]
+    with open(copy, "r+b") as f:  # one byte of one entry's data: its CRC fails, its size is intact
+        f.seek(victim.start + 8 + 3)
+        byte = f.read(1)
+        f.seek(victim.start + 8 + 3)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    damaged = bytearray(victim.data)
+    damaged[3] ^= 0xFF
+    prefix, port = unique("itfs"), free_port()
+    cap = CaptureProcess(prefix, "none.none", tmp_path / "capture.log",
+                         **ops_env(port, CDCPIPE_CAPTURE__CDC_RAW_DIR=str(cdc_raw))).start()
+    try:
+        status, body = wait_for(port, "/health", 503, 60)
+        deadline = time.monotonic() + 30
+        while "quarantine" not in json.loads(body)["conditions"] or json.loads(body)["conditions"][
+                "quarantine"] == "ok":
+            assert time.monotonic() < deadline, body
+            time.sleep(0.5)
+            status, body = get(port, "/health")
+        assert status == 503 and seg.log.name in json.loads(body)["conditions"]["quarantine"]
+        records = [r for r in capture_dlq(settings.kafka.bootstrap_servers, prefix, 10_000, 20)
+                   if r.get("cause") == "entry_crc"]
+        assert len(records) == 1, records
+        [record] = records
+        assert bytes.fromhex(str(record["entry_hex"])) == bytes(damaged)
+        assert record["position"] == f"{seg.segment_id}:{victim.start}"
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "cdc_quarantine" / seg.log.name).exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert not copy.exists()
+        info = json.loads((tmp_path / "cdc_quarantine" / f"{seg.log.name}.json").read_text())
+        assert info["cause"] == "entry_crc"
+        _, text = get(port, "/metrics")
+        assert metric_value(text, "cdcpipe_capture_dead_letter_records_total", cause="entry_crc") == 1
+        assert metric_value(text, "cdcpipe_capture_segments_quarantined_total", cause="entry_crc") == 1
+        assert metric_value(text, "cdcpipe_capture_segments_deleted_total") == 0
+        rc, _ = cap.terminate()
+        assert rc == 0
+    finally:
+        cap.kill()
+
+
+def kafka_knobs() -> dict[str, str]:
+    base = stack_dir()
+    return {"CDCPIPE_STACK_DIR": str(base / "aux" / "capture-failsafe-kafka"),
+            "CDCPIPE_STACK_CACHE": str(base / "cache"), "CDCPIPE_STACK_SERVICES": "kafka",
+            "CDCPIPE_STACK_KAFKA_PORT": "19192"}
+
+
+@pytest.mark.timeout(900)
+def test_capture_waits_out_a_kafka_outage_and_loses_nothing(session: Session, tmp_path: Path) -> None:
+    """A private Kafka (the shared one is never stopped) goes down for 120 s mid-stream: capture stays up, /health
+    says 503 naming Kafka, and every write made before, during and after the outage arrives once Kafka is back.
+    (Before: capture gave up after 5 failed attempts of 30 s and exited.)"""
+    knobs = kafka_knobs()
+    with private_stack(knobs) as env:
+        bootstrap = env.bootstrap
+        ks = unique("itfs")
+        session.execute(f"CREATE KEYSPACE {ks} WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute(f"CREATE TABLE {ks}.t (k int PRIMARY KEY, v text) WITH cdc = true")
+        prefix, port = unique("itfs"), free_port()
+        cap = CaptureProcess(prefix, f"{ks}.*", tmp_path / "capture.log",
+                             **ops_env(port, CDCPIPE_KAFKA__BOOTSTRAP_SERVERS=bootstrap)).start()
+        try:
+            wait_for(port, "/health", 200, 120)
+            for k in range(20):
+                session.execute(f"INSERT INTO {ks}.t (k, v) VALUES ({k}, 'before')")
+            reader = EventReader(bootstrap, prefix, f"{prefix}.{ks}.t")
+            try:
+                reader.poll_until(lambda ev: keys_of(ev) >= set(range(20)), 60)
+            finally:
+                reader.close()
+            down = stack_cmd(knobs, "down", "--service", "kafka", timeout=120)
+            assert down.returncode == 0, down.stderr
+            for k in range(20, 40):
+                session.execute(f"INSERT INTO {ks}.t (k, v) VALUES ({k}, 'during')")
+            _, body = wait_for(port, "/health", 503, 60)
+            assert json.loads(body)["conditions"]["kafka"] != "ok"
+            time.sleep(120)
+            assert cap.proc is not None and cap.proc.poll() is None, cap.tail()
+            up = stack_cmd(knobs, "up", timeout=400)
+            assert up.returncode == 0, up.stderr
+            for k in range(40, 60):
+                session.execute(f"INSERT INTO {ks}.t (k, v) VALUES ({k}, 'after')")
+            reader = EventReader(bootstrap, prefix, f"{prefix}.{ks}.t")
+            try:
+                events = reader.poll_until(lambda ev: keys_of(ev) >= set(range(60)), 180)
+            finally:
+                reader.close()
+            assert keys_of(events) >= set(range(60)), sorted(set(range(60)) - keys_of(events))
+            wait_for(port, "/health", 200, 60)
+            _, text = get(port, "/metrics")
+            print("kafka retries:", metric_value(text, "cdcpipe_capture_kafka_retries_total"),
+                  "failed transactions:", metric_value(text, "cdcpipe_capture_transactions_total", outcome="failed"))
+            rc, _ = cap.terminate()
+            assert rc == 0
+        finally:
+            cap.kill()
+            session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
