@@ -43,8 +43,8 @@ from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
-from cdcpipe.config import KafkaSettings, Settings
-from cdcpipe.errors import KafkaProduceError, SchemaError, SegmentQuarantineError
+from cdcpipe.config import KafkaSettings, Settings, env_name, max_message_bytes_for
+from cdcpipe.errors import ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 from cdcpipe.topics import positions_topic
@@ -103,6 +103,7 @@ class Capture:
         builder = BatchBuilder(follower, schemas, TableFilter(c.include_tables, c.exclude_tables), origin,
                                settings.kafka.topic_prefix, producer.ensure_topic, watcher=watcher,
                                recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s)
+        _check_message_size(settings, node_size(source.session, "commitlog_segment_size"))
         total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
         log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),
                  source="capture.cdc_total_space" if c.cdc_total_space else "node or default")
@@ -282,16 +283,33 @@ _UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3, "TiB
 def node_cdc_total_space(session: Any) -> int | None:
     """The node's ``cdc_total_space`` in bytes, from ``system_views.settings`` (Cassandra 4.0+); None when it
     cannot be read (blocking)."""
-    for name, unit in (("cdc_total_space", None), ("cdc_total_space_in_mb", "MiB")):
+    return node_size(session, "cdc_total_space")
+
+
+def node_size(session: Any, setting: str) -> int | None:
+    """A size setting of the node in bytes (``setting``, or its pre-4.1 ``<setting>_in_mb``) from
+    ``system_views.settings``; None when it cannot be read (blocking)."""
+    for name, unit in ((setting, None), (f"{setting}_in_mb", "MiB")):
         try:
             row = next(iter(session.execute(f"SELECT value FROM system_views.settings WHERE name = '{name}'")), None)
         except Exception as exc:  # driver errors: fall back to the default
-            log.warning("cannot read the node's cdc_total_space", error=str(exc))
+            log.warning("cannot read a setting of the node", setting=name, error=str(exc))
             return None
         m = _SIZE.match(str(row.value)) if row is not None and row.value is not None else None
         if m is not None and int(m.group(1)) > 0:
             return int(m.group(1)) * _UNITS[m.group(2) or unit]
     return None
+
+
+def _check_message_size(settings: Settings, node_segment: int | None) -> None:
+    """Refuse to start when the node logs mutations larger than ``kafka.max_message_bytes`` can carry: such an
+    event could never be produced, and capture would stop at it (fail at start, with what to set, instead)."""
+    if node_segment is None or max_message_bytes_for(node_segment) <= settings.kafka.message_bytes():
+        return
+    raise ConfigError(
+        f"the node's commitlog_segment_size is {node_segment} bytes: its largest mutation makes an event of up to "
+        f"{max_message_bytes_for(node_segment)} bytes, above kafka.max_message_bytes "
+        f"({settings.kafka.message_bytes()}); set {env_name('capture.commitlog_segment_size')}={node_segment}")
 
 
 def _backoff(failures: int, cap: float) -> float:
