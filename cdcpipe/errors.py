@@ -199,13 +199,14 @@ RETRIABLE_SQLSTATE_CLASSES = frozenset({"08", "40", "53", "57", "58"})
 RETRIABLE_SQLSTATES = frozenset({"55P03"})
 # Whose fault a PostgreSQL error is.  The record's: data exception (22), integrity constraint (23), program limit
 # (54: e.g. a row too large for an index): those rows are isolated and dead-lettered.  Transient: the classes and
-# states above that clear up by themselves (statement timeout 57014 included) are retried quietly.  Every other
+# states above that clear up by themselves (statement timeout 57014, a server starting or crashed 57P02/57P03
+# included) are retried quietly.  Every other
 # SQLSTATE (read-only transaction 25006, insufficient privilege 42501, undefined table/column 42P01/42703, disk
 # full 53100, admin shutdown 57P01, ...) is the table's or the server's: the batch is held, retried with backoff
 # and reported until someone fixes the cause (:class:`TableFaultError`).
 RECORD_SQLSTATE_CLASSES = frozenset({"22", "23", "54"})
 TRANSIENT_SQLSTATE_CLASSES = frozenset({"08", "40"})
-TRANSIENT_SQLSTATES = frozenset({"55P03", "57014"})
+TRANSIENT_SQLSTATES = frozenset({"55P03", "57014", "57P02", "57P03"})
 
 
 def postgres_error(exc: BaseException, *, table: str = "", topic: str = "", partition: int = -1,

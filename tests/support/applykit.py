@@ -1,18 +1,21 @@
 """Helpers for apply tests: events in the real Avro encoding produced with a transactional producer, apply's
 pipeline run in the test's event loop, ``cdcpipe apply`` as a child process (kill -9, SIGTERM, /health, /metrics), a
-checkpoint audit trigger, the mirror tables' content and dumps, and a seeded workload over the merge-kit tables."""
+checkpoint audit trigger, the mirror tables' content and dumps, a seeded workload over the merge-kit tables, and
+for outage tests: that workload as a live stream, readiness watched, dead letters counted, a database of one's own."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
+import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import asyncpg
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -389,3 +392,139 @@ class Workload:
         ev = self.rnd.choice(self.sent[-200:]) if duplicate else self._one()
         self.sent.append(ev)
         return ev
+
+
+# ---------------------------------------------------------------------------------------------- outages
+
+@contextlib.asynccontextmanager
+async def private_database(dsn: str) -> AsyncIterator[str]:
+    """The DSN of a database of its own on the server of ``dsn``, dropped afterwards (its sessions ended)."""
+    name = f"cdcpipe_it_{uuid.uuid4().hex[:8]}"
+    base, _, rest = dsn.rpartition("/")
+    query = rest.partition("?")[2]
+    admin = await asyncpg.connect(dsn)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield f"{base}/{name}" + (f"?{query}" if query else "")
+        finally:
+            await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
+class LiveStream:
+    """``work``'s events as a steady live stream from a thread: every ``period_s``, one committed transaction of
+    ``per_tx`` events (:class:`TxProducer`), each to its table's topic in ``topics``.
+
+    :meth:`hold` returns once no transaction is in flight and sends none until :meth:`release` (for a Kafka outage:
+    nothing is half-sent when the broker stops), which resumes with a new producer.  A failed send ends the stream;
+    :meth:`stop` raises it.  Every event sent is in ``work.sent``."""
+
+    def __init__(self, kafka: dict[str, Any], work: Workload, topics: Mapping[str, str], per_tx: int = 20,
+                 period_s: float = 0.1) -> None:
+        self._kafka, self.work, self._topics = kafka, work, dict(topics)
+        self._tables = {name: mk.TABLES[name] for name in self._topics}
+        self._schemas = {name: avro.table_schema(t) for name, t in self._tables.items()}
+        self._per_tx, self._period = per_tx, period_s
+        self._lock = threading.Lock()  # held while a transaction is sent
+        self._held = False
+        self._producer: TxProducer | None = None
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="live-stream", daemon=True)
+        self.error: BaseException | None = None
+        self.transactions = 0
+
+    def start(self) -> Self:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                with self._lock:
+                    if not self._held:
+                        self._send(self._per_tx)
+                self._stopping.wait(self._period)
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+
+    def _send(self, events: int) -> None:
+        if self._producer is None:
+            self._producer = TxProducer(self._kafka)
+        batch = []
+        for _ in range(events):
+            ev = self.work.next()
+            name = ev.source.table
+            batch.append((self._topics[name], *encode(self._tables[name], self._schemas[name], ev)))
+        self._producer.send(batch)
+        self.transactions += 1
+
+    def send_now(self, events: int) -> None:
+        """One transaction of ``events`` events from the caller's thread, between the stream's own (held or not)."""
+        with self._lock:
+            self._send(events)
+
+    def hold(self) -> None:
+        with self._lock:
+            self._held = True
+
+    def release(self) -> None:
+        with self._lock:
+            self._held, self._producer = False, None
+
+    def stop(self, timeout: float = 60, check: bool = True) -> None:
+        """End the stream; with ``check``, a send that failed is raised (for clean-up: ``check=False``)."""
+        self._stopping.set()
+        if self._thread.ident is not None:
+            self._thread.join(timeout)
+        if check:
+            assert not self._thread.is_alive(), "the live stream did not stop"
+            if self.error is not None:
+                raise AssertionError(f"the test's own producer failed: {self.error!r}") from self.error
+
+
+@dataclasses.dataclass
+class Readiness:
+    """What a process's ``/readyz``, ``/health`` and ``/livez`` answered while a dependency was down."""
+
+    samples: int = 0
+    first_503_s: float | None = None  # seconds from the start of the watch to the first /readyz 503
+    not_ready: set[str] = dataclasses.field(default_factory=set)  # conditions failing in any 503
+    last: dict[str, str] = dataclasses.field(default_factory=dict)  # /readyz conditions of the last 503
+    wrong: list[str] = dataclasses.field(default_factory=list)  # answers that break the contract
+
+
+async def watch_readiness(proc: CdcpipeProcess, seconds: float, period_s: float = 0.5) -> Readiness:
+    """Poll ``/readyz``, ``/health`` and ``/livez`` for ``seconds`` while the process must keep running: /livez
+    answers 200 throughout, /health answers as /readyz, and once /readyz said 503 it keeps saying it (the
+    dependency stays down for the whole watch).  Breaches are collected in :attr:`Readiness.wrong`."""
+    seen = Readiness()
+    started = time.monotonic()
+    while (elapsed := time.monotonic() - started) < seconds:
+        assert proc.running, f"the process exited during the outage:\n{proc.tail()}"
+        live, _ = proc.get("/livez")
+        ready, body = proc.get("/readyz")
+        health, _ = proc.get("/health")
+        seen.samples += 1
+        at = f"{elapsed:.1f}s"
+        if live != 200:
+            seen.wrong.append(f"{at}: /livez {live}")
+        if health != ready and seen.first_503_s is not None:  # (at the very moment it turns they may differ)
+            seen.wrong.append(f"{at}: /health {health} but /readyz {ready}")
+        if ready == 503:
+            conditions = dict(json.loads(body)["conditions"])
+            seen.last = conditions
+            seen.not_ready |= {name for name, reason in conditions.items() if reason != "ok"}
+            if seen.first_503_s is None:
+                seen.first_503_s = elapsed
+        elif seen.first_503_s is not None:
+            seen.wrong.append(f"{at}: /readyz {ready} after 503, dependency still down")
+        await asyncio.sleep(period_s)
+    return seen
+
+
+async def dead_letters(pool: Any, kafka: dict[str, Any], group: str, topic: str) -> tuple[int, int]:
+    """(rows of ``cdcpipe_dlq`` for ``group``, records in the dead-letter topic ``topic``)."""
+    rows = int(await pool.fetchval("SELECT count(*) FROM cdcpipe_dlq WHERE group_id = $1", group))
+    return rows, sum(end_offsets(kafka, [topic]).values())

@@ -45,7 +45,8 @@ def test_errors_are_classified_by_whose_fault_they_are() -> None:
         assert not err.retriable and not isinstance(err, TableFaultError), exc
         assert (err.table, err.topic, err.partition, err.offset) == ("ks.t", "p.ks.t", 1, 7)
     for exc in (e.SerializationError("s"), e.DeadlockDetectedError("d"), e.LockNotAvailableError("l"),
-                e.QueryCanceledError("statement timeout"), e.ConnectionFailureError("c")):
+                e.QueryCanceledError("statement timeout"), e.ConnectionFailureError("c"),
+                e.CannotConnectNowError("the database system is shutting down"), e.CrashShutdownError("crash")):
         err = postgres_error(exc)
         assert err.retriable and not isinstance(err, TableFaultError), exc
     table = {"25006": e.ReadOnlySQLTransactionError("read-only"), "42501": e.InsufficientPrivilegeError("denied"),
