@@ -22,7 +22,6 @@ import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -32,8 +31,7 @@ from cassandra.concurrent import execute_concurrent_with_args
 
 from cdcpipe.config import MIB
 from cdcpipe.demo import fidelity
-from cdcpipe.schema import TableSchema
-from tests.support.harness import connect, dlq_messages, dlq_rows
+from tests.support.harness import connect, dlq_messages, dlq_rows, wait_until_equal
 from tests.support.processes import CdcpipeProcess, metric_sum, unique
 from tests.support.stack import StackEnv, private_stack, stack_dir
 
@@ -151,20 +149,7 @@ def run(node: StackEnv, session: Session, tmp_path: Path) -> None:
         acked.update(more)
 
         # 3. every acknowledged row is in PostgreSQL exactly; Cassandra holds nothing else
-        tables = fidelity.load_tables(session, ks)
-        raw_cluster, raw = fidelity.raw_session(node.hosts)
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                assert cap.running and app.running, f"{cap.tail()}\n{app.tail()}"
-                report = asyncio.run(_compare(node.dsn, raw, tables))
-                if report.ok:
-                    break
-                assert time.monotonic() < deadline, "\n".join(
-                    [*report.lines(10), "--- capture", cap.tail(15), "--- apply", app.tail(15)])
-                time.sleep(1)
-        finally:
-            raw_cluster.shutdown()
+        report = wait_until_equal(session, ks, node.hosts, node.dsn, [cap, app], 180)
         print("\n".join(report.lines(5)))
         assert asyncio.run(_keys(node.dsn, f'SELECT k FROM "{ks}".t')) == acked
         assert {r.k for r in session.execute(f"SELECT k FROM {ks}.t")} == acked
@@ -187,14 +172,6 @@ def run(node: StackEnv, session: Session, tmp_path: Path) -> None:
         app.stop()
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}", timeout=120)
         asyncio.run(fidelity.drop_mirror(node.dsn, ks))
-
-
-async def _compare(dsn: str, raw: Any, tables: list[TableSchema]) -> fidelity.Report:
-    conn = await asyncpg.connect(dsn)
-    try:
-        return await fidelity.compare(raw, conn, tables)
-    finally:
-        await conn.close()
 
 
 async def _keys(dsn: str, query: str) -> set[int]:

@@ -218,6 +218,34 @@ def read_range(c: Consumer, topic: str, partition: int, low: int, high: int, tim
     return values
 
 
+def wait_until_equal(session: Session, keyspace: str, hosts: list[str], dsn: str,
+                     procs: list[CdcpipeProcess], timeout_s: float) -> fidelity.Report:
+    """Compare every table of ``keyspace`` (Cassandra at ``hosts`` against PostgreSQL at ``dsn``) once a second
+    until they are equal; fails when one of ``procs`` stops or after ``timeout_s`` with the differences and the
+    processes' last log lines."""
+    tables = fidelity.load_tables(session, keyspace)
+    raw_cluster, raw = fidelity.raw_session(hosts)
+
+    async def compare() -> fidelity.Report:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await fidelity.compare(raw, conn, tables)
+        finally:
+            await conn.close()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert all(p.running for p in procs), "\n".join(p.tail() for p in procs)
+            report = asyncio.run(compare())
+            if report.ok:
+                return report
+            assert time.monotonic() < deadline, "\n".join(
+                [*report.lines(10), *(f"--- {p.tail(15)}" for p in procs)])
+            time.sleep(1)
+    finally:
+        raw_cluster.shutdown()
+
+
 # ---------------------------------------------------------------------------------------------- PostgreSQL side
 
 AUDIT_DDL = [
