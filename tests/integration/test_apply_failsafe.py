@@ -19,18 +19,14 @@ from typing import Any
 
 import asyncpg
 import pytest
-from confluent_kafka import Producer
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-from cdcpipe import avro
 from cdcpipe.apply import pipeline
 from cdcpipe.apply.tables import ident
 from cdcpipe.config import Settings
 from cdcpipe.runtime import Health
-from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, wait_for
+from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, tx_topics, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -71,12 +67,7 @@ async def test_table_faults_hold_the_partition_and_resume(settings: Settings,
     prefix = f"itf{uuid.uuid4().hex[:8]}"
     topic, schemas_topic = f"{prefix}.ks.tx", f"{prefix}.schemas"
     kafka = settings.kafka.client_config()
-    kadmin = AdminClient(kafka)
-    for f in kadmin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
-        f.result(30)
-    schema = avro.table_schema(TX)
-    producer = Producer(kafka)
-    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    kadmin, producer, schema = tx_topics(kafka, topic, schemas_topic)
     assert producer.flush(30) == 0
     expected: dict[str, tuple[int | None, str | None]] = {}
     ts = iter(range(10, 10**6))
@@ -210,12 +201,7 @@ async def test_column_dropped_while_apply_is_stopped_is_not_re_added(settings: S
     prefix = f"itf{uuid.uuid4().hex[:8]}"
     topic, schemas_topic = f"{prefix}.ks.tx", f"{prefix}.schemas"
     kafka = settings.kafka.client_config()
-    kadmin = AdminClient(kafka)
-    for f in kadmin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
-        f.result(30)
-    schema = avro.table_schema(TX)
-    producer = Producer(kafka)
-    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    kadmin, producer, schema = tx_topics(kafka, topic, schemas_topic)
     for i in range(5):
         producer.produce(topic, key=b"k", value=encode_tx(schema, event(TX, f"k{i}", 10 + i, insert=True, v=i,
                                                                         n=f"n{i}")))
@@ -274,12 +260,7 @@ async def test_stop_while_held_leaves_the_batch_to_the_next_start(settings: Sett
     prefix = f"itf{uuid.uuid4().hex[:8]}"
     topic, schemas_topic = f"{prefix}.ks.tx", f"{prefix}.schemas"
     kafka = settings.kafka.client_config()
-    kadmin = AdminClient(kafka)
-    for f in kadmin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
-        f.result(30)
-    schema = avro.table_schema(TX)
-    producer = Producer(kafka)
-    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    kadmin, producer, schema = tx_topics(kafka, topic, schemas_topic)
     producer.produce(topic, key=b"k", value=encode_tx(schema, event(TX, "k0", 10, insert=True, v=0, n="a")))
     assert producer.flush(30) == 0
     cfg = run_settings(settings, prefix, max_wait_ms=50)

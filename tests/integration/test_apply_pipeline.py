@@ -10,15 +10,13 @@ import uuid
 
 import asyncpg
 import pytest
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import Consumer
 
-from cdcpipe import avro
 from cdcpipe.apply import pipeline
 from cdcpipe.apply.tables import ident
 from cdcpipe.config import Settings
 from cdcpipe.runtime import Health
-from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, wait_for
+from tests.support.applykit import TX, drop_run, encode_tx, event, next_offset, run_settings, tx_topics, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -27,13 +25,8 @@ async def test_pipeline_applies_and_dead_letters(settings: Settings) -> None:
     prefix = f"it{uuid.uuid4().hex[:8]}"
     topic, schemas_topic, dlq_topic = f"{prefix}.ks.tx", f"{prefix}.schemas", f"{prefix}.dlq"
     kafka = settings.kafka.client_config()
-    admin = AdminClient(kafka)
     # the dead-letter topic is not created here: apply creates it when it starts
-    for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
-        f.result(30)
-    schema = avro.table_schema(TX)
-    producer = Producer(kafka)
-    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    _, producer, schema = tx_topics(kafka, topic, schemas_topic)
     events = [event(TX, "a", 10, insert=True, v=1, n="x"), event(TX, "b", 10, insert=True, v=2),
               event(TX, "a", 12, v=5), event(TX, "a", 11, v=4, n=None),  # older: v stays 5, n deleted at 11
               event(TX, "bad\x00key", 10, insert=True, v=9),               # PostgreSQL rejects this key
@@ -92,12 +85,7 @@ async def test_batch_closes_once_caught_up(settings: Settings) -> None:
     prefix = f"it{uuid.uuid4().hex[:8]}"
     topic, schemas_topic = f"{prefix}.ks.tx", f"{prefix}.schemas"
     kafka = settings.kafka.client_config()
-    admin = AdminClient(kafka)
-    for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
-        f.result(30)
-    schema = avro.table_schema(TX)
-    producer = Producer(kafka)
-    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    _, producer, schema = tx_topics(kafka, topic, schemas_topic)
     assert producer.flush(30) == 0
     cfg = run_settings(settings, prefix, max_wait_ms=60_000, max_rows=5000)
     pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)

@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from cdcpipe import avro
 from cdcpipe.apply import merge
 from cdcpipe.apply.tables import ident
+from cdcpipe.avro import EventSchema
 from cdcpipe.config import Settings
 from cdcpipe.cql import CqlType
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
@@ -528,3 +529,15 @@ async def dead_letters(pool: Any, kafka: dict[str, Any], group: str, topic: str)
     """(rows of ``cdcpipe_dlq`` for ``group``, records in the dead-letter topic ``topic``)."""
     rows = int(await pool.fetchval("SELECT count(*) FROM cdcpipe_dlq WHERE group_id = $1", group))
     return rows, sum(end_offsets(kafka, [topic]).values())
+
+
+def tx_topics(kafka: dict[str, Any], topic: str, schemas_topic: str) -> tuple[AdminClient, Producer, EventSchema]:
+    """Creates ``topic`` (the TX table's events) and ``schemas_topic``, one partition each, and produces TX's
+    event schema to the latter (not flushed); returns an admin client, the producer and the schema."""
+    admin = AdminClient(kafka)
+    for f in admin.create_topics([NewTopic(t, 1, 1) for t in (topic, schemas_topic)]).values():
+        f.result(30)
+    schema = avro.table_schema(TX)
+    producer = Producer(kafka)
+    producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
+    return admin, producer, schema
