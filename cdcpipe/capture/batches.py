@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import re
 import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -31,14 +31,13 @@ from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, fir
 from cdcpipe.capture.producer import Record
 from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.schema_watch import SchemaWatcher
-from cdcpipe.capture.segment import Position
+from cdcpipe.capture.segment import Position, segment_id_of
 from cdcpipe.errors import DamagedEntryError, MutationDecodeError, SegmentError, UnknownTableError
 from cdcpipe.model import Op
 from cdcpipe.schema import TableSchema
 from cdcpipe.topics import capture_dlq_topic, table_topic
 
 log = structlog.get_logger(__name__)
-_SEGMENT_ID = re.compile(r"CommitLog-\d+-(\d+)")
 _new: Any = tuple.__new__  # builds a NamedTuple without its Python-level __new__
 # per table schema version: (table, captured?, topic, fast encoder, Avro schema, op -> metrics label tuple)
 _Plan = tuple[TableSchema, bool, str, "TableEncoder | None", "avro.EventSchema | None", dict[str, tuple[str, str, str]]]
@@ -431,8 +430,8 @@ def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
     cause = damage_cause(error)
     metrics.SECTION_ERRORS.inc()
     metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
-    m = _SEGMENT_ID.search(path)
-    seg = int(m.group(1)) if m else -1
+    named = segment_id_of(Path(path).name)
+    seg = -1 if named is None else named
     data = error.data if isinstance(error, DamagedEntryError) else None
     at = error.logical_offset if isinstance(error, DamagedEntryError) else error.offset
     log.error("damaged segment data: recorded in the capture dead-letter topic, segment kept for quarantine",

@@ -20,7 +20,6 @@ Contract of :class:`SegmentFollower`
 from __future__ import annotations
 
 import os
-import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from cdcpipe.capture.quarantine import Quarantine
-from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor
+from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor, segment_id_of
 from cdcpipe.errors import (
     DamagedEntryError,
     DataEndsEarlyError,
@@ -37,7 +36,6 @@ from cdcpipe.errors import (
     SegmentHeaderError,
 )
 
-_LOG = re.compile(r"^CommitLog-(\d+)-(\d+)\.log$")
 _HEADER_PEEK = 64 * 1024
 _new: Any = tuple.__new__
 
@@ -90,14 +88,14 @@ def scan(cdc_raw: Path) -> list[IndexState]:
         return out
     present = set(names)
     for name in names:
-        m = _LOG.match(name)
-        if m is None:
+        segment_id = segment_id_of(name)
+        if segment_id is None:
             continue
         idx_name = name[:-4] + "_cdc.idx"
         if idx_name not in present:
             continue
         offset, completed, written = _read_index(cdc_raw / idx_name)
-        out.append(IndexState(int(m.group(2)), cdc_raw / name, cdc_raw / idx_name, offset, completed, written))
+        out.append(IndexState(segment_id, cdc_raw / name, cdc_raw / idx_name, offset, completed, written))
     out.sort(key=lambda s: s.segment_id)
     return out
 

@@ -295,10 +295,17 @@ def node_size(session: Any, setting: str) -> int | None:
         except Exception as exc:  # driver errors: fall back to the default
             log.warning("cannot read a setting of the node", setting=name, error=str(exc))
             return None
-        m = _SIZE.match(str(row.value)) if row is not None and row.value is not None else None
-        if m is not None and int(m.group(1)) > 0:
-            return int(m.group(1)) * _UNITS[m.group(2) or unit]
+        size = size_bytes(str(row.value), unit) if row is not None and row.value is not None else None
+        if size is not None:
+            return size
     return None
+
+
+def size_bytes(text: str, unit: str | None = None) -> int | None:
+    """A size as ``system_views.settings`` shows it (``1024MiB``; a bare number is in ``unit``, bytes when None) in
+    bytes; None for anything else or zero."""
+    m = _SIZE.match(text)
+    return int(m.group(1)) * _UNITS[m.group(2) or unit] if m is not None and int(m.group(1)) > 0 else None
 
 
 def _check_message_size(settings: Settings, node_segment: int | None) -> None:

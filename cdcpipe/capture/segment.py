@@ -54,7 +54,7 @@ _LE_INT = struct.Struct("<i")
 MIN_DESCRIPTOR_VERSION = 5  # 2.2 framing: readable for framing tests only (legacy mutation format)
 MAX_DESCRIPTOR_VERSION = 8
 _MESSAGING_VERSION = {6: 10, 7: 12, 8: 13}
-_FILE_NAME = re.compile(r"CommitLog-(\d+)-(\d+)\.log$")
+_FILE_NAME = re.compile(r"CommitLog-(\d+)-(\d+)\.log")
 _ZEROS4 = b"\0\0\0\0"
 _NONZERO = re.compile(rb"[^\x00]")
 MIN_ENTRY_SIZE = 10  # CommitLogReader rejects smaller serialized mutations
@@ -227,6 +227,12 @@ _DECOMPRESSORS: dict[str, Callable[[bytes, int], bytes]] = {
 }
 
 
+def segment_id_of(name: str) -> int | None:
+    """The segment id in a segment's file name ``CommitLog-<version>-<id>.log``; None for any other name."""
+    m = _FILE_NAME.fullmatch(name)
+    return int(m.group(2)) if m is not None else None
+
+
 def _decompressor(name: str) -> Callable[[bytes, int], bytes] | None:
     return _DECOMPRESSORS.get(name.rsplit(".", 1)[-1])
 
@@ -293,8 +299,8 @@ class SegmentReader:
         if type(self._data) is not bytes:  # entries are slices of it: make them bytes
             self._data = bytes(self._data)
         self.descriptor = parse_descriptor(self._data, self.path)
-        m = _FILE_NAME.search(Path(self.path).name)
-        if m is not None and int(m.group(2)) != self.descriptor.segment_id:
+        named = segment_id_of(Path(self.path).name)
+        if named is not None and named != self.descriptor.segment_id:
             raise SegmentHeaderError(self.path, 0, "segment id in header differs from file name")
         self.stats = ReadStats()
         self._ended = False
