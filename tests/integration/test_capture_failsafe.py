@@ -17,8 +17,7 @@ from confluent_kafka import Consumer, KafkaError, TopicPartition
 from cdcpipe.capture.segment import Entry, SegmentReader
 from cdcpipe.config import Settings
 from cdcpipe.model import ChangeEvent
-from tests.integration.test_capture_ops import _segment_with_durable_data, get, ops_env, wait_for
-from tests.support.capturekit import CaptureProcess, EventReader
+from tests.support.capturekit import CaptureProcess, EventReader, get, ops_env, segment_with_durable_data, wait_for
 from tests.support.processes import free_port, metric_value, unique
 from tests.support.stack import private_stack, stack_cmd, stack_dir
 
@@ -96,7 +95,7 @@ def test_a_damaged_segment_is_shipped_dead_lettered_and_quarantined(settings: Se
     source: Path = settings.require("capture.cdc_raw_dir")
     cdc_raw = tmp_path / "cdc_raw"
     cdc_raw.mkdir()
-    seg = _segment_with_durable_data(settings, source, 64 * 1024)
+    seg = segment_with_durable_data(settings, source, 64 * 1024)
     copy = cdc_raw / seg.log.name
     shutil.copy(seg.log, copy)
     (cdc_raw / seg.idx.name).write_text(f"{seg.offset}\nCOMPLETED")
@@ -202,3 +201,16 @@ def test_capture_waits_out_a_kafka_outage_and_loses_nothing(session: Session, tm
         finally:
             cap.kill()
             session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
+
+
+def test_the_nodes_sizes_are_read_from_the_node(session: Session, settings: Settings) -> None:
+    """capture takes cdc_total_space and commitlog_segment_size from the node's ``system_views.settings`` (the
+    local stack's node runs 1024 MiB and 8 MiB), and a node whose largest mutation fits starts."""
+    from cdcpipe.capture.pipeline import _check_message_size, node_cdc_total_space, node_size
+
+    mib = 1024 * 1024
+    assert node_cdc_total_space(session) == 1024 * mib
+    segment = node_size(session, "commitlog_segment_size")
+    assert segment == 8 * mib
+    _check_message_size(settings, segment)
+    assert node_size(session, "no_such_setting") is None

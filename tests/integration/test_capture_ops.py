@@ -6,47 +6,23 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cassandra.cluster import Session
 
-from cdcpipe.capture.cdc_index import scan
 from cdcpipe.config import Settings
-from tests.support.capturekit import CaptureProcess, EventReader
-from tests.support.cassandra import cluster
+from tests.support.capturekit import (
+    CaptureProcess,
+    EventReader,
+    get,
+    ops_env,
+    segment_with_durable_data,
+    wait_for,
+)
 from tests.support.processes import free_port, metric_value, unique
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-
-
-def wait_for(port: int, path: str, want: int, timeout: float) -> tuple[int, str]:
-    deadline = time.monotonic() + timeout
-    last: tuple[int, str] = (0, "")
-    while time.monotonic() < deadline:
-        try:
-            last = get(port, path)
-            if last[0] == want:
-                return last
-        except (urllib.error.URLError, OSError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{path} did not answer {want} within {timeout}s; last: {last}")
-
-
-def ops_env(port: int, **extra: str) -> dict[str, str]:
-    return {"CDCPIPE_OBSERVABILITY__HTTP_PORT": str(port), "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **extra}
 
 
 def test_health_is_503_with_the_reason_while_kafka_is_unreachable(tmp_path: Path) -> None:
@@ -155,40 +131,13 @@ def test_metrics_exist_and_move(session: Session, settings: Settings, tmp_path: 
         session.execute(f"DROP KEYSPACE IF EXISTS {ks}")
 
 
-def _segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int) -> Any:
-    """A segment of the shared node holding at least ``at_least`` durable bytes, writing CDC data until one does
-    (on a fresh stack nothing may have been written yet)."""
-
-    def found() -> Any:
-        return next((s for s in reversed(scan(cdc_raw)) if s.offset is not None and s.offset > at_least), None)
-
-    if (seg := found()) is not None:
-        return seg
-    c = cluster(settings)
-    try:
-        session = c.connect()
-        session.execute("CREATE KEYSPACE IF NOT EXISTS itops_fill WITH replication = "
-                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
-        session.execute("CREATE TABLE IF NOT EXISTS itops_fill.t (k int PRIMARY KEY, v blob) WITH cdc = true")
-        insert = session.prepare("INSERT INTO itops_fill.t (k, v) VALUES (?, ?)")
-        for i in range(2 * at_least // 1024 + 16):
-            session.execute(insert, (i, bytes(1024)))
-    finally:
-        c.shutdown()
-    deadline = time.monotonic() + 10
-    while (seg := found()) is None:
-        assert time.monotonic() < deadline, f"no segment in {cdc_raw} reached {at_least} durable bytes"
-        time.sleep(0.2)
-    return seg
-
-
 def test_section_errors_and_segments_quarantined_move(settings: Settings, tmp_path: Path) -> None:
     """A copy of a real segment, damaged in the middle and marked COMPLETED: the damage is counted, the segment
     is shipped past it and moved to the quarantine (never deleted), and /health says so."""
     source: Path = settings.require("capture.cdc_raw_dir")
     cdc_raw = tmp_path / "cdc_raw"
     cdc_raw.mkdir()
-    seg = _segment_with_durable_data(settings, source, 64 * 1024)
+    seg = segment_with_durable_data(settings, source, 64 * 1024)
     shutil.copy(seg.log, cdc_raw / seg.log.name)
     (cdc_raw / seg.idx.name).write_text(f"{seg.offset}\nCOMPLETED")
     with open(cdc_raw / seg.log.name, "r+b") as f:

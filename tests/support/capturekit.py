@@ -5,13 +5,19 @@ from __future__ import annotations
 
 import os
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdcpipe.avro import SchemaCache, decode
+from cdcpipe.capture.cdc_index import scan
+from cdcpipe.config import Settings
 from cdcpipe.model import ChangeEvent
+from tests.support.cassandra import cluster
 from tests.support.processes import CdcpipeProcess, unique
 
 
@@ -83,3 +89,58 @@ class EventReader:
     def close(self) -> None:
         self.consumer.close()
         self._schema_consumer.close()
+
+
+# ---------------------------------------------------------------------------------------------- ops endpoints
+
+def get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def wait_for(port: int, path: str, want: int, timeout: float) -> tuple[int, str]:
+    deadline = time.monotonic() + timeout
+    last: tuple[int, str] = (0, "")
+    while time.monotonic() < deadline:
+        try:
+            last = get(port, path)
+            if last[0] == want:
+                return last
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} did not answer {want} within {timeout}s; last: {last}")
+
+
+def ops_env(port: int, **extra: str) -> dict[str, str]:
+    return {"CDCPIPE_OBSERVABILITY__HTTP_PORT": str(port), "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1", **extra}
+
+
+def segment_with_durable_data(settings: Settings, cdc_raw: Path, at_least: int) -> Any:
+    """A segment of the shared node holding at least ``at_least`` durable bytes, writing CDC data until one does
+    (on a fresh stack nothing may have been written yet)."""
+
+    def found() -> Any:
+        return next((s for s in reversed(scan(cdc_raw)) if s.offset is not None and s.offset > at_least), None)
+
+    if (seg := found()) is not None:
+        return seg
+    c = cluster(settings)
+    try:
+        session = c.connect()
+        session.execute("CREATE KEYSPACE IF NOT EXISTS itops_fill WITH replication = "
+                        "{'class': 'SimpleStrategy', 'replication_factor': 1}")
+        session.execute("CREATE TABLE IF NOT EXISTS itops_fill.t (k int PRIMARY KEY, v blob) WITH cdc = true")
+        insert = session.prepare("INSERT INTO itops_fill.t (k, v) VALUES (?, ?)")
+        for i in range(2 * at_least // 1024 + 16):
+            session.execute(insert, (i, bytes(1024)))
+    finally:
+        c.shutdown()
+    deadline = time.monotonic() + 10
+    while (seg := found()) is None:
+        assert time.monotonic() < deadline, f"no segment in {cdc_raw} reached {at_least} durable bytes"
+        time.sleep(0.2)
+    return seg

@@ -311,23 +311,14 @@ def test_a_table_switched_off_keeps_its_writes_from_before_the_switch(tmp_path: 
     assert list(builder._lingering) == [uuid.UUID(CFID)]
 
 
-class SettingsSession:
-    def __init__(self, rows: dict[str, str]) -> None:
-        self.rows = rows
+def test_node_sizes_are_parsed_as_system_views_shows_them() -> None:
+    """The parsing only; reading them from a real node is tests/integration/test_capture_failsafe.py's."""
+    from cdcpipe.capture.pipeline import DEFAULT_CDC_TOTAL_SPACE, size_bytes
 
-    def execute(self, query: str) -> list[object]:
-        from types import SimpleNamespace
-
-        name = query.rsplit("'", 2)[1]
-        return [SimpleNamespace(value=self.rows[name])] if name in self.rows else []
-
-
-def test_cdc_total_space_is_read_from_the_node() -> None:
-    from cdcpipe.capture.pipeline import DEFAULT_CDC_TOTAL_SPACE, node_cdc_total_space
-
-    assert node_cdc_total_space(SettingsSession({"cdc_total_space": "1024MiB"})) == 1024 * 1024 * 1024
-    assert node_cdc_total_space(SettingsSession({"cdc_total_space_in_mb": "4096"})) == DEFAULT_CDC_TOTAL_SPACE
-    assert node_cdc_total_space(SettingsSession({})) is None
+    assert size_bytes("1024MiB") == 1024 * 1024 * 1024
+    assert size_bytes("4096", "MiB") == DEFAULT_CDC_TOTAL_SPACE  # the pre-4.1 ``cdc_total_space_in_mb``
+    assert size_bytes("8 MiB") == 8 * 1024 * 1024 and size_bytes("512") == 512
+    assert size_bytes("0MiB") is None and size_bytes("null") is None
     assert DEFAULT_CDC_TOTAL_SPACE == 4096 * 1024 * 1024  # Cassandra's default (its cap when not set)
 
 
