@@ -34,6 +34,11 @@ def events_pattern(prefix: str) -> str:
     return "^" + re.escape(_legal(prefix)) + r"\.[A-Za-z0-9_]+\.[A-Za-z0-9_]+$"
 
 
+def table_of(prefix: str, topic: str) -> str:
+    """``keyspace.table`` of an event topic of ``prefix`` (the inverse of :func:`table_topic`)."""
+    return topic.removeprefix(_legal(prefix) + ".")
+
+
 def schemas_topic(prefix: str) -> str:
     return _legal(f"{prefix}.schemas")
 

@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from confluent_kafka import KafkaError
 
 from cdcpipe.config import Settings
 from cdcpipe.errors import OffsetGapError
-from cdcpipe.topics import events_pattern
+from cdcpipe.topics import events_pattern, table_of
 
 log = structlog.get_logger(__name__)
 
@@ -141,7 +142,7 @@ class EventConsumer:
         return next_offset
 
     def gap_error(self, topic: str, partition: int, first: int, last: int, cause: str) -> OffsetGapError:
-        table = topic.removeprefix(self._prefix + ".") if self._prefix else topic
+        table = table_of(self._prefix, topic)
         return OffsetGapError(topic, partition, first, last, cause, table=table)
 
     def _gap(self, gap: OffsetGapError) -> None:
@@ -170,9 +171,9 @@ class EventConsumer:
         for m in self._consumer.consume(max_records, timeout=timeout_s):
             err = m.error()
             if err is not None:
-                if err.code() == -140 and m.topic() is not None:  # _AUTO_OFFSET_RESET: the position is gone
+                if err.code() == KafkaError._AUTO_OFFSET_RESET and m.topic() is not None:  # the position is gone
                     self._out_of_range(str(m.topic()), int(m.partition() or 0), str(err))
-                elif err.code() != -191:  # _PARTITION_EOF
+                elif err.code() != KafkaError._PARTITION_EOF:
                     log.warning("kafka consumer error", error=str(err))
                 continue
             topic, partition, offset = str(m.topic()), int(m.partition() or 0), int(m.offset() or 0)
