@@ -70,6 +70,21 @@ def _add_processes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     cap.set_defaults(func=capture)
 
 
+def _add_snapshot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("snapshot", help="load the rows tables already hold, with their write times, into the "
+                            "event topics (run it while capture and apply run)")
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from cdcpipe.snapshot import pipeline
+
+        return pipeline.main(settings, args)
+
+    from cdcpipe.snapshot.pipeline import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cdcpipe import demo, status
 
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dump(sub)
     # (subcommands of the capture and apply processes are added below this line)
     _add_processes(sub)
+    _add_snapshot(sub)
     _add_demo(sub)
 
     return parser

@@ -299,3 +299,15 @@ class OffsetGapError(KafkaLocatedError):
                          f"checkpoint (cdcpipe_checkpoints: next_offset = the first offset to apply, topic_id = NULL) "
                          "and restart apply", cause, topic=topic, partition=partition, offset=first, retriable=False)
         self.first, self.last, self.table = first, last, table
+
+
+class SnapshotError(CdcpipeError):
+    """A snapshot cannot go on: a table it cannot read (``table``), or a token range that kept failing
+    (``token_range``, printed so an operator can read it by hand); ``retriable`` when ``--resume`` may finish it
+    once the cause (a node down, Kafka unreachable) is gone."""
+
+    def __init__(self, message: str, *, table: str = "", token_range: str = "", retriable: bool = False) -> None:
+        where = " ".join(x for x in (table, f"range {token_range}" if token_range else "") if x)
+        super().__init__(f"{where}: {message}" if where else message, retriable=retriable)
+        self.table = table
+        self.token_range = token_range

@@ -87,6 +87,15 @@ class TableSchema:
             raise ValueError("trailing bytes in composite partition key")
         return tuple(out)
 
+    def partition_key_bytes(self, values: tuple[bytes, ...]) -> bytes:
+        """The stored partition key of serialized per-column ``values`` (the inverse of
+        :meth:`partition_key_values`): the value itself for one column, CompositeType for several."""
+        if len(values) != len(self.partition_key):
+            raise ValueError(f"{self.name}: {len(values)} partition key values for {len(self.partition_key)} columns")
+        if len(values) == 1:
+            return values[0]
+        return b"".join(len(v).to_bytes(2, "big") + v + b"\0" for v in values)
+
 
 def system_table_id(keyspace: str, table: str) -> uuid.UUID:
     """Deterministic id of a system table: Java ``UUID.nameUUIDFromBytes(keyspace ++ table)``."""

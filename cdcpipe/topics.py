@@ -54,3 +54,8 @@ def capture_dlq_topic(prefix: str) -> str:
 def apply_dlq_topic(prefix: str, configured: str | None = None) -> str:
     """Apply's dead letters: ``apply.dlq_topic`` when set, else ``<prefix>.dlq``."""
     return configured or _legal(f"{prefix}.dlq")
+
+
+def snapshot_progress_topic(prefix: str) -> str:
+    """The compacted topic of snapshot runs and the token ranges they finished (``cdcpipe snapshot --resume``)."""
+    return _legal(f"{prefix}.snapshot-progress")

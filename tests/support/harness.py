@@ -64,6 +64,9 @@ class Pipeline:
         self.group = self.prefix
         base = {**os.environ, **stack.env, "CDCPIPE_KAFKA__TOPIC_PREFIX": self.prefix,
                 "CDCPIPE_OBSERVABILITY__LOG_FORMAT": "json", **(extra or {})}
+        self.env = base  # what a one-shot command (cdcpipe snapshot) of this pipeline runs with
+        self.keyspace = keyspace
+        self.workdir = workdir
         self.captures = [
             CdcpipeProcess("capture", {
                 **base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": raw, "CDCPIPE_CAPTURE__NODE_ID": f"node-{i}",
@@ -114,6 +117,7 @@ class EventLog:
         self.per_table: Counter[str] = Counter()
         self.fences: dict[str, set[str]] = {}
         self.total = 0
+        self.snapshot_events = 0
 
     def _load_schemas(self) -> None:
         topic = f"{self.prefix}.schemas"
@@ -144,7 +148,10 @@ class EventLog:
                 if self.schemas.get(value[2:10]) is None:
                     self._load_schemas()
                 ev = decode(value, self.schemas.get)
-                self.ids[(ev.source.node, ev.event_id)] += 1
+                if ev.source.segment_id >= 0:  # a snapshot read again after --resume repeats by design
+                    self.ids[(ev.source.node, ev.event_id)] += 1
+                else:
+                    self.snapshot_events += 1
                 self.per_table[ev.source.table] += 1
                 self.total += 1
                 if ev.source.table == FENCE_TABLE:
@@ -390,6 +397,18 @@ def create_keyspace(session: Session, keyspace: str, rf: int = 1) -> None:
                     "WITH cdc = true", timeout=60)
 
 
+def preload(session: Session, keyspace: str, ops: int, seed: int, sizes: workload.Sizes | None,
+            consistency: int | None) -> None:
+    """``ops`` statements of another seed with CDC off, then CDC on: data only a snapshot can bring over."""
+    for t in workload.TABLES:
+        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = false", timeout=60)
+    tally = workload.drive(session, workload.Workload(keyspace, seed + 10_000, sizes), ops, concurrency=32,
+                           consistency=consistency)
+    assert not tally.errors, tally.errors[:5]
+    for t in workload.TABLES:
+        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = true", timeout=60)
+
+
 def wait_for(what: str, cond: Callable[[], bool], timeout: float, pipeline: Pipeline | None = None,
              step: float = 0.5, progress: Callable[[], object] | None = None) -> None:
     """Wait until ``cond()``; fail after ``timeout`` seconds — or, with ``progress``, after ``timeout`` seconds
@@ -409,8 +428,10 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
                  concurrency: int = 16, sizes: workload.Sizes | None = None,
                  during: Callable[[Pipeline, threading.Event], list[str]] | None = None,
                  settle_timeout: float = 180, consistency: int | None = None,
-                 pipeline_extra: dict[str, str] | None = None) -> Outcome:
-    """One whole run (see the module docstring); always stops its processes and drops its keyspace/schema."""
+                 pipeline_extra: dict[str, str] | None = None, preload_ops: int = 0) -> Outcome:
+    """One whole run (see the module docstring); always stops its processes and drops its keyspace/schema.
+    ``preload_ops``: first run that many statements (another seed) with CDC off, so the tables hold data no
+    capture sees; then CDC is switched on and the pipeline started (``during`` then runs ``cdcpipe snapshot``)."""
     keyspace = unique("e2e", 8)
     t0 = time.monotonic()
     seconds: dict[str, float] = {}
@@ -421,6 +442,9 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
     log = EventLog(stack.bootstrap, pipeline.prefix, keyspace)
     try:
         create_keyspace(session, keyspace, rf)
+        if preload_ops:
+            preload(session, keyspace, preload_ops, seed, sizes, consistency)
+            seconds["preload"] = time.monotonic() - t0
         pipeline.start()
         done = threading.Event()
         faults: list[str] = []

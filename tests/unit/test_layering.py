@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "cdcpipe"
-SIDES = ("capture", "apply")
+SIDES = ("capture", "apply", "snapshot")
 ENTRY_POINTS = frozenset({"cdcpipe.cli", "cdcpipe.__main__"})  # the command line wires every part together
 
 

@@ -1,0 +1,130 @@
+"""Producing snapshot events to Kafka (blocking, thread-safe).
+
+Contract
+    - Event topics are the table topics capture uses, created when missing with capture's settings
+      (``capture.topic_partitions``, ``capture.topic_replication`` or min(3, brokers), ``kafka`` topic config).
+    - :meth:`Emitter.publish_schema` produces an event schema to the compacted ``<prefix>.schemas`` topic (keyed
+      by fingerprint, as capture does) and waits for it, before any event that uses it.
+    - :meth:`Emitter.produce` is idempotent-producer delivery with ``acks=all``, keyed by the stored partition key
+      with capture's partitioner, so a partition's snapshot events land in the partition its live events do.
+      Every message carries the header ``cdcpipe-snapshot: 1``.  Deliveries are counted per :class:`Batch`;
+      :meth:`Emitter.wait` returns when all of a batch's are acknowledged and raises the first failure.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from cdcpipe.avro import EventSchema
+from cdcpipe.config import CaptureSettings, KafkaSettings, replication_factor
+from cdcpipe.errors import KafkaProduceError
+from cdcpipe.snapshot import metrics
+from cdcpipe.topics import schemas_topic
+
+log = structlog.get_logger(__name__)
+HEADERS: list[tuple[str, str | bytes | None]] = [("cdcpipe-snapshot", b"1")]
+
+
+class Batch:
+    """The deliveries of one token range: outstanding count and the first error."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self.error: KafkaProduceError | None = None
+        self.done = threading.Condition()
+
+    def delivered(self, err: KafkaError | None, msg: Any) -> None:
+        with self.done:
+            self.pending -= 1
+            if err is not None and self.error is None:
+                self.error = KafkaProduceError(err.str(), topic=msg.topic(), partition=msg.partition(),
+                                               retriable=err.retriable())
+            if self.pending == 0 or err is not None:
+                self.done.notify_all()
+
+
+class Emitter:
+    def __init__(self, kafka: KafkaSettings, capture: CaptureSettings, *, timeout_s: float = 60.0) -> None:
+        self.kafka = kafka
+        self.capture = capture
+        self.timeout_s = timeout_s
+        base = kafka.client_config()
+        self._admin = AdminClient(base)
+        self._producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+                                   "compression.type": "lz4", "partitioner": "murmur2_random",
+                                   "queue.buffering.max.kbytes": 65536})
+        self._topics: set[str] = set()
+        self._replication: int | None = capture.topic_replication
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="snapshot-delivery", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self._producer.poll(0.1)
+
+    def ensure_topic(self, topic: str, *, partitions: int | None = None, config: dict[str, str] | None = None) -> None:
+        """Create ``topic`` unless it exists (cached)."""
+        with self._lock:
+            if topic in self._topics:
+                return
+            if self._replication is None:
+                brokers = len(self._admin.list_topics(timeout=self.timeout_s).brokers)
+                self._replication = replication_factor(None, brokers)
+            new = NewTopic(topic, num_partitions=partitions or self.capture.topic_partitions,
+                           replication_factor=self._replication, config={**self.kafka.topic_config(), **(config or {})})
+            try:
+                self._admin.create_topics([new], operation_timeout=self.timeout_s)[topic].result(timeout=self.timeout_s)
+                log.info("topic created", topic=topic)
+            except KafkaException as exc:
+                err: KafkaError = exc.args[0]
+                if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise KafkaProduceError(f"create topic: {err.str()}", topic=topic,
+                                            retriable=err.retriable()) from exc
+            self._topics.add(topic)
+
+    def publish_schema(self, schema: EventSchema) -> None:
+        topic = schemas_topic(self.kafka.topic_prefix)
+        self.ensure_topic(topic, partitions=1, config={"cleanup.policy": "compact"})
+        batch = Batch()
+        self.produce(topic, schema.fingerprint, schema.to_json().encode(), batch, headers=None)
+        self.wait(batch)
+
+    def produce(self, topic: str, key: bytes, value: bytes, batch: Batch,
+                headers: list[tuple[str, str | bytes | None]] | None = HEADERS) -> None:
+        with batch.done:
+            batch.pending += 1
+        while True:
+            try:
+                self._producer.produce(topic, value, key, headers=headers, on_delivery=batch.delivered)
+                return
+            except BufferError:  # the local queue is full (bounded memory): wait for deliveries
+                time.sleep(0.01)
+            except KafkaException as exc:
+                with batch.done:
+                    batch.pending -= 1
+                err: KafkaError = exc.args[0]
+                raise KafkaProduceError(err.str(), topic=topic, retriable=err.retriable()) from exc
+
+    def wait(self, batch: Batch) -> None:
+        """Until every message of ``batch`` is acknowledged (librdkafka retries within ``delivery.timeout.ms``);
+        raises the first delivery failure."""
+        with batch.done:
+            while batch.pending > 0 and batch.error is None:
+                batch.done.wait(1.0)
+        if batch.error is not None:
+            metrics.ERRORS.labels("kafka_delivery").inc()
+            raise batch.error
+
+    def close(self) -> None:
+        self._producer.flush(self.timeout_s)
+        self._stop.set()
+        self._poller.join(5.0)

@@ -1,0 +1,154 @@
+"""Reading token ranges page by page with cassandra-driver, values left serialized (blocking; one reader per
+worker thread, one session shared).
+
+Contract
+    - :func:`connect` opens a session whose requests answer rows of serialized values (``bytes`` or None per
+      column): :class:`RawRows` keeps the driver from decoding them, so the snapshot sees the bytes the node
+      stores, and a value the driver cannot decode (an out-of-range date) is no error.
+    - :meth:`RangeReader.pages` yields ``(rows, now_s)`` per page of one range, ``now_s`` the whole second the
+      page was requested.  A page that fails with a timeout, an unavailable replica or a lost connection is asked
+      again (the same paging state) with capped exponential backoff; after ``attempts`` failures it raises a
+      retriable :class:`~cdcpipe.errors.SnapshotError` naming the range.  A range is never skipped.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+import structlog
+from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, ReadFailure, ReadTimeout, Unavailable
+from cassandra.cluster import Cluster, ExecutionProfile, NoHostAvailable, Session
+from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy
+from cassandra.protocol import ProtocolHandler, ResultMessage, read_int
+from cassandra.query import tuple_factory
+
+from cdcpipe.config import CassandraSettings
+from cdcpipe.errors import SnapshotError
+from cdcpipe.schema_source import cluster_options
+from cdcpipe.snapshot import metrics
+from cdcpipe.snapshot.ranges import TokenRange
+from cdcpipe.snapshot.rows import Layout
+
+log = structlog.get_logger(__name__)
+PROFILE = "snapshot"
+RETRIABLE = (ReadTimeout, ReadFailure, Unavailable, OperationTimedOut, NoHostAvailable, ConnectionError)
+
+
+class RawRows(ResultMessage):  # type: ignore[misc]
+    """A RESULT message whose rows stay serialized: a list of ``bytes | None`` per row."""
+
+    def recv_results_rows(self, f: Any, protocol_version: int, user_type_map: Any, result_metadata: Any,
+                          column_encryption_policy: Any) -> None:
+        self.recv_results_metadata(f, user_type_map)
+        metadata = self.column_metadata or result_metadata
+        count = read_int(f)
+        width = len(metadata)
+        self.parsed_rows = [self.recv_row(f, width) for _ in range(count)]
+        self.column_names = [c[2] for c in metadata]
+        self.column_types = [c[3] for c in metadata]
+
+
+class RawProtocolHandler(ProtocolHandler):  # type: ignore[misc]
+    message_types_by_opcode: ClassVar[dict[int, Any]] = {
+        **ProtocolHandler.message_types_by_opcode, RawRows.opcode: RawRows}
+
+
+def consistency_level(name: str) -> int:
+    """``LOCAL_QUORUM`` (any case) to the driver's constant.  Raises ValueError."""
+    value = ConsistencyLevel.name_to_value.get(name.upper())
+    if value is None:
+        raise ValueError(f"unknown consistency level {name!r}; one of {sorted(ConsistencyLevel.name_to_value)}")
+    return int(value)
+
+
+def connect(cfg: CassandraSettings, consistency: str, timeout_s: float = 30.0) -> tuple[Cluster, Session]:
+    """A cluster and a session for snapshot reads at ``consistency`` (client requests answer raw rows)."""
+    options = cluster_options(cfg)
+    policy = DCAwareRoundRobinPolicy(local_dc=cfg.local_dc) if cfg.local_dc else RoundRobinPolicy()
+    profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=consistency_level(consistency),
+                               row_factory=tuple_factory, request_timeout=timeout_s)
+    options.setdefault("execution_profiles", {})[PROFILE] = profile
+    try:
+        cluster = Cluster(**options)
+        session = cluster.connect()
+    except Exception as exc:
+        raise SnapshotError(f"cannot connect to Cassandra at {','.join(cfg.hosts)}: {exc}", retriable=True) from exc
+    session.client_protocol_handler = RawProtocolHandler
+    return cluster, session
+
+
+class RateLimit:
+    """At most ``rows_per_s`` rows a second over all threads (a token bucket of one second); None: no limit."""
+
+    def __init__(self, rows_per_s: float | None) -> None:
+        self.rate = rows_per_s
+        self._lock = threading.Lock()
+        self._free_at = time.monotonic()
+
+    def take(self, rows: int) -> None:
+        if not self.rate or rows <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            self._free_at = max(self._free_at, now - 1.0) + rows / self.rate
+            wait = self._free_at - now
+        if wait > 0:
+            time.sleep(wait)
+
+
+class RangeReader:
+    """Pages through token ranges of one table."""
+
+    def __init__(self, session: Session, lay: Layout, *, page_size: int = 1000, attempts: int = 8,
+                 max_backoff_s: float = 30.0, limit: RateLimit | None = None,
+                 stop: Callable[[], bool] = lambda: False) -> None:
+        self.session = session
+        self.layout = lay
+        self.page_size = page_size
+        self.attempts = attempts
+        self.max_backoff_s = max_backoff_s
+        self.limit = limit or RateLimit(None)
+        self.stop = stop
+        try:
+            self.prepared = session.prepare(lay.select)
+        except Exception as exc:
+            raise SnapshotError(f"cannot prepare the snapshot query: {exc}", table=lay.table.name,
+                                retriable=isinstance(exc, RETRIABLE)) from exc
+
+    def pages(self, r: TokenRange) -> Iterator[tuple[list[list[bytes | None]], int]]:
+        paging_state: bytes | None = None
+        while True:
+            rows, paging_state, now_s = self._page(r, paging_state)
+            self.limit.take(len(rows))
+            yield rows, now_s
+            if paging_state is None:
+                return
+
+    def _page(self, r: TokenRange, paging_state: bytes | None) -> tuple[list[list[bytes | None]], bytes | None, int]:
+        name = self.layout.table.name
+        for attempt in range(1, self.attempts + 1):
+            if self.stop():
+                raise SnapshotError("stopped", table=name, token_range=str(r), retriable=True)
+            statement = self.prepared.bind((r.start, r.end))
+            statement.fetch_size = self.page_size
+            now_s = int(time.time())
+            try:
+                result = self.session.execute(statement, paging_state=paging_state, execution_profile=PROFILE)
+                return list(result.current_rows), result.paging_state, now_s
+            except RETRIABLE as exc:
+                cause = type(exc).__name__
+                metrics.ERRORS.labels(cause).inc()
+                if attempt == self.attempts:
+                    raise SnapshotError(f"a page failed {attempt} times, last with {cause}: {exc}", table=name,
+                                        token_range=str(r), retriable=True) from exc
+                wait = min(self.max_backoff_s, 0.5 * 2 ** (attempt - 1))
+                log.warning("snapshot page failed, retrying", table=name, token_range=str(r), cause=cause,
+                            attempt=attempt, wait_s=wait, error=str(exc))
+                time.sleep(wait)
+            except DriverException as exc:
+                metrics.ERRORS.labels(type(exc).__name__).inc()
+                raise SnapshotError(f"read failed: {exc}", table=name, token_range=str(r)) from exc
+        raise AssertionError("unreachable")

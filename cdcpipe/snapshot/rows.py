@@ -1,0 +1,299 @@
+"""Rows as CQL returns them, with ``WRITETIME()`` and ``TTL()`` of every cell, turned into the change events capture
+would have produced had it seen the writes (pure: no I/O).
+
+The query selects the primary key, then per static and regular column its value, ``WRITETIME(c)`` and ``TTL(c)``.
+Cassandra 5.0 answers the last two per element for a non-frozen collection or UDT (a list with one entry per
+cell, in cell order; a UDT lists its non-null fields).  Values arrive serialized, exactly as the node stores them
+(:mod:`cdcpipe.snapshot.reader` keeps the driver from decoding them), so the events carry the same ``raw`` bytes
+as capture's and merge rule 6 (equal timestamps: the greater bytes win) holds between the two.
+
+What CQL cannot tell, and what is chosen instead (``docs/delivery.md``, "Snapshot"):
+  - A row marker's (primary key liveness) timestamp and TTL.  Every clustering row gets a marker at
+    :data:`NO_MARKER_TIMESTAMP`, older than any real write, so it can never win over a live write: any row
+    deletion shadows it.  It expires with the row's cells when all of them expire, and never otherwise.
+  - A list element's cell path (a time-UUID).  A list is sent as an overwrite as of its newest element (see
+    :func:`list_cells`), with made-up paths in list order.
+  - A TTL's exact expiry second: ``TTL()`` is the remaining time at the node's clock when it served the page;
+    the expiry is taken as the second the page was requested plus that (never later than the true expiry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cdcpipe.cql import CqlType, decode_value
+from cdcpipe.errors import SnapshotError
+from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.schema import Column, TableSchema
+
+NO_MARKER_TIMESTAMP = -(1 << 63) + 1  # older than every write: a row marker that can never shadow anything
+SNAPSHOT_NODE = "snapshot"  # source.node of a snapshot event
+SNAPSHOT_SEGMENT = -1  # source.segment_id of a snapshot event: read from no commit-log segment
+_UUID_EPOCH = 0x01B21DD213814000  # 100 ns intervals from 1582-10-15 (time-UUID epoch) to 1970-01-01
+_SNAPSHOT_UUID_NODE = int.from_bytes(b"cdcsnp", "big")
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The query of one table and how to read its rows: the key columns, then ``cells`` (static columns, then
+    regular ones) as ``value, WRITETIME, TTL`` triples."""
+
+    table: TableSchema
+    cells: tuple[Column, ...]
+    select: str  # the rows of one token range: bind (start, end)
+
+    @property
+    def key_width(self) -> int:
+        return len(self.table.partition_key) + len(self.table.clustering)
+
+
+def layout(table: TableSchema) -> Layout:
+    """The snapshot query of ``table``.  Raises SnapshotError for a table it cannot read exactly."""
+    cells = (*table.static, *table.regular)
+    counters = [c.name for c in cells if c.type.name == "counter"]
+    if counters:
+        raise SnapshotError(f"counter columns {counters} have no write time CQL can select; counter tables cannot "
+                            "be snapshotted (and CDC of counters is not supported)", table=table.name)
+    keys = [quote(c.name) for c in (*table.partition_key, *table.clustering)]
+    selected = [*keys]
+    for c in cells:
+        q = quote(c.name)
+        selected += [q, f"WRITETIME({q})", f"TTL({q})"]
+    token = f"token({', '.join(quote(c.name) for c in table.partition_key)})"
+    select = (f"SELECT {', '.join(selected)} FROM {quote(table.keyspace)}.{quote(table.table)} "
+              f"WHERE {token} > ? AND {token} <= ?")
+    return Layout(table, cells, select)
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One change event to produce, with its Kafka key (the stored partition key) and serialized key values."""
+
+    key: bytes
+    event: ChangeEvent
+    raw_key: tuple[bytes, ...]
+    raw_clustering: tuple[bytes | None, ...]
+
+
+def source_of(table: TableSchema, cluster: str, datacenter: str) -> Source:
+    """The ``source`` of a snapshot event: node ``snapshot``, segment -1 (no commit-log segment)."""
+    return Source(cluster, datacenter, SNAPSHOT_NODE, table.keyspace, table.table, table.table_id,
+                  SNAPSHOT_SEGMENT, 0)
+
+
+class RowConverter:
+    """Turns the rows of one scan (pages in token order) into events.  Keeps the last partition key seen, so a
+    partition's static cells become one event however many rows and pages it spans."""
+
+    def __init__(self, lay: Layout, source: Source) -> None:
+        self.layout = lay
+        self.source = source
+        self._last_key: bytes | None = None
+        t = lay.table
+        self._npk, self._nck = len(t.partition_key), len(t.clustering)
+        self._statics = frozenset(c.name for c in t.static)
+
+    def convert(self, rows: Sequence[Sequence[bytes | None]], now_s: int) -> Iterator[Emitted]:
+        """The events of ``rows`` read at ``now_s`` (the second the page was requested)."""
+        t, npk, nck = self.layout.table, self._npk, self._nck
+        cells = self.layout.cells
+        for row in rows:
+            raw_key = tuple(v if v is not None else b"" for v in row[:npk])
+            key = t.partition_key_bytes(raw_key)
+            pk: tuple[Any, ...] | None = None
+            if key != self._last_key:
+                self._last_key = key
+                if t.static:
+                    static = self._columns(row, cells[:len(t.static)], npk + nck, now_s, static=True)
+                    if static:
+                        pk = self._decode(t.partition_key, raw_key)
+                        yield self._event(key, raw_key, pk, (), (), static, None, static=True)
+            raw_ck = tuple(row[npk:npk + nck])
+            if nck and raw_ck[0] is None:  # a partition with static cells and no rows
+                continue
+            regular = self._columns(row, cells[len(t.static):], npk + nck + 3 * len(t.static), now_s, static=False)
+            expiries = [c.expires_at for ch in regular for c in ch.cells]
+            lasting = not expiries or any(e is None for e in expiries)
+            until = None if lasting else max(e for e in expiries if e is not None)
+            marker = Liveness(NO_MARKER_TIMESTAMP) if until is None else Liveness(
+                NO_MARKER_TIMESTAMP, max(1, until - now_s), until)
+            pk = pk if pk is not None else self._decode(t.partition_key, raw_key)
+            ck = self._decode(t.clustering, raw_ck)
+            yield self._event(key, raw_key, pk, raw_ck, ck, regular, marker, static=False)
+
+    @staticmethod
+    def _decode(columns: Sequence[Column], raws: Sequence[bytes | None]) -> tuple[Any, ...]:
+        return tuple(_value(c.type, r) for c, r in zip(columns, raws, strict=True))
+
+    def _event(self, key: bytes, raw_key: tuple[bytes, ...], pk: tuple[Any, ...], raw_ck: tuple[bytes | None, ...],
+               ck: tuple[Any, ...], columns: list[ColumnChange], marker: Liveness | None, *, static: bool) -> Emitted:
+        newest = max((c.timestamp for ch in columns for c in ch.cells), default=NO_MARKER_TIMESTAMP)
+        h = hashlib.blake2b(digest_size=16)
+        h.update(b"snapshot\0" + self.source.table_id.bytes + key + (b"S" if static else b"R"))
+        for r in raw_ck:
+            h.update(b"\0" if r is None else len(r).to_bytes(4, "big") + r)
+        h.update(newest.to_bytes(8, "big", signed=True))
+        event = ChangeEvent(event_id=h.digest(), op=Op.UPSERT, timestamp_micros=newest, source=self.source,
+                            partition_key=pk, clustering=ck, liveness=marker, columns=tuple(columns), static=static)
+        return Emitted(key, event, raw_key, raw_ck)
+
+    def _columns(self, row: Sequence[bytes | None], columns: Sequence[Column], at: int, now_s: int, *,
+                 static: bool) -> list[ColumnChange]:
+        out = []
+        for i, col in enumerate(columns):
+            value, wt, ttl = row[at + 3 * i], row[at + 3 * i + 1], row[at + 3 * i + 2]
+            if value is None or wt is None:
+                continue
+            try:
+                found = _cells(col.type, value, wt, ttl, now_s)
+            except (ValueError, IndexError) as exc:
+                raise SnapshotError(f"column {col.name!r}: cannot read its cells: {exc}",
+                                    table=self.layout.table.name) from exc
+            deletion, cells = found if isinstance(found, tuple) else (None, found)
+            if cells:
+                out.append(ColumnChange(col.name, tuple(cells), deletion, static))
+        return out
+
+
+def _value(t: CqlType | None, raw: bytes | None) -> Any:
+    if t is None or raw is None:
+        return None
+    try:
+        return decode_value(t, raw)
+    except Exception:  # driver codecs raise assorted types; the raw bytes travel with the event (as capture does)
+        return None
+
+
+def _int(raw: bytes) -> int:
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def _elements(raw: bytes, per_entry: int = 1) -> list[bytes | None]:
+    """The elements of a serialized collection (protocol v3+: an int32 count of entries, then ``per_entry``
+    int32-length-prefixed values each: 2 for a map's key and value)."""
+    n, p = _int(raw[:4]) * per_entry, 4
+    out: list[bytes | None] = []
+    for _ in range(n):
+        size = _int(raw[p:p + 4])
+        p += 4
+        if size < 0:
+            out.append(None)
+            continue
+        if p + size > len(raw):
+            raise ValueError("collection value ends early")
+        out.append(raw[p:p + size])
+        p += size
+    if p != len(raw):
+        raise ValueError("trailing bytes after a collection value")
+    return out
+
+
+def _udt_fields(raw: bytes) -> list[bytes | None]:
+    """The fields of a serialized UDT in order (None for a null field)."""
+    p = 0
+    out: list[bytes | None] = []
+    while p < len(raw):
+        size = _int(raw[p:p + 4])
+        p += 4
+        if size < 0:
+            out.append(None)
+            continue
+        if p + size > len(raw):
+            raise ValueError("UDT value ends early")
+        out.append(raw[p:p + size])
+        p += size
+    return out
+
+
+def _numbers(raw: bytes | None, width: int) -> list[int | None]:
+    """A serialized ``list<bigint>`` (``width`` 8) or ``list<int>`` (4) whose elements may be null."""
+    if raw is None:
+        return []
+    return [None if e is None else _int(e) for e in _elements(raw)]
+
+
+def list_paths(timestamp: int, count: int) -> list[bytes]:
+    """Deterministic version-1 time-UUID cell paths for ``count`` list elements: the time of ``timestamp`` (µs)
+    plus the element's index (100 ns units), so strictly increasing in list order, after every prepend (their
+    time-UUIDs run backwards from 2010) and before every later append."""
+    out = []
+    base = min(max(0, timestamp * 10 + _UUID_EPOCH), (1 << 60) - 1 - count)
+    for i in range(count):
+        t = base + i
+        u = uuid.UUID(fields=(t & 0xFFFFFFFF, (t >> 32) & 0xFFFF, ((t >> 48) & 0x0FFF) | 0x1000, 0x80, 0,
+                              _SNAPSHOT_UUID_NODE))
+        out.append(u.bytes)
+    return out
+
+
+def list_cells(t: CqlType, elements: Sequence[bytes | None], stamps: Sequence[int | None],
+               ttls: Sequence[int | None], now_s: int) -> tuple[Deletion, list[Cell]]:
+    """A list as an overwrite at its newest element's write time ``T``: a collection deletion at ``T`` and the
+    elements at ``T`` + 1 µs with made-up paths (:func:`list_paths`).  CQL does not give the elements' real paths,
+    so the copies of elements that CDC also delivered (with their real paths) must be shadowed, or they would
+    appear twice; reading the list again later (``--resume``, a re-sync) shadows this copy the same way."""
+    if len(stamps) != len(elements) or (ttls and len(ttls) != len(elements)):
+        raise ValueError(f"{len(elements)} elements but {len(stamps)} write times and {len(ttls)} TTLs")
+    if any(s is None for s in stamps):
+        raise ValueError("an element without a write time")
+    newest = max(s for s in stamps if s is not None)
+    paths = list_paths(newest + 1, len(elements))
+    cells = []
+    for i, (path, e) in enumerate(zip(paths, elements, strict=True)):
+        remaining = ttls[i] if ttls else None
+        cells.append(Cell(_value(t.params[0], e), newest + 1, remaining or 0,
+                          now_s + remaining if remaining else None, path=uuid.UUID(bytes=path), raw=e or b"",
+                          raw_path=path))
+    return Deletion(newest, now_s), cells
+
+
+def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None,
+           now_s: int) -> list[Cell] | tuple[Deletion, list[Cell]]:
+    if not t.multi_cell:
+        remaining = None if ttl is None else _int(ttl)
+        return [Cell(_value(t, value), _int(wt), remaining or 0,
+                     now_s + remaining if remaining else None, raw=value)]
+    stamps = _numbers(wt, 8)
+    ttls = _numbers(ttl, 4)
+    if t.name == "udt":  # one write time per field of the type, null where the field has no cell
+        fields = _udt_fields(value)
+        fields += [None] * (len(stamps) - len(fields))
+        if len(fields) != len(stamps):
+            raise ValueError(f"{len(fields)} UDT fields but {len(stamps)} write times")
+        kept = [i for i, v in enumerate(fields) if v is not None]
+        parts: list[tuple[bytes, Any, bytes, Any]] = [
+            (i.to_bytes(2, "big"), t.field_names[i] if i < len(t.field_names) else None, fields[i] or b"",
+             _value(t.params[i] if i < len(t.params) else None, fields[i])) for i in kept]
+        stamps = [stamps[i] for i in kept]
+        ttls = [ttls[i] for i in kept] if ttls else []
+    else:
+        elements = _elements(value, 2 if t.name == "map" else 1)
+        if t.name == "map":
+            if len(elements) % 2:
+                raise ValueError("a map value with a key and no value")
+            keys, vals = elements[0::2], elements[1::2]
+            parts = [(k or b"", _value(t.params[0], k), v or b"", _value(t.params[1], v))
+                     for k, v in zip(keys, vals, strict=True)]
+        elif t.name == "set":
+            parts = [(e or b"", _value(t.params[0], e), b"", None) for e in elements]
+        else:  # list: see list_cells
+            return list_cells(t, elements, stamps, ttls, now_s)
+    if len(stamps) != len(parts) or (ttls and len(ttls) != len(parts)):
+        raise ValueError(f"{len(parts)} elements but {len(stamps)} write times and {len(ttls)} TTLs")
+    cells = []
+    for i, (raw_path, path, raw, val) in enumerate(parts):
+        stamp = stamps[i]
+        if stamp is None:
+            raise ValueError("an element without a write time")
+        remaining = ttls[i] if ttls else None
+        cells.append(Cell(val, stamp, remaining or 0, now_s + remaining if remaining else None,
+                          path=path, raw=raw, raw_path=raw_path))
+    return cells
