@@ -8,9 +8,10 @@ cell, in cell order; a UDT lists its non-null fields).  Values arrive serialized
 as capture's and merge rule 6 (equal timestamps: the greater bytes win) holds between the two.
 
 What CQL cannot tell, and what is chosen instead (``docs/delivery.md``, "Snapshot"):
-  - A row marker's (primary key liveness) timestamp and TTL.  Every clustering row gets a marker at
-    :data:`NO_MARKER_TIMESTAMP`, older than any real write, so it can never win over a live write: any row
-    deletion shadows it.  It expires with the row's cells when all of them expire, and never otherwise.
+  - Whether a row has a row marker (an INSERT writes one, an UPDATE does not), and its timestamp and TTL.  A row
+    with live cells is sent without one: it lives as long as its cells do.  A row with none exists by its
+    marker alone; that one is sent at :data:`NO_MARKER_TIMESTAMP`, older than any real write, so any deletion
+    shadows it, and without a TTL.
   - A list element's cell path (a time-UUID).  A list is sent as an overwrite as of its newest element (see
     :func:`list_cells`), with made-up paths in list order.
   - A TTL's exact expiry second: ``TTL()`` is the remaining time at the node's clock when it served the page;
@@ -120,11 +121,8 @@ class RowConverter:
             if nck and raw_ck[0] is None:  # a partition with static cells and no rows
                 continue
             regular = self._columns(row, cells[len(t.static):], npk + nck + 3 * len(t.static), now_s, static=False)
-            expiries = [c.expires_at for ch in regular for c in ch.cells]
-            lasting = not expiries or any(e is None for e in expiries)
-            until = None if lasting else max(e for e in expiries if e is not None)
-            marker = Liveness(NO_MARKER_TIMESTAMP) if until is None else Liveness(
-                NO_MARKER_TIMESTAMP, max(1, until - now_s), until)
+            # a row without a live cell exists by its marker alone; whether a row with cells has one is unknowable
+            marker = None if regular else Liveness(NO_MARKER_TIMESTAMP)
             pk = pk if pk is not None else self._decode(t.partition_key, raw_key)
             ck = self._decode(t.clustering, raw_ck)
             yield self._event(key, raw_key, pk, raw_ck, ck, regular, marker, static=False)

@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 from cassandra import ConsistencyLevel
 
+from cdcpipe.demo import workload
 from tests.support.harness import Pipeline, run_fidelity
 from tests.support.processes import metric_sum
+from tests.support.snapshotkit import SnapshotRun, snapshot_during
 from tests.support.stack import StackEnv, private_stack, stack_dir
 
 pytestmark = pytest.mark.timeout(1200)
@@ -69,3 +71,19 @@ def test_three_replicas_converge(three_nodes: StackEnv, long_run: bool, tmp_path
           f"apply_duplicate_ratio={(in_batch + unchanged) / applied if applied else 0:.3f}")
     assert copies >= 2.9  # every change arrived from each of the three nodes
     # in_batch counts copies merged inside a batch, unchanged_row rows whose stored state a later batch kept
+
+
+def test_snapshot_at_local_quorum_with_three_replicas(three_nodes: StackEnv, long_run: bool, tmp_path: Path) -> None:
+    """Rows written with CDC off on three replicas, then a snapshot at LOCAL_QUORUM while every replica's
+    capture streams the live writes: still exact."""
+    runs: list[SnapshotRun] = []
+    outcome = run_fidelity(three_nodes, tmp_path, ops=20_000 if long_run else 1500, seed=22, rf=3,
+                           rate=None if long_run else 150, consistency=ConsistencyLevel.ALL,
+                           sizes=workload.Sizes(users=2000, devices=60, wide_k=20, wide_c=30),
+                           preload_ops=200_000 if long_run else 8000,
+                           during=snapshot_during(runs, kill_after_s=None,
+                                                  args=("--splits", "24", "--consistency", "LOCAL_QUORUM")))
+    print(outcome.summary())
+    assert len(runs) == 1 and runs[0].returncode == 0, [r.output[-3000:] for r in runs]
+    assert runs[0].rows > 0
+    assert not outcome.problems(), "\n".join(outcome.problems())
