@@ -20,6 +20,8 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     d.add_argument("--ops", type=int, default=15_000, help="statements of the demo workload")
     d.add_argument("--rate", type=float, default=500.0, help="statements per second at most")
     d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--preload", type=int, default=5000, help="statements written with CDC off before capture "
+                   "starts, brought over by cdcpipe snapshot while the workload runs (0: none)")
     d.add_argument("--settle-timeout", type=float, default=180.0)
     d.set_defaults(func=_run)
 

@@ -2,7 +2,8 @@
 
 The demo creates the ``demo`` keyspace (:mod:`cdcpipe.demo.workload`: scalars, collections, a UDT, statics, clustering
 columns, TTL, every CQL type), starts ``cdcpipe capture`` and ``cdcpipe apply`` as background processes (logs and
-ports under ``<stack dir>/run/``), drives the seeded workload while a live ``rich`` view shows per table the events
+ports under ``<stack dir>/run/``), and with ``--preload`` first writes rows with CDC off and runs ``cdcpipe
+snapshot`` to bring them over while it drives the seeded workload while a live ``rich`` view shows per table the events
 captured and applied per second, the consumer lag and the dead letters, waits until apply caught up, then compares
 both databases table by table (:mod:`cdcpipe.demo.fidelity`: rows and a content checksum).  It exits 0 when they
 match, 1 when they differ, 130 on Ctrl-C — every process it started is stopped in each case.
@@ -16,6 +17,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,10 +54,10 @@ def _free_port(preferred: int) -> int:
 class Child:
     """A ``cdcpipe`` subcommand in its own session (Ctrl-C reaches the demo, which stops it in order)."""
 
-    def __init__(self, command: str, env: dict[str, str], log: Path) -> None:
+    def __init__(self, command: str, env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> None:
         self.command, self.env, self.log = command, env, log
         with open(log, "ab") as out:
-            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", command], env=env, stdout=out,
+            self.proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", command, *args], env=env, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
 
@@ -93,6 +95,9 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
         asyncio.run(fidelity.drop_mirror(dsn, KEYSPACE))
         for stmt in workload.schema(KEYSPACE):
             session.execute(stmt, timeout=60)
+        if args.preload:
+            console.print(f"writing {args.preload} statements with CDC off (data only a snapshot can bring over) ...")
+            preload(session, args.preload, args.seed + 1)
         base = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
                 "CDCPIPE_OBSERVABILITY__LOG_FORMAT": "json"}
         children.append(Child("capture", {**base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": cdc_raw,
@@ -105,6 +110,8 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
                                         "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(chosen["apply"])},
                               folder / "apply.log"))
         cap_url, app_url = ports(folder)
+        snapshot = Child("snapshot", base, folder / "snapshot.log",
+                         ("--tables", f"{KEYSPACE}.*", "--progress", "json")) if args.preload else None
         wl = workload.Workload(KEYSPACE, args.seed)
         tally = workload.Tally()
         driver = threading.Thread(target=lambda: workload.drive(session, wl, args.ops, rate=args.rate, stop=stop,
@@ -119,15 +126,18 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
                 for c in children:
                     if c.proc.poll() is not None:
                         raise RuntimeError(f"{c.command} exited with {c.proc.returncode}; see {c.log}")
+                snapshot_events = snapshot_result(snapshot)
                 now = figures(cap_url, app_url)
-                writing = driver.is_alive()
+                writing = driver.is_alive() or snapshot_events is None
                 if writing:
                     last_write = time.monotonic()
-                total_cap, total_app = sum(now.captured.values()), sum(now.applied.values())
+                total_cap, total_app = sum(now.captured.values()) + (snapshot_events or 0), sum(now.applied.values())
                 caught_up = (not writing and total_cap > 0 and total_cap == total_app and not any(now.lag.values())
                              and time.monotonic() - last_write > workload.SHORT_TTL_MAX_S + 2)
                 settled_since = (settled_since or time.monotonic()) if caught_up else None
                 phase = (f"workload: {tally.done} of {args.ops} statements at ≤ {args.rate:.0f}/s"
+                         + ("; snapshot of the preloaded rows running" if snapshot_events is None else
+                            f"; snapshot done: {snapshot_events} events" if snapshot is not None else "")
                          if writing else "workload done; waiting until apply has applied everything "
                          "(and short TTLs expired)")
                 live.update(render(now, before, "replication (per table)", phase))
@@ -167,6 +177,28 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
             rc = c.stop()
             console.print(f"{c.command} stopped (exit {rc}); log {c.log}")
         cluster.shutdown()
+
+
+def preload(session: Any, statements: int, seed: int) -> None:
+    """Workload statements written with CDC off, then CDC on: rows no capture sees, for ``cdcpipe snapshot``."""
+    for t in workload.TABLES:
+        session.execute(f"ALTER TABLE {KEYSPACE}.{t} WITH cdc = false", timeout=60)
+    workload.drive(session, workload.Workload(KEYSPACE, seed), statements, concurrency=32)
+    for t in workload.TABLES:
+        session.execute(f"ALTER TABLE {KEYSPACE}.{t} WITH cdc = true", timeout=60)
+
+
+def snapshot_result(snapshot: Child | None) -> int | None:
+    """The events the snapshot produced once it is done (0 without one); None while it runs.  A failed snapshot
+    raises RuntimeError."""
+    if snapshot is None:
+        return 0
+    if snapshot.proc.poll() is None:
+        return None
+    found = re.search(r"snapshot done: .* (\d+) events", snapshot.log.read_text(errors="replace"))
+    if snapshot.proc.returncode != 0 or found is None:
+        raise RuntimeError(f"snapshot exited with {snapshot.proc.returncode}; see {snapshot.log}")
+    return int(found.group(1))
 
 
 async def _compare(hosts: list[str], session: Any, dsn: str) -> fidelity.Report:

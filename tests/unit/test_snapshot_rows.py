@@ -158,3 +158,18 @@ def test_a_damaged_collection_is_a_clear_error() -> None:
     t = table()
     with pytest.raises(SnapshotError, match="'st'"):
         convert(t, [row(t, 1, 1, {"st": (int32(2) + int32(1) + b"a", numbers([1, 2], 8), None)})])
+
+
+def test_the_kafka_key_is_the_stored_partition_key() -> None:
+    """Capture keys events by the partition key as stored (CompositeType for several columns): the snapshot
+    builds the same bytes, so a partition's snapshot and live events share a Kafka partition."""
+    composite = next(t for t in parse_cql_schema(
+        "CREATE TABLE ks.w (a int, b text, c int, v text, PRIMARY KEY ((a, b), c)) "
+        "WITH id = 5a1c1d6e-0000-4000-8000-000000000003;") if t.table == "w")
+    raws = (int32(7), b"x\x00y")
+    stored = composite.partition_key_bytes(raws)
+    assert stored == b"\x00\x04" + int32(7) + b"\x00" + b"\x00\x03x\x00y\x00"
+    assert composite.partition_key_values(stored) == raws
+    row_ = [*raws, int32(1), b"v", ts(3), None]
+    (out,) = convert(composite, [row_])
+    assert out.key == stored and out.event.partition_key == (7, "x\x00y")
