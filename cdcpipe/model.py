@@ -27,6 +27,15 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+SNAPSHOT_PATH_NODE = b"cdcsnp"
+"""The node field (last 6 bytes) of the time-UUID paths ``cdcpipe snapshot`` makes up for list elements (CQL does
+not return their real paths).  Where an element with a real path has the same write timestamp and value, the two
+are one element read twice (by CDC and by the snapshot), and the view shows it once."""
+
+
+def is_snapshot_path(path: bytes) -> bool:
+    return len(path) == 16 and path[10:] == SNAPSHOT_PATH_NODE
+
 
 class Op(enum.StrEnum):
     UPSERT = "upsert"

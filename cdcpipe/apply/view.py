@@ -15,6 +15,7 @@ from typing import Any
 
 from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
 from cdcpipe.cql import CqlType
+from cdcpipe.model import is_snapshot_path
 from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import deserialize, deserializer
 
@@ -125,6 +126,8 @@ def _complex_value(t: CqlType, c: ComplexState, now: int, acc: _Acc) -> Any:
     if not live:
         return None  # rule 27: no live element reads as null
     if t.name == "list":
+        if any(is_snapshot_path(p) for p, _ in live):
+            live = _without_snapshot_twins(live)
         live.sort(key=lambda pv: order_key(_TIMEUUID, pv[0]))
         return [_value(t.params[0], v) for _, v in live]
     if t.name == "set":
@@ -142,6 +145,13 @@ def _complex_value(t: CqlType, c: ComplexState, now: int, acc: _Acc) -> Any:
 
 
 _TIMEUUID = CqlType("timeuuid")
+
+
+def _without_snapshot_twins(live: list[tuple[bytes, Version]]) -> list[tuple[bytes, Version]]:
+    """A list element copied by ``cdcpipe snapshot`` (a made-up path) that CDC also delivered (a real path, the
+    same write timestamp and value) is one element: keep the real one."""
+    real = {(v.ts, v.value) for p, v in live if not is_snapshot_path(p)}
+    return [(p, v) for p, v in live if not is_snapshot_path(p) or (v.ts, v.value) not in real]
 
 
 def static_view(table: TableSchema, part: PartitionState | None, now: int, grace: int,

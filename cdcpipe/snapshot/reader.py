@@ -99,6 +99,20 @@ class RateLimit:
             time.sleep(wait)
 
 
+PAGE_BYTES = 8 << 20  # about this many bytes of values a page
+FIRST_PAGE_ROWS = 100
+
+
+def next_fetch_size(fetch: int, rows: list[list[bytes | None]], page_size: int) -> int:
+    """The rows to ask for next: what fits :data:`PAGE_BYTES` at the last page's mean row size, at most twice
+    ``fetch`` and at most ``page_size``, at least 1."""
+    if not rows:
+        return fetch
+    size = sum(len(v) for row in rows for v in row if v is not None) or 1
+    fits = PAGE_BYTES * len(rows) // size
+    return max(1, min(page_size, 2 * fetch, fits))
+
+
 class RangeReader:
     """Pages through token ranges of one table."""
 
@@ -119,21 +133,27 @@ class RangeReader:
                                 retriable=isinstance(exc, RETRIABLE)) from exc
 
     def pages(self, r: TokenRange) -> Iterator[tuple[list[list[bytes | None]], int]]:
+        """The pages of ``r``.  Pages hold about :data:`PAGE_BYTES` of values whatever the rows' size (memory stays
+        bounded with rows of megabytes): the first asks for at most :data:`FIRST_PAGE_ROWS` rows, each next one
+        for as many as the last page's row size allows, at most doubling and never above ``page_size``."""
         paging_state: bytes | None = None
+        fetch = min(self.page_size, FIRST_PAGE_ROWS)
         while True:
-            rows, paging_state, now_s = self._page(r, paging_state)
+            rows, paging_state, now_s = self._page(r, paging_state, fetch)
             self.limit.take(len(rows))
+            fetch = next_fetch_size(fetch, rows, self.page_size)
             yield rows, now_s
             if paging_state is None:
                 return
 
-    def _page(self, r: TokenRange, paging_state: bytes | None) -> tuple[list[list[bytes | None]], bytes | None, int]:
+    def _page(self, r: TokenRange, paging_state: bytes | None,
+              fetch: int) -> tuple[list[list[bytes | None]], bytes | None, int]:
         name = self.layout.table.name
         for attempt in range(1, self.attempts + 1):
             if self.stop():
                 raise SnapshotError("stopped", table=name, token_range=str(r), retriable=True)
             statement = self.prepared.bind((r.start, r.end))
-            statement.fetch_size = self.page_size
+            statement.fetch_size = fetch
             now_s = int(time.time())
             try:
                 result = self.session.execute(statement, paging_state=paging_state, execution_profile=PROFILE)

@@ -12,8 +12,9 @@ What CQL cannot tell, and what is chosen instead (``docs/delivery.md``, "Snapsho
     with live cells is sent without one: it lives as long as its cells do.  A row with none exists by its
     marker alone; that one is sent at :data:`NO_MARKER_TIMESTAMP`, older than any real write, so any deletion
     shadows it, and without a TTL.
-  - A list element's cell path (a time-UUID).  A list is sent as an overwrite as of its newest element (see
-    :func:`list_cells`), with made-up paths in list order.
+  - A list element's cell path (a time-UUID).  Elements get made-up paths in list order (:func:`list_paths`),
+    marked as the snapshot's; an element CDC also delivered (real path, same write timestamp and value) is shown
+    once by apply's view.
   - A TTL's exact expiry second: ``TTL()`` is the remaining time at the node's clock when it served the page;
     the expiry is taken as the second the page was requested plus that (never later than the true expiry).
 """
@@ -28,14 +29,13 @@ from typing import Any
 
 from cdcpipe.cql import CqlType, decode_value
 from cdcpipe.errors import SnapshotError
-from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
+from cdcpipe.model import SNAPSHOT_PATH_NODE, Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
 from cdcpipe.schema import Column, TableSchema
 
 NO_MARKER_TIMESTAMP = -(1 << 63) + 1  # older than every write: a row marker that can never shadow anything
 SNAPSHOT_NODE = "snapshot"  # source.node of a snapshot event
 SNAPSHOT_SEGMENT = -1  # source.segment_id of a snapshot event: read from no commit-log segment
 _UUID_EPOCH = 0x01B21DD213814000  # 100 ns intervals from 1582-10-15 (time-UUID epoch) to 1970-01-01
-_SNAPSHOT_UUID_NODE = int.from_bytes(b"cdcsnp", "big")
 
 
 def quote(name: str) -> str:
@@ -155,9 +155,8 @@ class RowConverter:
             except (ValueError, IndexError) as exc:
                 raise SnapshotError(f"column {col.name!r}: cannot read its cells: {exc}",
                                     table=self.layout.table.name) from exc
-            deletion, cells = found if isinstance(found, tuple) else (None, found)
-            if cells:
-                out.append(ColumnChange(col.name, tuple(cells), deletion, static))
+            if found:
+                out.append(ColumnChange(col.name, tuple(found), None, static))
         return out
 
 
@@ -218,43 +217,22 @@ def _numbers(raw: bytes | None, width: int) -> list[int | None]:
     return [None if e is None else _int(e) for e in _elements(raw)]
 
 
-def list_paths(timestamp: int, count: int) -> list[bytes]:
-    """Deterministic version-1 time-UUID cell paths for ``count`` list elements: the time of ``timestamp`` (µs)
-    plus the element's index (100 ns units), so strictly increasing in list order, after every prepend (their
-    time-UUIDs run backwards from 2010) and before every later append."""
-    out = []
-    base = min(max(0, timestamp * 10 + _UUID_EPOCH), (1 << 60) - 1 - count)
-    for i in range(count):
-        t = base + i
-        u = uuid.UUID(fields=(t & 0xFFFFFFFF, (t >> 32) & 0xFFFF, ((t >> 48) & 0x0FFF) | 0x1000, 0x80, 0,
-                              _SNAPSHOT_UUID_NODE))
+def list_paths(timestamps: Sequence[int]) -> list[bytes]:
+    """Made-up version-1 time-UUID cell paths for list elements written at ``timestamps`` (µs), in list order:
+    each at its element's write time, pushed forward where needed to stay strictly increasing, so the same list
+    read again gets the same paths, elements appended later sort after them and prepended ones (time-UUIDs that
+    run backwards from 2010) before them.  The node field is :data:`cdcpipe.model.SNAPSHOT_PATH_NODE`."""
+    out, prev = [], -1
+    node = int.from_bytes(SNAPSHOT_PATH_NODE, "big")
+    for ts in timestamps:
+        t = min(max(prev + 1, ts * 10 + _UUID_EPOCH, 0), (1 << 60) - 1)
+        prev = t
+        u = uuid.UUID(fields=(t & 0xFFFFFFFF, (t >> 32) & 0xFFFF, ((t >> 48) & 0x0FFF) | 0x1000, 0x80, 0, node))
         out.append(u.bytes)
     return out
 
 
-def list_cells(t: CqlType, elements: Sequence[bytes | None], stamps: Sequence[int | None],
-               ttls: Sequence[int | None], now_s: int) -> tuple[Deletion, list[Cell]]:
-    """A list as an overwrite at its newest element's write time ``T``: a collection deletion at ``T`` and the
-    elements at ``T`` + 1 µs with made-up paths (:func:`list_paths`).  CQL does not give the elements' real paths,
-    so the copies of elements that CDC also delivered (with their real paths) must be shadowed, or they would
-    appear twice; reading the list again later (``--resume``, a re-sync) shadows this copy the same way."""
-    if len(stamps) != len(elements) or (ttls and len(ttls) != len(elements)):
-        raise ValueError(f"{len(elements)} elements but {len(stamps)} write times and {len(ttls)} TTLs")
-    if any(s is None for s in stamps):
-        raise ValueError("an element without a write time")
-    newest = max(s for s in stamps if s is not None)
-    paths = list_paths(newest + 1, len(elements))
-    cells = []
-    for i, (path, e) in enumerate(zip(paths, elements, strict=True)):
-        remaining = ttls[i] if ttls else None
-        cells.append(Cell(_value(t.params[0], e), newest + 1, remaining or 0,
-                          now_s + remaining if remaining else None, path=uuid.UUID(bytes=path), raw=e or b"",
-                          raw_path=path))
-    return Deletion(newest, now_s), cells
-
-
-def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None,
-           now_s: int) -> list[Cell] | tuple[Deletion, list[Cell]]:
+def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None, now_s: int) -> list[Cell]:
     if not t.multi_cell:
         remaining = None if ttl is None else _int(ttl)
         return [Cell(_value(t, value), _int(wt), remaining or 0,
@@ -282,8 +260,10 @@ def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None,
                      for k, v in zip(keys, vals, strict=True)]
         elif t.name == "set":
             parts = [(e or b"", _value(t.params[0], e), b"", None) for e in elements]
-        else:  # list: see list_cells
-            return list_cells(t, elements, stamps, ttls, now_s)
+        else:  # list: made-up paths (see list_paths)
+            paths = list_paths([s if s is not None else 0 for s in stamps])
+            parts = [(p, uuid.UUID(bytes=p), e or b"", _value(t.params[0], e))
+                     for p, e in zip(paths, elements, strict=False)]
     if len(stamps) != len(parts) or (ttls and len(ttls) != len(parts)):
         raise ValueError(f"{len(parts)} elements but {len(stamps)} write times and {len(ttls)} TTLs")
     cells = []

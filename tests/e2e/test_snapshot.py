@@ -18,7 +18,7 @@ pytestmark = pytest.mark.timeout(1800)
 
 # about 20,000 rows (users 8,000, readings up to 150 x 6 x 12, wide 40 x 50) before CDC; 1,000,000 with --long
 CI_SIZES = workload.Sizes(users=8000, devices=150, days=6, seqs=12, wide_k=40, wide_c=50)
-LONG_SIZES = workload.Sizes(users=400_000, devices=5000, days=6, seqs=12, wide_k=400, wide_c=250)
+LONG_SIZES = workload.Sizes(users=600_000, devices=5000, days=6, seqs=12, wide_k=400, wide_c=250)
 SPLITS = 48
 
 
@@ -38,7 +38,7 @@ def test_snapshot_under_load_killed_and_resumed(stack_env: dict[str, str], long_
     rate = "20000" if long_run else "4000"
     outcome = run_fidelity(
         StackEnv(stack_env), tmp_path, ops=40_000 if long_run else 3000, seed=41, rate=None if long_run else 150,
-        sizes=LONG_SIZES if long_run else CI_SIZES, preload_ops=2_500_000 if long_run else 30_000,
+        sizes=LONG_SIZES if long_run else CI_SIZES, preload_ops=3_000_000 if long_run else 30_000,
         during=snapshot_during(runs, kill_after_s=60.0 if long_run else 3.0,
                                args=("--splits", str(SPLITS), "--concurrency", "2", "--rate", rate)))
     print(outcome.summary())

@@ -51,3 +51,15 @@ def test_subtract_nothing_and_everything() -> None:
     assert subtract(ring, []) == ring
     assert subtract(ring, [TokenRange(MIN_TOKEN, MAX_TOKEN)]) == []
     assert subtract(ring, ring[:3]) == ring[3:]
+
+
+def test_pages_hold_about_a_fixed_number_of_bytes() -> None:
+    from cdcpipe.snapshot.reader import PAGE_BYTES, next_fetch_size
+
+    small = [[b"x" * 100]] * 100
+    assert next_fetch_size(100, small, 1000) == 200  # at most doubling
+    assert next_fetch_size(800, small, 1000) == 1000  # never above the page size
+    big = [[b"x" * (4 << 20)]] * 2  # two 4 MiB rows fill a page
+    assert next_fetch_size(100, big, 1000) == 2
+    assert next_fetch_size(2, [[b"x" * (3 * PAGE_BYTES)]], 1000) == 1
+    assert next_fetch_size(7, [], 1000) == 7

@@ -10,6 +10,7 @@ import pytest
 from cdcpipe.avro import SchemaCache, decode, encode, table_schema
 from cdcpipe.cql import CqlType, driver_type
 from cdcpipe.errors import SnapshotError
+from cdcpipe.model import is_snapshot_path
 from cdcpipe.schema import TableSchema
 from cdcpipe.schema_source import parse_cql_schema
 from cdcpipe.snapshot.rows import NO_MARKER_TIMESTAMP, RowConverter, layout, list_paths, source_of
@@ -124,21 +125,38 @@ def test_collections_and_udts_per_element() -> None:
         ("street", b"\0\0", "x", 13), ("zip", b"\0\2", 9, 14)]
 
 
-def test_a_list_is_an_overwrite_as_of_its_newest_element() -> None:
+def test_list_elements_get_made_up_paths_in_list_order() -> None:
     t = table()
     value = ser(col(t, "l").freeze(), [3, 1, 2])
-    (out,) = convert(t, [row(t, 1, 1, {"l": (value, numbers([30, 10, 20], 8), numbers([None] * 3, 4))})])
+    cells = {"l": (value, numbers([30, 10, 20], 8), numbers([None] * 3, 4))}
+    (out,) = convert(t, [row(t, 1, 1, cells)])
     (change,) = out.event.columns
-    assert change.complex_deletion is not None and change.complex_deletion.timestamp == 30
-    assert [c.value for c in change.cells] == [3, 1, 2]
-    assert {c.timestamp for c in change.cells} == {31}
+    assert change.complex_deletion is None
+    assert [(c.value, c.timestamp) for c in change.cells] == [(3, 30), (1, 10), (2, 20)]
     paths = [c.raw_path for c in change.cells]
-    assert paths == list_paths(31, 3)
+    assert paths == list_paths([30, 10, 20]) and all(is_snapshot_path(p) for p in paths)
     times = [uuid.UUID(bytes=p).time for p in paths]
-    assert times == sorted(times) and len(set(times)) == 3
-    # read again unchanged: the same events (a resumed range repeats itself exactly)
-    (again,) = convert(t, [row(t, 1, 1, {"l": (value, numbers([30, 10, 20], 8), numbers([None] * 3, 4))})])
-    assert again.event == out.event
+    assert times == sorted(times) and len(set(times)) == 3  # list order, whatever the write times
+    (again,) = convert(t, [row(t, 1, 1, cells)])
+    assert again.event == out.event  # a range read again repeats itself exactly
+
+
+def test_the_view_shows_an_element_read_by_cdc_and_by_the_snapshot_once() -> None:
+    from cdcpipe.apply.merge import ComplexState, Version
+    from cdcpipe.apply.view import _Acc, _complex_value
+
+    t = col(table(), "l")
+    one, two = int32(1), int32(2)
+    at = 1_796_421_565_888_970  # µs
+    prepended = uuid.UUID("3cdc23ff-fca3-11cb-b610-5d90242f9326").bytes  # a real prepend's path (time in 1994)
+    gregorian = at * 10 + 0x01B21DD213814000
+    real = uuid.UUID(fields=(gregorian & 0xFFFFFFFF, (gregorian >> 32) & 0xFFFF,
+                             ((gregorian >> 48) & 0x0FFF) | 0x1000, 0x80, 7, 0x0123456789AB)).bytes
+    snap_one, snap_two = list_paths([at, at + 10])
+    elements = {prepended: Version(at + 20, value=two), real: Version(at, value=one),
+                snap_one: Version(at, value=one), snap_two: Version(at + 10, value=two)}
+    # 1 was read by both (same write time and value): once; 2 at +10 only by the snapshot; 2 at +20 only by CDC
+    assert _complex_value(t, ComplexState(None, elements), NOW, _Acc()) == [2, 1, 2]
 
 
 def test_events_encode_and_decode_as_capture_events() -> None:
