@@ -68,6 +68,7 @@ class Figures:
     lag: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     duplicates: float = 0.0
     dlq: float = 0.0
+    dropped_tables: float = 0.0  # capture dead letters of tables no longer in the schema (counted in dlq too)
     capture_lag_s: float = 0.0
     at: float = field(default_factory=time.monotonic)
 
@@ -86,6 +87,8 @@ def figures(capture_url: str, apply_url: str) -> Figures:
             f.captured[f"{lab['keyspace']}.{lab['table']}"] += value
         elif name == "cdcpipe_capture_dead_letters_total":
             f.dlq += value
+        elif name == "cdcpipe_capture_dead_letter_records_total" and lab.get("cause") == "unknown_table":
+            f.dropped_tables += value  # mutations of tables dropped since: kept in the DLQ topic, not lost data
         elif name == "cdcpipe_capture_lag_seconds":
             f.capture_lag_s = value
     for (name, labels), value in (app or {}).items():
@@ -117,8 +120,10 @@ def render(now: Figures, before: Figures | None, title: str, footer: str = "") -
         table.add_row(t, f"{now.captured.get(t, 0):.0f}", f"{cap_rate:.0f}", f"{now.applied.get(t, 0):.0f}",
                       f"{app_rate:.0f}", f"{now.lag.get(t, 0):.0f}")
     state = "  ".join(f"{k}: {'up' if v else 'DOWN'}" for k, v in now.up.items())
+    held = now.dlq - now.dropped_tables
+    dropped = f" (+{now.dropped_tables:.0f} of dropped tables)" if now.dropped_tables else ""
     line = Text(f"{state}   capture lag {now.capture_lag_s:.1f}s   duplicates skipped {now.duplicates:.0f}   "
-                f"dead letters {now.dlq:.0f}", style="bold red" if now.dlq else "")
+                f"dead letters {held:.0f}{dropped}", style="bold red" if held else "")
     return Group(table, line, Text(footer))
 
 
