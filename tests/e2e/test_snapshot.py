@@ -16,7 +16,8 @@ from tests.support.stack import StackEnv
 
 pytestmark = pytest.mark.timeout(1800)
 
-# about 20,000 rows (users 8,000, readings up to 150 x 6 x 12, wide 40 x 50) before CDC; 1,000,000 with --long
+# key spaces of about 21,000 rows (users 8,000, readings 150 x 6 x 12, wide 40 x 50); 30,000 random statements
+# with CDC off leave about 8,000 rows before CDC; --long: key spaces of about 1,060,000 rows, 3,000,000 statements
 CI_SIZES = workload.Sizes(users=8000, devices=150, days=6, seqs=12, wide_k=40, wide_c=50)
 LONG_SIZES = workload.Sizes(users=600_000, devices=5000, days=6, seqs=12, wide_k=400, wide_c=250)
 SPLITS = 48
