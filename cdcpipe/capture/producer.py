@@ -27,17 +27,16 @@ from typing import Any, NamedTuple
 import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from cdcpipe.avro import EventSchema
 from cdcpipe.capture import metrics
 from cdcpipe.capture.segment import Position
-from cdcpipe.config import KafkaSettings, replication_factor
+from cdcpipe.config import KafkaSettings
 from cdcpipe.errors import KafkaProduceError
+from cdcpipe.kafka_admin import COMPACTED, create_topic, topic_replication
 from cdcpipe.topics import capture_dlq_topic, positions_topic, schemas_topic
 
 log = structlog.get_logger(__name__)
-COMPACTED = {"cleanup.policy": "compact"}
 _ATTEMPTS = 5
 
 
@@ -94,29 +93,15 @@ class EventProducer:
         """Create ``topic`` unless it exists (blocking; cached)."""
         if topic in self._topics:
             return
-        new = NewTopic(topic, num_partitions=partitions or self.partitions, replication_factor=self.replication,
-                       config={**self._topic_config, **(config or {})})
-        future = self._admin.create_topics([new], operation_timeout=self.timeout_s)[topic]
-        try:
-            future.result(timeout=self.timeout_s)
-            log.info("topic created", topic=topic)
-        except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                raise KafkaProduceError(f"create topic: {err.str()}", topic=topic, retriable=err.retriable()) from exc
+        create_topic(self._admin, topic, partitions=partitions or self.partitions, replication=self.replication,
+                     config={**self._topic_config, **(config or {})}, timeout_s=self.timeout_s)
         self._topics.add(topic)
 
     @property
     def replication(self) -> int:
         """The replication factor of the topics it creates (asks the cluster its size once when not set)."""
         if self._replication is None:
-            try:
-                brokers = len(self._admin.list_topics(timeout=self.timeout_s).brokers)
-            except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                raise KafkaProduceError(f"list brokers: {err.str()}", retriable=err.retriable()) from exc
-            self._replication = replication_factor(None, brokers)
-            log.info("topic replication factor chosen", replication=self._replication, brokers=brokers)
+            self._replication = topic_replication(self._admin, None, self.timeout_s)
         return self._replication
 
     def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:

@@ -97,7 +97,7 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
             session.execute(stmt, timeout=60)
         if args.preload:
             console.print(f"writing {args.preload} statements with CDC off (data only a snapshot can bring over) ...")
-            preload(session, args.preload, args.seed + 1)
+            workload.write_without_cdc(session, KEYSPACE, args.preload, args.seed + 1)
         base = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": prefix, "CDCPIPE_OBSERVABILITY__HTTP_HOST": "127.0.0.1",
                 "CDCPIPE_OBSERVABILITY__LOG_FORMAT": "json"}
         children.append(Child("capture", {**base, "CDCPIPE_CAPTURE__CDC_RAW_DIR": cdc_raw,
@@ -181,15 +181,6 @@ def demo(args: argparse.Namespace, settings: Settings) -> int:
             rc = c.stop()
             console.print(f"{c.command} stopped (exit {rc}); log {c.log}")
         cluster.shutdown()
-
-
-def preload(session: Any, statements: int, seed: int) -> None:
-    """Workload statements written with CDC off, then CDC on: rows no capture sees, for ``cdcpipe snapshot``."""
-    for t in workload.TABLES:
-        session.execute(f"ALTER TABLE {KEYSPACE}.{t} WITH cdc = false", timeout=60)
-    workload.drive(session, workload.Workload(KEYSPACE, seed), statements, concurrency=32)
-    for t in workload.TABLES:
-        session.execute(f"ALTER TABLE {KEYSPACE}.{t} WITH cdc = true", timeout=60)
 
 
 def snapshot_result(snapshot: Child | None) -> int | None:

@@ -532,3 +532,15 @@ def drive(session: Any, workload: Workload, ops: int, *, rate: float | None = No
     for _ in range(concurrency):  # wait for the statements in flight
         slots.acquire()
     return tally
+
+
+def write_without_cdc(session: Any, keyspace: str, statements: int, seed: int, sizes: Sizes | None = None,
+                      consistency: int | None = None) -> Tally:
+    """``statements`` of the workload (``seed``) with CDC off on the demo tables, then CDC on again: rows no
+    capture has seen, for ``cdcpipe snapshot`` to bring over."""
+    for t in TABLES:
+        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = false", timeout=60)
+    tally = drive(session, Workload(keyspace, seed, sizes), statements, concurrency=32, consistency=consistency)
+    for t in TABLES:
+        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = true", timeout=60)
+    return tally

@@ -17,18 +17,16 @@ import threading
 import time
 from typing import Any
 
-import structlog
 from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
-from confluent_kafka.cimpl import NewTopic
 
 from cdcpipe.avro import EventSchema
-from cdcpipe.config import CaptureSettings, KafkaSettings, replication_factor
+from cdcpipe.config import CaptureSettings, KafkaSettings
 from cdcpipe.errors import KafkaProduceError
+from cdcpipe.kafka_admin import COMPACTED, create_topic, topic_replication
 from cdcpipe.snapshot import metrics
 from cdcpipe.topics import schemas_topic
 
-log = structlog.get_logger(__name__)
 HEADERS: list[tuple[str, str | bytes | None]] = [("cdcpipe-snapshot", b"1")]
 
 
@@ -76,24 +74,15 @@ class Emitter:
         with self._lock:
             if topic in self._topics:
                 return
-            if self._replication is None:
-                brokers = len(self._admin.list_topics(timeout=self.timeout_s).brokers)
-                self._replication = replication_factor(None, brokers)
-            new = NewTopic(topic, num_partitions=partitions or self.capture.topic_partitions,
-                           replication_factor=self._replication, config={**self.kafka.topic_config(), **(config or {})})
-            try:
-                self._admin.create_topics([new], operation_timeout=self.timeout_s)[topic].result(timeout=self.timeout_s)
-                log.info("topic created", topic=topic)
-            except KafkaException as exc:
-                err: KafkaError = exc.args[0]
-                if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise KafkaProduceError(f"create topic: {err.str()}", topic=topic,
-                                            retriable=err.retriable()) from exc
+            self._replication = topic_replication(self._admin, self._replication, self.timeout_s)
+            create_topic(self._admin, topic, partitions=partitions or self.capture.topic_partitions,
+                         replication=self._replication, config={**self.kafka.topic_config(), **(config or {})},
+                         timeout_s=self.timeout_s)
             self._topics.add(topic)
 
     def publish_schema(self, schema: EventSchema) -> None:
         topic = schemas_topic(self.kafka.topic_prefix)
-        self.ensure_topic(topic, partitions=1, config={"cleanup.policy": "compact"})
+        self.ensure_topic(topic, partitions=1, config=COMPACTED)
         batch = Batch()
         self.produce(topic, schema.fingerprint, schema.to_json().encode(), batch, headers=None)
         self.wait(batch)

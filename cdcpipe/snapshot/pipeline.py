@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -25,7 +26,7 @@ from cdcpipe.avro import EventSchema, encode, table_schema
 from cdcpipe.config import Settings
 from cdcpipe.errors import CdcpipeError, SnapshotError
 from cdcpipe.schema import TableSchema
-from cdcpipe.schema_source import connect_system_schema
+from cdcpipe.schema_source import SystemSchemaSource
 from cdcpipe.snapshot import metrics
 from cdcpipe.snapshot.emit import Batch, Emitter
 from cdcpipe.snapshot.progress import ProgressStore, Reporter, TableProgress
@@ -80,15 +81,15 @@ class Snapshot:
         self.out = out
         self._stop = threading.Event()
         self.limit = RateLimit(options.rate)
-        schema_source = connect_system_schema(settings.cassandra)
+        self.cluster, plain, self.session = connect(settings.cassandra, options.consistency)
         try:
-            local = next(iter(schema_source.session.execute("SELECT cluster_name, data_center FROM system.local")))
-            self.all_tables = schema_source.load()
-        finally:
-            schema_source.session.cluster.shutdown()  # type: ignore[attr-defined]  # a driver Session
+            local = next(iter(plain.execute("SELECT cluster_name, data_center FROM system.local")))
+            self.all_tables = SystemSchemaSource(plain).load()
+        except BaseException:
+            self.cluster.shutdown()
+            raise
         c = settings.capture
         self.cluster_name, self.datacenter = c.cluster or local.cluster_name, c.datacenter or local.data_center
-        self.cluster, self.session = connect(settings.cassandra, options.consistency)
         self.emitter = Emitter(settings.kafka, settings.capture)
         self.store = ProgressStore(settings.kafka, self.emitter)
 
@@ -267,8 +268,6 @@ def parse_tables(text: str | None) -> tuple[str, ...]:
 
 def main(settings: Settings, args: Any, out: IO[str] | None = None) -> int:
     """The ``cdcpipe snapshot`` command: 0 when every range is done, 1 (with the range printed) otherwise."""
-    import sys
-
     options = Options(tables=parse_tables(args.tables), splits=args.splits, concurrency=args.concurrency,
                       consistency=args.consistency, rate=args.rate, resume=args.resume, page_size=args.page_size,
                       progress=args.progress, metrics_port=args.metrics_port)

@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from cdcpipe.config import KafkaSettings
 from cdcpipe.errors import KafkaConsumeError
+from cdcpipe.kafka_admin import COMPACTED
 from cdcpipe.snapshot import metrics
 from cdcpipe.snapshot.emit import Batch, Emitter
 from cdcpipe.snapshot.ranges import TokenRange
@@ -49,7 +50,7 @@ class ProgressStore:
         self.timeout_s = timeout_s
 
     def ensure(self) -> None:
-        self.emitter.ensure_topic(self.topic, partitions=1, config={"cleanup.policy": "compact"})
+        self.emitter.ensure_topic(self.topic, partitions=1, config=COMPACTED)
 
     def load(self) -> dict[str, TableProgress]:
         """Every table's latest run with its finished ranges (blocking: reads the topic to its end)."""
@@ -139,7 +140,7 @@ class Reporter:
             self.rows += rows
             self.done += ranges
 
-    def snapshot(self) -> dict[str, Any]:
+    def figures(self) -> dict[str, Any]:
         with self._lock:
             elapsed = time.monotonic() - self.started
             read_now = self.done - self.resumed
@@ -154,7 +155,7 @@ class Reporter:
             self.print()
 
     def print(self, final: bool = False) -> None:
-        s = self.snapshot()
+        s = self.figures()
         metrics.ELAPSED.set(s["elapsed_s"])
         metrics.REMAINING.set(s["eta_s"] or 0)
         if self.tty:

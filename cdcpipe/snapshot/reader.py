@@ -64,8 +64,9 @@ def consistency_level(name: str) -> int:
     return int(value)
 
 
-def connect(cfg: CassandraSettings, consistency: str, timeout_s: float = 30.0) -> tuple[Cluster, Session]:
-    """A cluster and a session for snapshot reads at ``consistency`` (client requests answer raw rows)."""
+def connect(cfg: CassandraSettings, consistency: str, timeout_s: float = 30.0) -> tuple[Cluster, Session, Session]:
+    """A cluster, a plain session (schema, ``system.local``) and a session for snapshot reads at ``consistency``
+    whose client requests answer raw rows."""
     options = cluster_options(cfg)
     policy = DCAwareRoundRobinPolicy(local_dc=cfg.local_dc) if cfg.local_dc else RoundRobinPolicy()
     profile = ExecutionProfile(load_balancing_policy=policy, consistency_level=consistency_level(consistency),
@@ -73,11 +74,11 @@ def connect(cfg: CassandraSettings, consistency: str, timeout_s: float = 30.0) -
     options.setdefault("execution_profiles", {})[PROFILE] = profile
     try:
         cluster = Cluster(**options)
-        session = cluster.connect()
+        plain, raw = cluster.connect(), cluster.connect()
     except Exception as exc:
         raise SnapshotError(f"cannot connect to Cassandra at {','.join(cfg.hosts)}: {exc}", retriable=True) from exc
-    session.client_protocol_handler = RawProtocolHandler
-    return cluster, session
+    raw.client_protocol_handler = RawProtocolHandler
+    return cluster, plain, raw
 
 
 class RateLimit:

@@ -27,6 +27,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from cassandra.metadata import escape_name
+
 from cdcpipe.cql import CqlType, decode_value
 from cdcpipe.errors import SnapshotError
 from cdcpipe.model import SNAPSHOT_PATH_NODE, Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
@@ -36,10 +38,6 @@ NO_MARKER_TIMESTAMP = -(1 << 63) + 1  # older than every write: a row marker tha
 SNAPSHOT_NODE = "snapshot"  # source.node of a snapshot event
 SNAPSHOT_SEGMENT = -1  # source.segment_id of a snapshot event: read from no commit-log segment
 _UUID_EPOCH = 0x01B21DD213814000  # 100 ns intervals from 1582-10-15 (time-UUID epoch) to 1970-01-01
-
-
-def quote(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,13 +61,13 @@ def layout(table: TableSchema) -> Layout:
     if counters:
         raise SnapshotError(f"counter columns {counters} have no write time CQL can select; counter tables cannot "
                             "be snapshotted (and CDC of counters is not supported)", table=table.name)
-    keys = [quote(c.name) for c in (*table.partition_key, *table.clustering)]
+    keys = [escape_name(c.name) for c in (*table.partition_key, *table.clustering)]
     selected = [*keys]
     for c in cells:
-        q = quote(c.name)
+        q = escape_name(c.name)
         selected += [q, f"WRITETIME({q})", f"TTL({q})"]
-    token = f"token({', '.join(quote(c.name) for c in table.partition_key)})"
-    select = (f"SELECT {', '.join(selected)} FROM {quote(table.keyspace)}.{quote(table.table)} "
+    token = f"token({', '.join(escape_name(c.name) for c in table.partition_key)})"
+    select = (f"SELECT {', '.join(selected)} FROM {escape_name(table.keyspace)}.{escape_name(table.table)} "
               f"WHERE {token} > ? AND {token} <= ?")
     return Layout(table, cells, select)
 
@@ -173,45 +171,40 @@ def _int(raw: bytes) -> int:
     return int.from_bytes(raw, "big", signed=True)
 
 
-def _elements(raw: bytes, per_entry: int = 1) -> list[bytes | None]:
-    """The elements of a serialized collection (protocol v3+: an int32 count of entries, then ``per_entry``
-    int32-length-prefixed values each: 2 for a map's key and value)."""
-    n, p = _int(raw[:4]) * per_entry, 4
-    out: list[bytes | None] = []
-    for _ in range(n):
+def _values(raw: bytes, start: int, count: int | None) -> list[bytes | None]:
+    """``count`` int32-length-prefixed values (a negative length is null) from ``start`` to the end of ``raw``;
+    ``count`` None: as many as there are."""
+    p = start
+    values: list[bytes | None] = []
+    while (p < len(raw)) if count is None else (len(values) < count):
         size = _int(raw[p:p + 4])
         p += 4
         if size < 0:
-            out.append(None)
+            values.append(None)
             continue
         if p + size > len(raw):
-            raise ValueError("collection value ends early")
-        out.append(raw[p:p + size])
+            raise ValueError("the value ends early")
+        values.append(raw[p:p + size])
         p += size
     if p != len(raw):
-        raise ValueError("trailing bytes after a collection value")
-    return out
+        raise ValueError("trailing bytes after the value")
+    return values
+
+
+def _elements(raw: bytes, per_entry: int = 1) -> list[bytes | None]:
+    """The elements of a serialized collection (protocol v3+: an int32 count of entries, then ``per_entry``
+    values each: 2 for a map's key and value)."""
+    return _values(raw, 4, _int(raw[:4]) * per_entry)
 
 
 def _udt_fields(raw: bytes) -> list[bytes | None]:
     """The fields of a serialized UDT in order (None for a null field)."""
-    p = 0
-    out: list[bytes | None] = []
-    while p < len(raw):
-        size = _int(raw[p:p + 4])
-        p += 4
-        if size < 0:
-            out.append(None)
-            continue
-        if p + size > len(raw):
-            raise ValueError("UDT value ends early")
-        out.append(raw[p:p + size])
-        p += size
-    return out
+    return _values(raw, 0, None)
 
 
-def _numbers(raw: bytes | None, width: int) -> list[int | None]:
-    """A serialized ``list<bigint>`` (``width`` 8) or ``list<int>`` (4) whose elements may be null."""
+def _numbers(raw: bytes | None) -> list[int | None]:
+    """A serialized ``list<bigint>`` or ``list<int>`` whose elements may be null (the driver's codec refuses
+    null elements, which ``TTL()`` of a collection has for elements without one)."""
     if raw is None:
         return []
     return [None if e is None else _int(e) for e in _elements(raw)]
@@ -237,8 +230,8 @@ def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None, now_s: int) -
         remaining = None if ttl is None else _int(ttl)
         return [Cell(_value(t, value), _int(wt), remaining or 0,
                      now_s + remaining if remaining else None, raw=value)]
-    stamps = _numbers(wt, 8)
-    ttls = _numbers(ttl, 4)
+    stamps = _numbers(wt)
+    ttls = _numbers(ttl)
     if t.name == "udt":  # one write time per field of the type, null where the field has no cell
         fields = _udt_fields(value)
         fields += [None] * (len(stamps) - len(fields))

@@ -401,18 +401,6 @@ def create_keyspace(session: Session, keyspace: str, rf: int = 1) -> None:
                     "WITH cdc = true", timeout=60)
 
 
-def preload(session: Session, keyspace: str, ops: int, seed: int, sizes: workload.Sizes | None,
-            consistency: int | None) -> None:
-    """``ops`` statements of another seed with CDC off, then CDC on: data only a snapshot can bring over."""
-    for t in workload.TABLES:
-        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = false", timeout=60)
-    tally = workload.drive(session, workload.Workload(keyspace, seed + 10_000, sizes), ops, concurrency=32,
-                           consistency=consistency)
-    assert not tally.errors, tally.errors[:5]
-    for t in workload.TABLES:
-        session.execute(f"ALTER TABLE {keyspace}.{t} WITH cdc = true", timeout=60)
-
-
 def wait_for(what: str, cond: Callable[[], bool], timeout: float, pipeline: Pipeline | None = None,
              step: float = 0.5, progress: Callable[[], object] | None = None) -> None:
     """Wait until ``cond()``; fail after ``timeout`` seconds — or, with ``progress``, after ``timeout`` seconds
@@ -447,7 +435,8 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
     try:
         create_keyspace(session, keyspace, rf)
         if preload_ops:
-            preload(session, keyspace, preload_ops, seed, sizes, consistency)
+            preloaded = workload.write_without_cdc(session, keyspace, preload_ops, seed + 10_000, sizes, consistency)
+            assert not preloaded.errors, preloaded.errors[:5]
             seconds["preload"] = time.monotonic() - t0
             log.checked_from_us = int(time.time() * 1e6)
         pipeline.start()
