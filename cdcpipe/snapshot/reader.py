@@ -16,16 +16,15 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
 
 import structlog
 from cassandra import ConsistencyLevel, DriverException, OperationTimedOut, ReadFailure, ReadTimeout, Unavailable
 from cassandra.cluster import Cluster, ExecutionProfile, NoHostAvailable, Session
 from cassandra.policies import DCAwareRoundRobinPolicy, RoundRobinPolicy
-from cassandra.protocol import ProtocolHandler, ResultMessage, read_int
 from cassandra.query import tuple_factory
 
 from cdcpipe.config import CassandraSettings
+from cdcpipe.cql_raw import RawProtocolHandler
 from cdcpipe.errors import SnapshotError
 from cdcpipe.schema_source import cluster_options
 from cdcpipe.snapshot import metrics
@@ -35,25 +34,6 @@ from cdcpipe.snapshot.rows import Layout
 log = structlog.get_logger(__name__)
 PROFILE = "snapshot"
 RETRIABLE = (ReadTimeout, ReadFailure, Unavailable, OperationTimedOut, NoHostAvailable, ConnectionError)
-
-
-class RawRows(ResultMessage):  # type: ignore[misc]
-    """A RESULT message whose rows stay serialized: a list of ``bytes | None`` per row."""
-
-    def recv_results_rows(self, f: Any, protocol_version: int, user_type_map: Any, result_metadata: Any,
-                          column_encryption_policy: Any) -> None:
-        self.recv_results_metadata(f, user_type_map)
-        metadata = self.column_metadata or result_metadata
-        count = read_int(f)
-        width = len(metadata)
-        self.parsed_rows = [self.recv_row(f, width) for _ in range(count)]
-        self.column_names = [c[2] for c in metadata]
-        self.column_types = [c[3] for c in metadata]
-
-
-class RawProtocolHandler(ProtocolHandler):  # type: ignore[misc]
-    message_types_by_opcode: ClassVar[dict[int, Any]] = {
-        **ProtocolHandler.message_types_by_opcode, RawRows.opcode: RawRows}
 
 
 def consistency_level(name: str) -> int:

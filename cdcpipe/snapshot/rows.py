@@ -30,6 +30,7 @@ from typing import Any
 from cassandra.metadata import escape_name
 
 from cdcpipe.cql import CqlType, decode_value
+from cdcpipe.cql_raw import elements, int32, udt_fields
 from cdcpipe.errors import SnapshotError
 from cdcpipe.model import SNAPSHOT_PATH_NODE, Cell, ChangeEvent, ColumnChange, Liveness, Op, Source
 from cdcpipe.schema import Column, TableSchema
@@ -167,47 +168,12 @@ def _value(t: CqlType | None, raw: bytes | None) -> Any:
         return None
 
 
-def _int(raw: bytes) -> int:
-    return int.from_bytes(raw, "big", signed=True)
-
-
-def _values(raw: bytes, start: int, count: int | None) -> list[bytes | None]:
-    """``count`` int32-length-prefixed values (a negative length is null) from ``start`` to the end of ``raw``;
-    ``count`` None: as many as there are."""
-    p = start
-    values: list[bytes | None] = []
-    while (p < len(raw)) if count is None else (len(values) < count):
-        size = _int(raw[p:p + 4])
-        p += 4
-        if size < 0:
-            values.append(None)
-            continue
-        if p + size > len(raw):
-            raise ValueError("the value ends early")
-        values.append(raw[p:p + size])
-        p += size
-    if p != len(raw):
-        raise ValueError("trailing bytes after the value")
-    return values
-
-
-def _elements(raw: bytes, per_entry: int = 1) -> list[bytes | None]:
-    """The elements of a serialized collection (protocol v3+: an int32 count of entries, then ``per_entry``
-    values each: 2 for a map's key and value)."""
-    return _values(raw, 4, _int(raw[:4]) * per_entry)
-
-
-def _udt_fields(raw: bytes) -> list[bytes | None]:
-    """The fields of a serialized UDT in order (None for a null field)."""
-    return _values(raw, 0, None)
-
-
 def _numbers(raw: bytes | None) -> list[int | None]:
     """A serialized ``list<bigint>`` or ``list<int>`` whose elements may be null (the driver's codec refuses
     null elements, which ``TTL()`` of a collection has for elements without one)."""
     if raw is None:
         return []
-    return [None if e is None else _int(e) for e in _elements(raw)]
+    return [None if e is None else int32(e) for e in elements(raw)]
 
 
 def list_paths(timestamps: Sequence[int]) -> list[bytes]:
@@ -227,13 +193,13 @@ def list_paths(timestamps: Sequence[int]) -> list[bytes]:
 
 def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None, now_s: int) -> list[Cell]:
     if not t.multi_cell:
-        remaining = None if ttl is None else _int(ttl)
-        return [Cell(_value(t, value), _int(wt), remaining or 0,
+        remaining = None if ttl is None else int32(ttl)
+        return [Cell(_value(t, value), int32(wt), remaining or 0,
                      now_s + remaining if remaining else None, raw=value)]
     stamps = _numbers(wt)
     ttls = _numbers(ttl)
     if t.name == "udt":  # one write time per field of the type, null where the field has no cell
-        fields = _udt_fields(value)
+        fields = udt_fields(value)
         fields += [None] * (len(stamps) - len(fields))
         if len(fields) != len(stamps):
             raise ValueError(f"{len(fields)} UDT fields but {len(stamps)} write times")
@@ -244,19 +210,19 @@ def _cells(t: CqlType, value: bytes, wt: bytes, ttl: bytes | None, now_s: int) -
         stamps = [stamps[i] for i in kept]
         ttls = [ttls[i] for i in kept] if ttls else []
     else:
-        elements = _elements(value, 2 if t.name == "map" else 1)
+        items = elements(value, 2 if t.name == "map" else 1)
         if t.name == "map":
-            if len(elements) % 2:
+            if len(items) % 2:
                 raise ValueError("a map value with a key and no value")
-            keys, vals = elements[0::2], elements[1::2]
+            keys, vals = items[0::2], items[1::2]
             parts = [(k or b"", _value(t.params[0], k), v or b"", _value(t.params[1], v))
                      for k, v in zip(keys, vals, strict=True)]
         elif t.name == "set":
-            parts = [(e or b"", _value(t.params[0], e), b"", None) for e in elements]
+            parts = [(e or b"", _value(t.params[0], e), b"", None) for e in items]
         else:  # list: made-up paths (see list_paths)
             paths = list_paths([s if s is not None else 0 for s in stamps])
             parts = [(p, uuid.UUID(bytes=p), e or b"", _value(t.params[0], e))
-                     for p, e in zip(paths, elements, strict=False)]
+                     for p, e in zip(paths, items, strict=False)]
     if len(stamps) != len(parts) or (ttls and len(ttls) != len(parts)):
         raise ValueError(f"{len(parts)} elements but {len(stamps)} write times and {len(ttls)} TTLs")
     cells = []
