@@ -88,6 +88,10 @@ class SchemaError(CdcpipeError):
     """A schema source is invalid (unparsable CQL, inconsistent system_schema rows, unknown type)."""
 
 
+class CassandraReadError(CdcpipeError):
+    """A read capture needs from Cassandra failed (a server's fault: retriable, the chunk is read again)."""
+
+
 class UnknownTableError(MutationDecodeError):
     """A mutation names a table id that no schema source knows.
 

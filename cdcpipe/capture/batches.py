@@ -17,22 +17,23 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from cdcpipe import avro
 from cdcpipe.capture import metrics
-from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower, damage_cause, scan
+from cdcpipe.capture.backdated import BackdatedCheck
+from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower, damage_record, scan
+from cdcpipe.capture.cdc_switch import SCHEMA_RAW_IDS, CdcLog, raw_table_id, scan_ahead, switch_rows
 from cdcpipe.capture.encoder import TableEncoder, Unsupported
-from cdcpipe.capture.events import Origin, from_mutation
+from cdcpipe.capture.events import Change, Origin, from_mutation
 from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id
 from cdcpipe.capture.producer import Record
 from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.schema_watch import SchemaWatcher
-from cdcpipe.capture.segment import Position, segment_id_of
-from cdcpipe.errors import DamagedEntryError, MutationDecodeError, SegmentError, UnknownTableError
+from cdcpipe.capture.segment import Position
+from cdcpipe.errors import MutationDecodeError, UnknownTableError
 from cdcpipe.model import Op
 from cdcpipe.schema import TableSchema
 from cdcpipe.topics import capture_dlq_topic, table_topic
@@ -56,6 +57,7 @@ class Batch:
     caught_up: bool = False  # the read reached everything durable: commit without waiting for more
     durable_ns: int = 0  # when the oldest data read was made durable (its idx written; 0: nothing read)
     read_ns: int = 0  # when the read of that data began
+    cdc_log: dict[str, Any] | None = None  # what the log said of the tables' cdc flags at ``position``
     encoded_ns: int = 0  # ... and when its records were ready
 
     def extend(self, other: Batch) -> None:
@@ -68,6 +70,7 @@ class Batch:
         self.newest_micros = max(self.newest_micros, other.newest_micros)
         self.counts.update(other.counts)
         self.caught_up = other.caught_up
+        self.cdc_log = other.cdc_log or self.cdc_log
 
 
 class TableFilter:
@@ -96,7 +99,8 @@ class BatchBuilder:
 
     def __init__(self, follower: SegmentFollower, schemas: SchemaRegistry, include: TableFilter, origin: Origin,
                  prefix: str, ensure_topic: object, *, watcher: SchemaWatcher | None = None,
-                 recheck_s: float = 5.0, off_grace_s: float = 15.0) -> None:
+                 recheck_s: float = 5.0, off_grace_s: float = 15.0, cdc_log: CdcLog | None = None,
+                 backdated: BackdatedCheck | None = None) -> None:
         self.follower = follower
         self.schemas = schemas
         self.watcher = watcher
@@ -118,6 +122,11 @@ class BatchBuilder:
         self._plans: dict[int, _Plan] = {}
         self._keyspace_of: dict[bytes, bool] = {}  # raw table id -> its keyspace is captured (this generation)
         self._generation: object = None
+        self.cdc_log = cdc_log or CdcLog()
+        self._suppressed: frozenset[uuid.UUID] = frozenset()  # tables whose writes at the read precede their switch
+        self._switch_dirty = True  # recompute ``_suppressed`` at the next entry
+        self.backdated = backdated
+        self._backdated_hit = False  # the entry just converted had a write older than a switch (``cdc_log.floor``)
 
     def _event_schema(self, t: TableSchema) -> avro.EventSchema:
         cached = self._avro.get(id(t))
@@ -185,6 +194,8 @@ class BatchBuilder:
                 records.append(_new(Record, (topic, key, value)))
                 if ts > newest:
                     newest = ts
+                if ts < self.cdc_log.floor:
+                    self._backdated_hit = True
                 counts[keys[op]] += 1
         batch.newest_micros = newest
         return True
@@ -222,6 +233,8 @@ class BatchBuilder:
                     records.append(_new(Record, (topic, key, value)))
                     if ts > newest:
                         newest = ts
+                    if ts < self.cdc_log.floor:
+                        self._backdated_hit = True
                     counts[keys[op]] += 1
                 batch.newest_micros = newest
             return True
@@ -245,6 +258,8 @@ class BatchBuilder:
                 records.append(_new(Record, (topic, key, value)))
                 if ts > newest:
                     newest = ts
+                if ts < self.cdc_log.floor:
+                    self._backdated_hit = True
                 counts[keys[op]] += 1
         batch.newest_micros = newest
         return True
@@ -289,8 +304,46 @@ class BatchBuilder:
         return self._reload("recheck", keyspaces)
 
     def _captures(self, t: TableSchema) -> bool:
-        """The table filter, plus the tables switched off whose earlier writes are still being read."""
+        """The table filter, plus the tables switched off whose earlier writes are still being read, less the
+        tables whose writes being read were logged before their CDC was switched on (``cdc_switch``)."""
+        if t.table_id in self._suppressed:
+            return False
         return self.include(t) or (t.table_id in self._lingering and self.include.patterns_match(t))
+
+    def _suppress(self, offset: int) -> None:
+        """Decide which tables' writes at ``offset`` of the current segment were logged before their switch."""
+        self._switch_dirty = False
+        log_ = self.cdc_log
+        suppressed = frozenset(t.table_id for t in self.schemas.tables()
+                               if t.cdc and self.include.patterns_match(t) and log_.pre_switch(t.name, offset))
+        if suppressed != self._suppressed:
+            for t in self.schemas.tables():
+                if t.table_id in suppressed - self._suppressed:
+                    metrics.PRE_SWITCH_WINDOWS.inc()
+                    log.warning("writes logged before the table's CDC was switched on are not captured (a snapshot "
+                                "brings its state over)", table=t.name, segment=log_.segment, offset=offset)
+            self._suppressed = suppressed
+            self._forget()
+
+    def _switch_entry(self, data: bytes, version: int, pos: Position, path: str) -> None:
+        """A ``system_schema`` entry read in order: what its ``tables`` rows say of the tables' cdc flags."""
+        try:
+            rows = switch_rows(self.decoder.decode(data, version, pos, path), pos.offset)
+        except (MutationDecodeError, ValueError) as exc:
+            log.warning("system_schema entry not decoded", segment=path, position=str(pos), error=str(exc))
+            return
+        if rows:
+            self.cdc_log.apply(rows)
+            self._switch_dirty = True
+
+    def _check_backdated(self, data: bytes, version: int, pos: Position, path: str, batch: Batch) -> None:
+        """The entry has writes older than a table's switch: add the deletions Cassandra holds for them
+        (:mod:`cdcpipe.capture.backdated`).  A failed read fails the batch, which is read again."""
+        if self.backdated is not None:
+            changes = from_mutation(self.decoder.decode(data, version, pos, path), self.origin, pos.segment_id,
+                                    pos.offset, self._captures)
+            for d in self.backdated.check(changes, self.cdc_log.switched_at):
+                self._add(d, batch)
 
     def _reload(self, trigger: str, keyspaces: set[str]) -> bool:
         captured = {t.table_id for t in self.schemas.tables() if self.include(t)}
@@ -307,6 +360,8 @@ class BatchBuilder:
                 self._lingering.pop(t.table_id, None)
         self._forget()
         self._generation = self.schemas.generation
+        self.cdc_log.saw(self.schemas.tables())
+        self._switch_dirty = True
         keyspaces.clear()
         keyspaces.update(t.keyspace for t in self.schemas.tables() if self._table(t)[1])
         return True
@@ -315,11 +370,13 @@ class BatchBuilder:
         """Read up to ``max_items`` entries and convert them; ``position`` is set when the follower advanced.  When
         converting fails (Kafka cannot create a topic, Cassandra cannot reload the schema) the follower is put back
         where it was, so the next call reads the same entries again: nothing is skipped."""
-        mark = self.follower.mark()
+        mark, switches = self.follower.mark(), self.cdc_log.mark()
         try:
             return self._next(max_items)
         except BaseException:
             self.follower.restore(mark)
+            self.cdc_log.restore(switches)
+            self._switch_dirty = True
             raise
 
     def _forget(self) -> None:
@@ -366,6 +423,11 @@ class BatchBuilder:
             self._keyspace_of.clear()
             self._recheck_ids.clear()
             self._generation = generation
+            self.cdc_log.saw(self.schemas.tables())
+        cdc_log = self.cdc_log
+        for segment_id, (seg_path, limit) in chunk.limits.items():
+            scan_ahead(cdc_log, segment_id, seg_path, limit, self.follower.keys, self.decoder.decode)
+        self._switch_dirty = True
         read = decoded = 0
         decode, fast, fused, captured = self.decoder.decode, self._fast, self._fused, self._captured_keyspace
         for path, version, entry, error in chunk.items:
@@ -375,6 +437,11 @@ class BatchBuilder:
                 continue
             read += 1
             pos, _, data = entry
+            if pos.segment_id != cdc_log.segment:
+                cdc_log.enter(pos.segment_id)
+                self._switch_dirty = True
+            if self._switch_dirty:
+                self._suppress(pos.offset)
             known = captured(data, keyspaces)
             if known is None:
                 tid = first_table_id(data)
@@ -383,18 +450,22 @@ class BatchBuilder:
                     cause="unknown_table"))
                 continue
             if not known:
+                if raw_table_id(data) in SCHEMA_RAW_IDS:
+                    self._switch_entry(data, version, pos, path)
                 continue
             decoded += 1
-            if fused(data, version, pos, path, batch):
-                continue
-            try:
-                mutation = decode(data, version, pos, path)
-                if fast(mutation, pos, batch):
-                    continue
-                self._reference(mutation, pos, batch)
-            except (MutationDecodeError, ValueError) as exc:
-                cause = "unknown_table" if isinstance(exc, UnknownTableError) else "undecodable"
-                batch.records.append(self._dead_letter(path, pos, data, exc, cause=cause))
+            if not fused(data, version, pos, path, batch):
+                try:
+                    mutation = decode(data, version, pos, path)
+                    if not fast(mutation, pos, batch):
+                        self._reference(mutation, pos, batch)
+                except (MutationDecodeError, ValueError) as exc:
+                    cause = "unknown_table" if isinstance(exc, UnknownTableError) else "undecodable"
+                    batch.records.append(self._dead_letter(path, pos, data, exc, cause=cause))
+            if self._backdated_hit:
+                self._backdated_hit = False
+                self._check_backdated(data, version, pos, path, batch)
+        batch.cdc_log = self.cdc_log.saved()
         metrics.MUTATIONS_READ.inc(read)
         metrics.MUTATIONS_DECODED.inc(decoded)
         if batch.durable_ns:
@@ -404,12 +475,17 @@ class BatchBuilder:
     def _reference(self, mutation: Mutation, pos: Position, batch: Batch) -> None:
         """The specification path: ``events.from_mutation`` then ``avro.encode``."""
         for c in from_mutation(mutation, self.origin, pos.segment_id, pos.offset, self._captures):
-            schema = self._event_schema(c.table)
-            value = avro.encode(c.event, schema, c.raw_key, c.raw_clustering, c.raw_bounds)
-            batch.records.append(Record(table_topic(self.prefix, c.table.keyspace, c.table.table), c.key, value))
-            batch.schemas[schema.fingerprint] = schema
-            batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
-            batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
+            self._add(c, batch)
+            if c.event.timestamp_micros < self.cdc_log.floor:
+                self._backdated_hit = True
+
+    def _add(self, c: Change, batch: Batch) -> None:
+        schema = self._event_schema(c.table)
+        value = avro.encode(c.event, schema, c.raw_key, c.raw_clustering, c.raw_bounds)
+        batch.records.append(Record(table_topic(self.prefix, c.table.keyspace, c.table.table), c.key, value))
+        batch.schemas[schema.fingerprint] = schema
+        batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
+        batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
 
     def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception, *, cause: str) -> Record:
         metrics.DEAD_LETTERS.inc()
@@ -421,22 +497,3 @@ class BatchBuilder:
                             "table_id": str(table_id) if table_id else None, "error": str(exc),
                             "entry_hex": data.hex()}).encode()
         return Record(capture_dlq_topic(self.prefix), str(pos).encode(), value)
-
-
-def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
-    """The capture dead-letter record of damage met while reading a segment (its segment is kept in the
-    quarantine): where (``segment``, ``segment_id``, ``position`` = segment id and logical offset, ``file_offset``),
-    why (``cause``, ``error``) and, for an entry whose data failed its CRC, its bytes (``entry_hex``)."""
-    cause = damage_cause(error)
-    metrics.SECTION_ERRORS.inc()
-    metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
-    named = segment_id_of(Path(path).name)
-    seg = -1 if named is None else named
-    data = error.data if isinstance(error, DamagedEntryError) else None
-    at = error.logical_offset if isinstance(error, DamagedEntryError) else error.offset
-    log.error("damaged segment data: recorded in the capture dead-letter topic, segment kept for quarantine",
-              cause=cause, segment=path, offset=error.offset, reason=error.reason)
-    value = json.dumps({"cause": cause, "segment": path, "segment_id": seg, "position": f"{seg}:{at}",
-                        "file_offset": error.offset, "error": error.reason, "table_id": None,
-                        "entry_hex": data.hex() if data is not None else None}).encode()
-    return Record(capture_dlq_topic(prefix), f"{seg}:{at}".encode(), value)

@@ -19,6 +19,7 @@ Contract of :class:`SegmentFollower`
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -26,6 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import structlog
+
+from cdcpipe.capture import metrics
+from cdcpipe.capture.producer import Record
 from cdcpipe.capture.quarantine import Quarantine
 from cdcpipe.capture.segment import Entry, KeyProvider, Position, SegmentReader, parse_descriptor, segment_id_of
 from cdcpipe.errors import (
@@ -35,7 +40,9 @@ from cdcpipe.errors import (
     SegmentError,
     SegmentHeaderError,
 )
+from cdcpipe.topics import capture_dlq_topic
 
+log = structlog.get_logger(__name__)
 _HEADER_PEEK = 64 * 1024
 _new: Any = tuple.__new__
 
@@ -143,6 +150,7 @@ class Chunk:
     end: SegmentEnd | None = None
     more: bool = False
     durable_ns: int = 0
+    limits: dict[int, tuple[str, int]] = field(default_factory=dict)  # segment id -> (path, durable offset) read
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +319,7 @@ class SegmentFollower:
         """Append entries from ``start``; True when everything up to the durable offset was read."""
         assert state.offset is not None
         data = self._bytes(state)
+        chunk.limits[state.segment_id] = (str(state.log), state.offset)
         reader = SegmentReader(state.log, keys=self.keys, data=data)
         mv = reader.descriptor.messaging_version or 0
         path = str(state.log)
@@ -348,3 +357,22 @@ class SegmentFollower:
         if state.completed:
             self._cache = (state.segment_id, data)
         return data
+
+
+def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
+    """The capture dead-letter record of damage met while reading a segment (its segment is kept in the
+    quarantine): where (``segment``, ``segment_id``, ``position`` = segment id and logical offset, ``file_offset``),
+    why (``cause``, ``error``) and, for an entry whose data failed its CRC, its bytes (``entry_hex``)."""
+    cause = damage_cause(error)
+    metrics.SECTION_ERRORS.inc()
+    metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
+    named = segment_id_of(Path(path).name)
+    seg = -1 if named is None else named
+    data = error.data if isinstance(error, DamagedEntryError) else None
+    at = error.logical_offset if isinstance(error, DamagedEntryError) else error.offset
+    log.error("damaged segment data: recorded in the capture dead-letter topic, segment kept for quarantine",
+              cause=cause, segment=path, offset=error.offset, reason=error.reason)
+    value = json.dumps({"cause": cause, "segment": path, "segment_id": seg, "position": f"{seg}:{at}",
+                        "file_offset": error.offset, "error": error.reason, "table_id": None,
+                        "entry_hex": data.hex() if data is not None else None}).encode()
+    return Record(capture_dlq_topic(prefix), f"{seg}:{at}".encode(), value)

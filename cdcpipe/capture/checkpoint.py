@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
@@ -20,6 +21,13 @@ from cdcpipe.errors import CheckpointError
 
 def read_checkpoint(kafka: KafkaSettings, topic: str, node: str, timeout_s: float = 30.0) -> Position | None:
     """The last committed position of ``node`` in ``topic``; None when there is none (blocking)."""
+    return read_checkpoint_record(kafka, topic, node, timeout_s)[0]
+
+
+def read_checkpoint_record(kafka: KafkaSettings, topic: str, node: str,
+                           timeout_s: float = 30.0) -> tuple[Position | None, dict[str, Any] | None]:
+    """The last committed position of ``node`` and what the log said of its tables' cdc flags there
+    (:mod:`cdcpipe.capture.cdc_switch`; None in a record written before it was kept)."""
     consumer = Consumer({
         **kafka.client_config(), "group.id": f"cdcpipe-checkpoint-{uuid.uuid4()}", "enable.auto.commit": False,
         "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
@@ -27,13 +35,14 @@ def read_checkpoint(kafka: KafkaSettings, topic: str, node: str, timeout_s: floa
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None:
-            return None
+            return None, None
         parts = [TopicPartition(topic, p, -2) for p in meta.partitions]  # -2: OFFSET_BEGINNING
         if not parts:
-            return None
+            return None, None
         consumer.assign(parts)
         pending = {p.partition for p in parts}
         found: Position | None = None
+        switches: dict[str, Any] | None = None
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
@@ -52,10 +61,11 @@ def read_checkpoint(kafka: KafkaSettings, topic: str, node: str, timeout_s: floa
             try:
                 value = json.loads(msg.value() or b"")
                 found = Position(int(value["segment_id"]), int(value["offset"]))
+                switches = value.get("cdc_log")
             except (ValueError, KeyError, TypeError) as exc:
                 raise CheckpointError(topic, f"malformed position record: {exc}", partition=msg.partition() or 0,
                                       offset=msg.offset() or -1, retriable=False) from exc
-        return found
+        return found, switches
     except KafkaException as exc:
         raise CheckpointError(topic, str(exc), retriable=True) from exc
     finally:

@@ -40,3 +40,7 @@ CDC_TOTAL_SPACE = Gauge("cdcpipe_capture_cdc_total_space_bytes",
 KAFKA_RETRIES = Counter("cdcpipe_capture_kafka_retries", "Transactions retried after Kafka failed (capture waits "
                         "with capped backoff, never gives up while Kafka is unreachable)")
 SCHEMA_RELOADS = Counter("cdcpipe_capture_schema_reloads", "Schema reloads, by trigger", ["trigger"])
+PRE_SWITCH_WINDOWS = Counter("cdcpipe_capture_pre_switch_windows", "Times a table's writes were found logged before "
+                             "its CDC was switched on in the same log: not captured (a snapshot covers them)")
+BACKDATED_DELETIONS = Counter("cdcpipe_capture_backdated_deletions", "Deletions produced for writes older than their "
+                              "table's switch that Cassandra shows shadowed by a deletion made before it")

@@ -32,9 +32,11 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from cdcpipe.capture import metrics
+from cdcpipe.capture.backdated import BackdatedCheck
 from cdcpipe.capture.batches import Batch, BatchBuilder, TableFilter
 from cdcpipe.capture.cdc_index import SegmentFollower
-from cdcpipe.capture.checkpoint import read_checkpoint
+from cdcpipe.capture.cdc_switch import CdcLog
+from cdcpipe.capture.checkpoint import read_checkpoint_record
 from cdcpipe.capture.events import Origin
 from cdcpipe.capture.inotify import DirectoryWatcher
 from cdcpipe.capture.producer import EventProducer
@@ -44,7 +46,7 @@ from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.config import KafkaSettings, Settings, env_name, max_message_bytes_for
-from cdcpipe.errors import ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
+from cdcpipe.errors import CassandraReadError, ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 from cdcpipe.topics import positions_topic
@@ -59,6 +61,11 @@ def _origin(source: SystemSchemaSource, settings: Settings) -> Origin:
     row = next(iter(source.session.execute("SELECT cluster_name, data_center, host_id FROM system.local")))
     c = settings.capture
     return Origin(c.cluster or row.cluster_name, c.datacenter or row.data_center, c.node_id or str(row.host_id))
+
+
+def _local_address(settings: Settings) -> str:
+    """The address of the node capture runs beside (the first configured host)."""
+    return settings.cassandra.hosts[0].rsplit(":", 1)[0]
 
 
 def _keys(settings: Settings) -> KeyProvider | None:
@@ -92,7 +99,8 @@ class Capture:
                                  replication=c.topic_replication)
         producer.start()  # fences a previous instance: the checkpoint read next is final
         health.ok("kafka")
-        start = read_checkpoint(settings.kafka, positions_topic(settings.kafka.topic_prefix), origin.node)
+        start, switches = read_checkpoint_record(settings.kafka, positions_topic(settings.kafka.topic_prefix),
+                                                 origin.node)
         log.info("capture starting", node=origin.node, cluster=origin.cluster, datacenter=origin.datacenter,
                  position=str(start) if start else None, cdc_raw=str(cdc_raw))
         schemas = SchemaRegistry(source)
@@ -102,7 +110,9 @@ class Capture:
         follower = SegmentFollower(cdc_raw, start, _keys(settings), quarantine, stall_timeout_s=c.stall_timeout_s)
         builder = BatchBuilder(follower, schemas, TableFilter(c.include_tables, c.exclude_tables), origin,
                                settings.kafka.topic_prefix, producer.ensure_topic, watcher=watcher,
-                               recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s)
+                               recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s,
+                               cdc_log=CdcLog(switches),
+                               backdated=BackdatedCheck(source.session, _local_address(settings)))
         _check_message_size(settings, node_size(source.session, "commitlog_segment_size"))
         total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
         log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),
@@ -149,11 +159,11 @@ class Capture:
                 wake.clear()  # a change seen while reading wakes the next wait at once
                 try:
                     batch = await asyncio.to_thread(self.builder.next, c.batch_max_events)
-                except (KafkaProduceError, SchemaError, TimeoutError) as exc:  # the chunk is read again: wait
-                    if isinstance(exc, KafkaProduceError | SchemaError) and not exc.retriable:
+                except (KafkaProduceError, SchemaError, CassandraReadError, TimeoutError) as exc:  # read again: wait
+                    if isinstance(exc, KafkaProduceError | SchemaError | CassandraReadError) and not exc.retriable:
                         raise
                     failures += 1
-                    name = "cassandra" if isinstance(exc, SchemaError) else "kafka"
+                    name = "cassandra" if isinstance(exc, SchemaError | CassandraReadError) else "kafka"
                     self.health.fail(name, str(exc))
                     log.warning("reading waits for a dependency", dependency=name, error=str(exc), attempt=failures)
                     with contextlib.suppress(TimeoutError):
@@ -210,7 +220,7 @@ class Capture:
         failures = 0
         while True:
             task = asyncio.ensure_future(asyncio.to_thread(
-                self.producer.commit, batch.records, list(batch.schemas.values()), batch.position))
+                self.producer.commit, batch.records, list(batch.schemas.values()), batch.position, batch.cdc_log))
             done, _ = await asyncio.wait({task}, timeout=_SLOW_COMMIT_S)
             if not done:  # say so now: one attempt may wait for Kafka for a while before it fails
                 self.health.fail("kafka", f"transaction at position {batch.position} not committed after "

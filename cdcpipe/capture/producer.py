@@ -48,9 +48,10 @@ class Record(NamedTuple):
     value: bytes
 
 
-def position_value(node: str, position: Position) -> bytes:
+def position_value(node: str, position: Position, cdc_log: dict[str, Any] | None = None) -> bytes:
+    """The position record; ``cdc_log``: what the log said of the tables' cdc flags there (``cdc_switch``)."""
     return json.dumps({"node": node, "segment_id": position.segment_id, "offset": position.offset,
-                       "committed_at_ms": int(time.time() * 1000)}, sort_keys=True).encode()
+                       "committed_at_ms": int(time.time() * 1000), "cdc_log": cdc_log}, sort_keys=True).encode()
 
 
 class EventProducer:
@@ -111,7 +112,8 @@ class EventProducer:
 
     # --- transaction retries (a Kafka outage is waited out by the caller, never given up on) -------------------
 
-    def commit(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+    def commit(self, records: list[Record], schemas: list[EventSchema], position: Position,
+               cdc_log: dict[str, Any] | None = None) -> None:
         """Produce ``schemas`` (those not yet published), ``records`` and ``position`` in one transaction.
 
         An abortable failure aborts the transaction and produces the same content again; a retriable failure of
@@ -127,7 +129,7 @@ class EventProducer:
                     self._abort()
                     committing = False
                 if not committing:
-                    self._produce(records, schemas, position)
+                    self._produce(records, schemas, position, cdc_log)
                     committing = True
                     self._committing = position
                 self._producer.commit_transaction(self.timeout_s)
@@ -156,7 +158,8 @@ class EventProducer:
                 time.sleep(min(2.0, 0.1 * 2 ** attempt))
         raise AssertionError("unreachable")
 
-    def _produce(self, records: list[Record], schemas: list[EventSchema], position: Position) -> None:
+    def _produce(self, records: list[Record], schemas: list[EventSchema], position: Position,
+                 cdc_log: dict[str, Any] | None) -> None:
         """Begin a transaction and produce its content: new schemas, the records, the position record."""
         p = self._producer
         self._delivery_error = None
@@ -173,7 +176,7 @@ class EventProducer:
                 except BufferError:  # local queue full: let it drain
                     self._produce_blocking(topic, key, value)
             p.produce(positions_topic(self.prefix), key=self.node.encode(),
-                      value=position_value(self.node, position), on_delivery=self._on_delivery)
+                      value=position_value(self.node, position, cdc_log), on_delivery=self._on_delivery)
         except KafkaException as exc:
             if not exc.args[0].txn_requires_abort():  # a produce refused outright: abort, start over next attempt
                 self._abort()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cdcpipe.capture.batches import BatchBuilder, TableFilter, damage_record
-from cdcpipe.capture.cdc_index import SegmentFollower, damage_cause
+from cdcpipe.capture.batches import BatchBuilder, TableFilter
+from cdcpipe.capture.cdc_index import SegmentFollower, damage_cause, damage_record
 from cdcpipe.capture.events import Origin
 from cdcpipe.capture.quarantine import Quarantine
 from cdcpipe.capture.registry import SchemaRegistry

@@ -23,8 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdcpipe.capture.batches import damage_record
-from cdcpipe.capture.cdc_index import SegmentFollower
+from cdcpipe.capture.cdc_index import SegmentFollower, damage_record
 from cdcpipe.capture.mutation import MutationDecoder
 from cdcpipe.capture.quarantine import Quarantine
 from cdcpipe.capture.registry import SchemaRegistry
