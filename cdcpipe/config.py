@@ -198,6 +198,8 @@ class CaptureSettings(_Section):
     # a table switched to cdc = false stays captured until what was durable this long after the switch is read
     # (> Cassandra's commitlog_sync_period, 10 s by default): its writes made before the switch are not lost
     schema_off_grace_s: float = Field(default=15.0, ge=0)
+    # writes older than their table's switch to cdc = true, logged within this long after it, are read back
+    backdated_check_s: float = Field(default=3600.0, ge=0)
     kafka_retry_max_wait_s: float = Field(default=30.0, gt=0)  # the cap of the backoff while Kafka fails
     # bytes; the node's commitlog_segment_size: its largest mutation is half of it (sizes kafka.max_message_bytes)
     commitlog_segment_size: int = Field(default=DEFAULT_COMMITLOG_SEGMENT_SIZE, ge=MIB, le=1024 * MIB)

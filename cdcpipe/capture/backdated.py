@@ -44,9 +44,10 @@ def _event_id(event_id: bytes, n: int) -> bytes:
 class BackdatedCheck:
     """Reads back the writes older than their table's switch and says which deletions Cassandra must hold."""
 
-    def __init__(self, session: Any, local_address: str | None = None) -> None:
+    def __init__(self, session: Any, local_address: str | None = None, window_s: float = 3600.0) -> None:
         self.session = session  # the capture's session: its cluster opens the raw one
         self.local_address = local_address
+        self.window_us = int(window_s * 1e6)
         self._raw: Any = None
         self._prepared: dict[tuple[Any, ...], PreparedStatement] = {}
 
@@ -98,12 +99,13 @@ class BackdatedCheck:
             return None
         return next((h for h in cluster.metadata.all_hosts() if h.address == self.local_address), None)
 
-    def check(self, changes: list[Change], switched_at: dict[str, int]) -> list[Change]:
-        """The deletions for the writes of ``changes`` older than their table's switch (``switched_at``)."""
+    def check(self, changes: list[Change], switched_at: dict[str, int], logged_us: int) -> list[Change]:
+        """The deletions for the writes of ``changes`` older than their table's switch (``switched_at``), when
+        they were logged (``logged_us``: made durable) within ``window_s`` of it."""
         out: list[Change] = []
         for c in changes:
             floor = switched_at.get(c.table.name, 0)
-            if floor and c.event.timestamp_micros < floor:
+            if floor and c.event.timestamp_micros < floor and logged_us - floor < self.window_us:
                 out.extend(self.deletions(c, floor))
         return out
 

@@ -342,7 +342,7 @@ class BatchBuilder:
         if self.backdated is not None:
             changes = from_mutation(self.decoder.decode(data, version, pos, path), self.origin, pos.segment_id,
                                     pos.offset, self._captures)
-            for d in self.backdated.check(changes, self.cdc_log.switched_at):
+            for d in self.backdated.check(changes, self.cdc_log.switched_at, self._durable_ns // 1000):
                 self._add(d, batch)
 
     def _reload(self, trigger: str, keyspaces: set[str]) -> bool:

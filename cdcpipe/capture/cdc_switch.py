@@ -35,6 +35,7 @@ log = structlog.get_logger(__name__)
 _HEADER_PEEK = 64 * 1024
 
 TABLES_ID = system_table_id("system_schema", "tables")
+COLUMNS_ID = system_table_id("system_schema", "columns")
 SCHEMA_RAW_IDS = frozenset(system_table_id("system_schema", t).bytes for t in (
     "keyspaces", "tables", "columns", "dropped_columns", "triggers", "views", "types", "functions", "aggregates",
     "indexes", "column_masks"))
@@ -49,11 +50,14 @@ class SwitchRow:
     name: str
     cdc: bool | None
     timestamp: int
+    created: bool = False  # the same mutation defines the table's columns: CREATE TABLE (no write precedes it)
 
 
 def switch_rows(mutation: Mutation, offset: int) -> list[SwitchRow]:
     """The ``system_schema.tables`` rows of a decoded ``system_schema`` mutation ending at ``offset``."""
     rows: list[SwitchRow] = []
+    defined = {(u.key, r.clustering[0]) for u in mutation.updates if u.table.table_id == COLUMNS_ID
+               for r in u.rows if r.clustering and r.cells}
     for u in mutation.updates:
         if u.table.table_id != TABLES_ID:
             continue
@@ -66,7 +70,8 @@ def switch_rows(mutation: Mutation, offset: int) -> list[SwitchRow]:
             name = f"{keyspace}.{r.clustering[0].decode('utf-8', 'replace')}"
             cdc = next((c for c in r.cells if c.column == "cdc" and not c.deleted), None)
             if cdc is not None:
-                rows.append(SwitchRow(offset, name, cdc.value[:1] == b"\x01", cdc.timestamp))
+                rows.append(SwitchRow(offset, name, cdc.value[:1] == b"\x01", cdc.timestamp,
+                                      (u.key, r.clustering[0]) in defined))
             elif r.deletion is not None:  # DROP TABLE
                 rows.append(SwitchRow(offset, name, None, r.deletion.marked_for_delete_at))
     return rows
@@ -146,7 +151,8 @@ class CdcLog:
             else:
                 before = self.state.get(row.name)
                 seen = self.seen_on.get(row.name)
-                if row.cdc and (before is False or (before is None and (seen is None or row.timestamp < seen))):
+                if row.cdc and not row.created and (
+                        before is False or (before is None and (seen is None or row.timestamp < seen))):
                     self._switched(row.name, row.timestamp)
                 self.state[row.name] = row.cdc
             self.version += 1
@@ -170,7 +176,7 @@ class CdcLog:
         for row in rows:
             if row.offset > offset and row.name == name:
                 seen = self.seen_on.get(name)
-                if row.cdc is True and (seen is None or row.timestamp < seen):
+                if row.cdc is True and not row.created and (seen is None or row.timestamp < seen):
                     if self.switched_at.get(name) != row.timestamp:
                         self._switched(name, row.timestamp)
                     return True

@@ -112,7 +112,7 @@ class Capture:
                                settings.kafka.topic_prefix, producer.ensure_topic, watcher=watcher,
                                recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s,
                                cdc_log=CdcLog(switches),
-                               backdated=BackdatedCheck(source.session, _local_address(settings)))
+                               backdated=BackdatedCheck(source.session, _local_address(settings), c.backdated_check_s))
         _check_message_size(settings, node_size(source.session, "commitlog_segment_size"))
         total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
         log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),

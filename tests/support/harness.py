@@ -34,11 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
+from cassandra import ConsistencyLevel
 from cassandra.cluster import Cluster, Session
+from cassandra.query import SimpleStatement
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from cdcpipe.avro import SchemaCache, decode
 from cdcpipe.demo import fidelity, workload
+from cdcpipe.schema import TableSchema
 from tests.support import diagnose
 from tests.support.processes import CdcpipeProcess, unique
 from tests.support.stack import ROOT, StackEnv
@@ -364,11 +367,15 @@ class Outcome:
     seconds: dict[str, float] = field(default_factory=dict)
     faults: list[str] = field(default_factory=list)
     evidence: list[str] = field(default_factory=list)  # per mismatched partition: its events, apply's state
+    # rows the snapshot could not tell had a row marker (docs/delivery.md): present in Cassandra with every regular
+    # column null, absent in PostgreSQL; reported, not counted as problems
+    markers: list[str] = field(default_factory=list)
 
     def problems(self) -> list[str]:
-        out = [str(m) for m in self.report.mismatches[:50]]
+        out = [str(m) for m in self.report.mismatches[:50] if str(m) not in self.markers]
+        differ = {m.table for m in self.report.mismatches if str(m) not in self.markers}
         out += [f"table {t.table}: checksums differ" for t in self.report.tables
-                if t.cassandra_checksum != t.postgres_checksum]
+                if t.cassandra_checksum != t.postgres_checksum and (t.table in differ or not self.markers)]
         out += [f"{k}: {v} dead letters" for k, v in self.dlq.items() if v]
         out += [f"{self.duplicates_within_node} event copies repeated within one node's stream"] \
             if self.duplicates_within_node else []
@@ -380,7 +387,8 @@ class Outcome:
         kinds = self.tally.base_kinds()
         lines = [f"ops={self.ops} events={self.events} distinct={self.distinct_events} "
                  f"dlq={sum(self.dlq.values())} mismatches={len(self.report.mismatches)} "
-                 f"faults={len(self.faults)} " + " ".join(f"{k}={v:.1f}s" for k, v in self.seconds.items()),
+                 f"faults={len(self.faults)} markers_unknowable={len(self.markers)} "
+                 + " ".join(f"{k}={v:.1f}s" for k, v in self.seconds.items()),
                  "kinds: " + ", ".join(f"{k}={n}" for k, n in sorted(kinds.items()))]
         lines += self.report.lines(20)
         return "\n".join(lines)
@@ -507,6 +515,7 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
                 await conn.close()
         report = asyncio.run(compare())
         seconds["compared"] = time.monotonic() - t0
+        markers = marker_only_rows(session, tables, report.mismatches) if preload_ops else []
         found = diagnose.evidence(stack.bootstrap, stack.dsn, pipeline.prefix, pipeline.group, keyspace,
                                   log.schemas, {t.table: [c.name for c in t.partition_key] for t in tables},
                                   report.mismatches) if report.mismatches else []
@@ -514,7 +523,7 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
                           {**dlq_messages(stack.bootstrap, pipeline.prefix),
                            "cdcpipe_dlq": asyncio.run(dlq_rows(stack.dsn, pipeline.group))},
                           asyncio.run(audit_gaps(stack.dsn, pipeline.group, ends)), apply_metrics, seconds, faults,
-                          found)
+                          found, markers)
         stopped = pipeline.stop()
         if during is None:  # a clean run: both processes exit 0 on SIGTERM
             assert all(rc == 0 for rc in stopped.values()), (stopped, [p.tail() for p in pipeline.procs])
@@ -528,6 +537,30 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
             asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
         raw.shutdown()
         cluster.shutdown()
+
+
+def marker_only_rows(session: Session, tables: list[TableSchema], mismatches: list[fidelity.Mismatch]) -> list[str]:
+    """The missing rows that are the snapshot's documented blind spot: present in Cassandra by their row marker alone
+    (every regular column null), absent in PostgreSQL.  CQL cannot show whether a row with live cells has a marker,
+    so a row written by INSERT before CDC whose cells all die later is one of these (docs/delivery.md)."""
+    by_name = {t.name: t for t in tables}
+    out = []
+    for m in mismatches:
+        t = by_name.get(m.table)
+        if t is None or m.column != "<row>" or m.cassandra != "present" or m.postgres != "absent" or not t.regular:
+            continue
+        keys = (*t.partition_key, *t.clustering)
+        cols = ", ".join(f'"{c.name}"' for c in t.regular)
+        where = " AND ".join(f'"{c.name}" = %s' for c in keys)
+        try:
+            stmt = SimpleStatement(f"SELECT {cols} FROM {t.keyspace}.{t.table} WHERE {where}",
+                                   consistency_level=ConsistencyLevel.ALL)
+            row = session.execute(stmt, m.key).one()
+        except Exception:  # e.g. a value the driver cannot decode: left as a problem
+            continue
+        if row is not None and all(v is None for v in row):
+            out.append(str(m))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
