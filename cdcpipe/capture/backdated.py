@@ -25,7 +25,7 @@ from cassandra.query import BoundStatement, PreparedStatement, tuple_factory
 
 from cdcpipe.capture import metrics
 from cdcpipe.capture.events import Change
-from cdcpipe.cql_raw import RawProtocolHandler, elements, udt_fields
+from cdcpipe.cql_raw import RawProtocolHandler, elements, int32, udt_fields
 from cdcpipe.errors import CassandraReadError
 from cdcpipe.model import Cell, ChangeEvent, ColumnChange, Deletion, Op
 from cdcpipe.schema import TableSchema
@@ -66,7 +66,9 @@ class BackdatedCheck:
         stmt = self._prepared.get(key)
         if stmt is None:
             keys = table.partition_key if static else (*table.partition_key, *table.clustering)
-            cols = ", ".join(_quote(n) for n in names) or _quote(table.partition_key[0].name)
+            # a list's elements are told apart by value and write time (CQL shows no element paths)
+            cols = ", ".join(f"{_quote(n)}, WRITETIME({_quote(n)})" if _kind(table, n) == "list" else _quote(n)
+                             for n in names) or _quote(table.partition_key[0].name)
             where = " AND ".join(f"{_quote(c.name)} = ?" for c in keys)
             stmt = self._raw_session().prepare(f"SELECT {cols} FROM {_quote(table.keyspace)}.{_quote(table.table)} "
                                                f"WHERE {where}" + (" LIMIT 1" if static else ""))
@@ -136,11 +138,16 @@ class BackdatedCheck:
                                    ev.clustering if table.clustering else (),
                                    deletion=Deletion(marker.timestamp, now_s)))
         else:
-            gone = []
-            for i, cc in enumerate(columns):
+            gone, i = [], 0
+            for cc in columns:
                 value = None if row is None else row[i]
-                cells = tuple(_tombstone(c, now_s) for c in cc.cells
-                              if not c.deleted and c.timestamp < floor and _absent(table, cc.name, c, value))
+                stamps = None
+                if _kind(table, cc.name) == "list":
+                    i += 1
+                    stamps = None if row is None else row[i]
+                i += 1
+                cells = tuple(_tombstone(c, now_s) for c in cc.cells if not c.deleted and c.timestamp < floor
+                              and _absent(table, cc.name, c, value, stamps))
                 if cells:
                     gone.append(ColumnChange(cc.name, cells, static=cc.static))
             if gone:
@@ -159,21 +166,29 @@ def _tombstone(cell: Cell, now_s: int) -> Cell:
                 raw_path=cell.raw_path)
 
 
-def _absent(table: TableSchema, name: str, cell: Cell, value: bytes | None) -> bool:
-    """Whether Cassandra's serialized ``value`` of column ``name`` lacks what ``cell`` wrote (unsure: not absent)."""
+def _kind(table: TableSchema, name: str) -> str:
+    return str(getattr(getattr(table.column(name.encode()), "type", None), "name", ""))
+
+
+def _absent(table: TableSchema, name: str, cell: Cell, value: bytes | None, stamps: bytes | None = None) -> bool:
+    """Whether Cassandra's serialized ``value`` of column ``name`` lacks what ``cell`` wrote (unsure: not absent).
+    ``stamps``: a list's element write times (``WRITETIME`` of the column, serialized), which tell apart equal values
+    written by different statements."""
     if value is None:
         return True
     if cell.path is None:
         return False
-    col = table.column(name.encode())
-    kind = getattr(getattr(col, "type", None), "name", "")
+    kind = _kind(table, name)
     try:
         if kind == "set":
             return cell.raw_path is not None and cell.raw_path not in elements(value)
         if kind == "map":
             return cell.raw_path is not None and cell.raw_path not in elements(value, 2)[0::2]
         if kind == "list":
-            return cell.raw is not None and cell.raw not in elements(value)
+            times = [None if t is None else int32(t) for t in elements(stamps)] if stamps is not None else None
+            return cell.raw is not None and not any(
+                v == cell.raw and (times is None or times[j] == cell.timestamp)
+                for j, v in enumerate(elements(value)))
         if kind == "udt" and cell.raw_path is not None:
             fields = udt_fields(value)
             index = int.from_bytes(cell.raw_path, "big")

@@ -48,3 +48,11 @@ def test_udt_fields_by_index() -> None:
 
 def test_an_unreadable_value_is_never_taken_for_absent() -> None:
     assert not _absent(T, "s", Cell(None, 5, path=1, raw=b"", raw_path=i32(1)), b"\x00\x00")
+
+
+def test_a_list_element_of_equal_value_written_by_another_statement_does_not_count() -> None:
+    lst = serialized(i32(4), i32(3))
+    stamps = serialized((90).to_bytes(8, "big"), (90).to_bytes(8, "big"))  # WRITETIME(l): one per element
+    mine = Cell(4, 50, path=b"p" * 16, raw=i32(4), raw_path=b"p" * 16)
+    assert _absent(T, "l", mine, lst, stamps)  # the 4 shown was written at 90, not by this write at 50
+    assert not _absent(T, "l", Cell(4, 90, path=b"q" * 16, raw=i32(4), raw_path=b"q" * 16), lst, stamps)
