@@ -1,27 +1,35 @@
 #!/usr/bin/env python3
-"""Apply throughput from Kafka into PostgreSQL, against two references, on >= 500,000 events of a 10-column table.
+"""Apply throughput from Kafka into PostgreSQL, against its peer and three references, on >= 500,000 events of a
+10-column table.
 
 Pre-produces ``--events`` change events (INSERTs of distinct keys, every column written, the real capture
-encoding: ``cdcpipe.avro`` single-object Avro + the ``<prefix>.schemas`` topic) into a fresh topic of
-``--partitions`` partitions under a unique topic prefix, then measures alternately, ``--rounds`` times:
+encoding: ``cdcpipe.avro`` single-object Avro + the ``<prefix>.schemas`` topic; ``--copies 3``: every event three
+times, as RF=3 replicas deliver it) into a fresh topic of ``--partitions`` partitions under a unique topic prefix,
+then measures alternately, ``--rounds`` times:
 
 - apply: ``cdcpipe apply`` as a subprocess (fresh consumer group and PostgreSQL schema each round) until its
   checkpoints reach the end of every partition; events/s from its first checkpoint to its last (steady state;
   the figure from process start is printed too), and its peak RSS (``VmHWM`` from ``/proc``); ``--processes N``
   runs N of them in one consumer group, the way apply scales (RSS is then the largest process's);
-- ceiling: the same rows, typed, straight from memory, merged into a fresh table of the same 10 columns by
+- (a) ceiling: the same rows, typed, straight from memory, merged into a fresh table of the same 10 columns by
   batches of ``COPY`` into a temporary staging table + one ``INSERT … SELECT … ON CONFLICT DO UPDATE``
   (what any sink must at least pay PostgreSQL);
-- executemany: the same rows written by batched ``executemany`` of ``INSERT … ON CONFLICT DO UPDATE`` (what
+- (c) converging ceiling: the same, with the least state a mirror needs to converge under duplicates and
+  reordering — each cell's write timestamp beside it — merged by one statement that keeps the newer cell (the
+  physical limit of a converging PostgreSQL mirror; no Kafka, no decoding);
+- (b) executemany: the same rows written by batched ``executemany`` of ``INSERT … ON CONFLICT DO UPDATE`` (what
   JDBC sinks do).
 
-Both references use the same batch size and number of concurrent connections as apply.  For each of the three
-the CPU time per event is printed too, split into the client (the apply processes; this script's asyncpg for the
-references) and PostgreSQL (all its processes, read from ``/proc``: the stack's server is local).  The machine is a
-noisy shared 2-core one: medians of rounds, and ratios rather than absolute figures.  The last line is
-``RESULT apply_per_s=... ceiling_per_s=... executemany_per_s=... ceiling_ratio=... executemany_ratio=...
-rss_mb=...``.  Run it with the stack up: ``eval "$(deploy/local/stack env)"; .venv/bin/python bench/apply.py``
-(``--events 100000 --rounds 1`` for a quick run).
+Then, once per ``--peer-tasks`` value, the peer a user would pick instead: the Debezium JDBC sink in Kafka Connect
+(``bench/peer_jdbc.py``) on the same rows (and copies).  The references use apply's batch size and number of
+connections.  CPU time per event is printed for each, split into the client (the apply processes; this script's
+asyncpg for the references; the JVM for the peer) and PostgreSQL (all its processes, read from ``/proc``: the
+stack's server is local).  The machine is a noisy shared 2-core one: medians of rounds, and ratios rather than
+absolute figures.  The last line is ``RESULT apply_per_s=... peer_per_s=... peer_ratio=... (the peer at its
+defaults, tasks.max 1) converging_ceiling_per_s=... converging_ratio=... ceiling_per_s=... ceiling_ratio=...
+executemany_per_s=... executemany_ratio=... client_us=... pg_us=... rss_mb=... copies=...``.  Run it with the
+stack up: ``eval "$(deploy/local/stack env)"; .venv/bin/python bench/apply.py`` (``--events 100000 --rounds 1``
+for a quick run; ``--copies 3`` for the duplicate-heavy variant).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import itertools
 import multiprocessing
 import os
 import random
@@ -45,6 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import asyncpg  # noqa: E402
+import peer_jdbc  # noqa: E402  (bench/ is this script's directory: on sys.path)
 from confluent_kafka import Producer  # noqa: E402
 from confluent_kafka.admin import AdminClient, NewTopic  # noqa: E402
 
@@ -62,6 +72,8 @@ COLUMNS = ("id", "c1", "c2", "c3", "c4", "c5", "c6", "c7", "c8", "c9")
 PG_TYPES = ("bigint", "integer", "text", "double precision", "bigint", "boolean", "timestamptz", "uuid", "text",
             "integer")
 _UTC = datetime.UTC
+STAMPS = tuple(f"{c}_ts" for c in COLUMNS[1:])  # reference (c): each cell's write timestamp beside it
+TS0 = 1_700_000_000_000_000  # the events' timestamps: TS0 + the row's index (see _produce_slice)
 
 
 def make_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
@@ -75,16 +87,18 @@ def make_rows(n: int, seed: int = 7) -> list[tuple[Any, ...]]:
             for k in keys]
 
 
-def _produce_slice(args: tuple[list[tuple[Any, ...]], int, str, dict[str, Any]]) -> int:
-    rows, first, topic, kafka = args
+def _produce_slice(args: tuple[list[tuple[Any, ...]], int, str, dict[str, Any], int]) -> int:
+    """Produce one slice of the rows; ``copies`` > 1: the whole slice again that many times (the same events, as
+    the captures of RF replicas deliver them), so a row's copies are a slice apart."""
+    rows, first, topic, kafka, copies = args
     schema = avro.table_schema(TABLE)
     producer = Producer({**kafka, "linger.ms": 50, "batch.size": 1_000_000, "compression.type": "lz4",
                          "queue.buffering.max.messages": 1_000_000})
     types = [c.type for c in TABLE.regular]
     names = [c.name for c in TABLE.regular]
     src = Source("bench", "dc1", "n1", "bench", "t10", TABLE.table_id, 1, 0)
-    ts = 1_700_000_000_000_000
-    for i, row in enumerate(rows, first):
+    ts = TS0
+    for i, row in itertools.chain.from_iterable(enumerate(rows, first) for _ in range(copies)):
         cells = tuple(ColumnChange(n, (Cell(v, ts + i, raw=serialize(t, v)),))
                       for n, t, v in zip(names, types, row[1:], strict=True))
         key = serialize(TABLE.partition_key[0].type, row[0])
@@ -99,11 +113,13 @@ def _produce_slice(args: tuple[list[tuple[Any, ...]], int, str, dict[str, Any]])
         if i % 10_000 == 0:
             producer.poll(0)
     assert producer.flush(120) == 0
-    return len(rows)
+    return len(rows) * copies
 
 
-def produce(rows: list[tuple[Any, ...]], prefix: str, partitions: int, kafka: dict[str, Any], procs: int) -> str:
-    """Encode and produce every row as an INSERT event, in ``procs`` processes (Avro encoding is the slow part)."""
+def produce(rows: list[tuple[Any, ...]], prefix: str, partitions: int, kafka: dict[str, Any], procs: int,
+            copies: int = 1) -> str:
+    """Encode and produce every row as an INSERT event (``copies`` times), in ``procs`` processes (Avro encoding is
+    the slow part)."""
     topic, schemas_topic = f"{prefix}.bench.t10", f"{prefix}.schemas"
     admin = AdminClient(kafka)
     for f in admin.create_topics([NewTopic(topic, partitions, 1), NewTopic(schemas_topic, 1, 1)]).values():
@@ -113,9 +129,9 @@ def produce(rows: list[tuple[Any, ...]], prefix: str, partitions: int, kafka: di
     producer.produce(schemas_topic, key=schema.fingerprint, value=schema.to_json())
     assert producer.flush(30) == 0
     step = -(-len(rows) // procs)
-    slices = [(rows[i:i + step], i, topic, kafka) for i in range(0, len(rows), step)]
+    slices = [(rows[i:i + step], i, topic, kafka, copies) for i in range(0, len(rows), step)]
     with multiprocessing.get_context("fork").Pool(procs) as pool:
-        assert sum(pool.map(_produce_slice, slices)) == len(rows)
+        assert sum(pool.map(_produce_slice, slices)) == len(rows) * copies
     return topic
 
 
@@ -123,10 +139,14 @@ def _pg_rows(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     return [(*r[:6], r[6].replace(tzinfo=_UTC), *r[7:]) for r in rows]
 
 
-async def _fresh_table(conn: Any, schema: str) -> str:
+
+
+async def _fresh_table(conn: Any, schema: str, stamps: bool = False) -> str:
     await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
     await conn.execute(f'CREATE SCHEMA "{schema}"')
     cols = ", ".join(f"{c} {t}" for c, t in zip(COLUMNS, PG_TYPES, strict=True))
+    if stamps:
+        cols += "".join(f", {c} bigint NOT NULL" for c in STAMPS)
     await conn.execute(f'CREATE TABLE "{schema}".t10 ({cols}, PRIMARY KEY (id))')
     return f'"{schema}".t10'
 
@@ -136,7 +156,7 @@ async def _run_batches(dsn: str, rows: list[tuple[Any, ...]], batch: int, concur
     pool = await asyncpg.create_pool(dsn, min_size=concurrency, max_size=concurrency)
     try:
         async with pool.acquire() as conn:
-            target = await _fresh_table(conn, schema)
+            target = await _fresh_table(conn, schema, stamps=write is _converging_merge)
         chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
         queue: asyncio.Queue[list[tuple[Any, ...]]] = asyncio.Queue()
         for c in chunks:
@@ -168,6 +188,23 @@ async def _copy_merge(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> N
                        f"SELECT * FROM {target} WITH NO DATA")
     await conn.copy_records_to_table("stg_t10", records=chunk, columns=list(COLUMNS))
     await conn.execute(f"INSERT INTO {target} SELECT * FROM stg_t10 ON CONFLICT (id) DO UPDATE SET {_UPDATE}")
+
+
+_NEWER = ", ".join(f"{c} = CASE WHEN EXCLUDED.{c}_ts > t.{c}_ts THEN EXCLUDED.{c} ELSE t.{c} END, "
+                   f"{c}_ts = GREATEST(t.{c}_ts, EXCLUDED.{c}_ts)" for c in COLUMNS[1:])
+
+
+async def _converging_merge(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> None:
+    """Reference (c): the rows and the least state a converging mirror keeps (each cell's write timestamp), staged
+    by COPY and merged by one statement that keeps the newer cell."""
+    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stg_c10 ON COMMIT DELETE ROWS AS "
+                       f"SELECT * FROM {target} WITH NO DATA")
+    await conn.copy_records_to_table("stg_c10", records=chunk, columns=[*COLUMNS, *STAMPS])
+    await conn.execute(f"INSERT INTO {target} AS t SELECT * FROM stg_c10 ON CONFLICT (id) DO UPDATE SET {_NEWER}")
+
+
+def _stamped(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return [(*r, *([TS0 + i] * len(STAMPS))) for i, r in enumerate(rows)]
 
 
 async def _executemany(conn: Any, target: str, chunk: list[tuple[Any, ...]]) -> None:
@@ -218,7 +255,7 @@ def _vm(pid: int, field: str) -> int:
 
 
 async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: int, rnd: int,
-                    profile: Path | None, processes: int = 1) -> tuple[float, float, int, float]:
+                    profile: Path | None, processes: int = 1, copies: int = 1) -> tuple[float, float, int, float]:
     """(steady events/s, events/s from process start, peak RSS bytes of one process, CPU seconds of the
     processes) of one run of ``processes`` ``cdcpipe apply`` processes in one consumer group."""
     run = f"{prefix}_{uuid.uuid4().hex[:6]}_r{rnd}"  # fresh consumer group and schema, also on kept topics
@@ -253,7 +290,7 @@ async def run_apply(dsn: str, prefix: str, total: int, batch: int, concurrency: 
                 break
         assert first is not None
         rows = await conn.fetchval(f'SELECT count(*) FROM "{run}_bench".t10')
-        if rows != total:  # e.g. events dead-lettered: the figure would be meaningless
+        if rows != total // copies:  # e.g. events dead-lettered: the figure would be meaningless
             raise SystemExit(f"apply wrote {rows} rows for {total} events")
         steady = (total - first[1]) / (now - first[0]) if now > first[0] and total > first[1] else total / (now - t0)
         return steady, total / (now - t0), peak, sum(cpu.values())
@@ -278,36 +315,45 @@ async def amain(args: argparse.Namespace) -> int:
     prefix = args.prefix or f"bench{uuid.uuid4().hex[:8]}"
     if args.prefix is None:
         t0 = time.perf_counter()
-        produce(rows, prefix, args.partitions, kafka, os.cpu_count() or 2)
-        print(f"produced {len(rows)} events to {prefix}.bench.t10 ({args.partitions} partitions) in "
+        produce(rows, prefix, args.partitions, kafka, os.cpu_count() or 2, args.copies)
+        print(f"produced {len(rows) * args.copies} events to {prefix}.bench.t10 ({args.partitions} partitions) in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)
     pg_rows = _pg_rows(rows)
     applies, starts, ceilings, manys, peaks = [], [], [], [], []
     postmaster = await postmaster_pid(dsn)
     # CPU µs per event, per run: (this client or the apply processes, PostgreSQL)
-    costs: dict[str, list[tuple[float, float]]] = {"apply": [], "ceiling": [], "executemany": []}
+    costs: dict[str, list[tuple[float, float]]] = {"apply": [], "ceiling": [], "converging": [], "executemany": []}
+    stamped = _stamped(pg_rows)
+    convergings: list[float] = []
+
+    events = len(rows) * args.copies  # apply's and the peer's input (the references write each row once)
 
     def cost(name: str, client_s: float, pg_s: float) -> None:
-        costs[name].append((client_s / len(rows) * 1e6, pg_s / len(rows) * 1e6))
+        n = events if name == "apply" else len(rows)
+        costs[name].append((client_s / n * 1e6, pg_s / n * 1e6))
 
     async def reference(name: str, batch: int, write: Any) -> float:
         c0, p0 = time.process_time(), pg_cpu_s(postmaster)
-        secs = await _run_batches(dsn, pg_rows, batch, args.concurrency, f"{prefix}_{name}", write)
+        secs = await _run_batches(dsn, stamped if write is _converging_merge else pg_rows, batch, args.concurrency,
+                                  f"{prefix}_{name}", write)
         cost(name, time.process_time() - c0, pg_cpu_s(postmaster) - p0)
         return len(rows) / secs
     try:
         for r in range(args.rounds):
             ceilings.append(await reference("ceiling", args.batch, _copy_merge))
+            convergings.append(await reference("converging", args.batch, _converging_merge))
             manys.append(await reference("executemany", args.batch_executemany, _executemany))
             p0 = pg_cpu_s(postmaster)
-            steady, start, peak, apply_cpu = await run_apply(dsn, prefix, len(rows), args.batch, args.concurrency,
-                                                             r, args.profile if r == 0 else None, args.processes)
+            steady, start, peak, apply_cpu = await run_apply(dsn, prefix, events, args.batch, args.concurrency,
+                                                             r, args.profile if r == 0 else None, args.processes,
+                                                             args.copies)
             cost("apply", apply_cpu, pg_cpu_s(postmaster) - p0)
             applies.append(steady)
             starts.append(start)
             peaks.append(peak)
             print(f"  round {r + 1}: apply {steady:.0f}/s ({start:.0f}/s from start, peak RSS "
-                  f"{peak / 2**20:.0f} MB), ceiling {ceilings[-1]:.0f}/s, executemany {manys[-1]:.0f}/s", flush=True)
+                  f"{peak / 2**20:.0f} MB), ceiling {ceilings[-1]:.0f}/s, converging ceiling {convergings[-1]:.0f}/s, "
+                  f"executemany {manys[-1]:.0f}/s", flush=True)
     finally:
         if args.keep:
             print(f"kept topics: rerun with --prefix {prefix} --events {args.events}", flush=True)
@@ -316,16 +362,30 @@ async def amain(args: argparse.Namespace) -> int:
             delete_topics(kafka, existing & {f"{prefix}.bench.t10", f"{prefix}.schemas", f"{prefix}.dlq"})
     if not applies:
         return 0  # --rounds 0: produce (and --keep) only
+    peers: list[Any] = []
+    for tasks in (int(t) for t in args.peer_tasks.split(",") if t):
+        peer = await peer_jdbc.run_peer(rows, partitions=args.partitions, tasks=tasks, kafka_conf=kafka, dsn=dsn,
+                                        copies=args.copies)
+        print("  " + peer.line(), flush=True)
+        peers.append(peer)
     a, c, m = statistics.median(applies), statistics.median(ceilings), statistics.median(manys)
-    print(f"{len(rows)} events, batch {args.batch}, concurrency {args.concurrency}, {args.partitions} partitions, "
-          f"{args.processes} apply process(es); "
-          f"apply from process start {statistics.median(starts):.0f}/s")
+    conv = statistics.median(convergings)
+    print(f"{len(rows)} rows, {events} events ({args.copies} cop{'y' if args.copies == 1 else 'ies'} each), batch "
+          f"{args.batch}, concurrency {args.concurrency}, {args.partitions} partitions, {args.processes} apply "
+          f"process(es); apply from process start {statistics.median(starts):.0f}/s")
     print("CPU per event, medians (client = the apply processes or this script's asyncpg; PostgreSQL = all its "
           "processes): " + ", ".join(
               f"{name} client {statistics.median(c for c, _ in v):.1f} µs + PostgreSQL "
               f"{statistics.median(p for _, p in v):.1f} µs" for name, v in costs.items()))
-    print(f"RESULT apply_per_s={a:.0f} ceiling_per_s={c:.0f} executemany_per_s={m:.0f} ceiling_ratio={a / c:.3f} "
-          f"executemany_ratio={a / m:.2f} rss_mb={max(peaks) / 2**20:.0f}")
+    client_us = statistics.median(c for c, _ in costs["apply"])
+    pg_us = statistics.median(p for _, p in costs["apply"])
+    peer_part = ""
+    if peers:  # the defaults (tasks.max 1) if run, else the first
+        peer = next((p for p in peers if p.tasks == 1), peers[0])
+        peer_part = f"peer_per_s={peer.per_s:.0f} peer_ratio={a / peer.per_s:.2f} "
+    print(f"RESULT apply_per_s={a:.0f} {peer_part}converging_ceiling_per_s={conv:.0f} converging_ratio={a / conv:.3f} "
+          f"ceiling_per_s={c:.0f} ceiling_ratio={a / c:.3f} executemany_per_s={m:.0f} executemany_ratio={a / m:.2f} "
+          f"client_us={client_us:.1f} pg_us={pg_us:.1f} rss_mb={max(peaks) / 2**20:.0f} copies={args.copies}")
     return 0
 
 
@@ -343,7 +403,7 @@ def decode_only(n: int, rounds: int) -> int:
     types = [c.type for c in TABLE.regular]
     names = [c.name for c in TABLE.regular]
     src = Source("bench", "dc1", "n1", "bench", "t10", TABLE.table_id, 1, 0)
-    ts = 1_700_000_000_000_000
+    ts = TS0
     messages = []
     for i, row in enumerate(make_rows(n)):
         cells = tuple(ColumnChange(nm, (Cell(v, ts + i, raw=serialize(t, v)),))
@@ -385,6 +445,10 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=4, help="apply.concurrency and reference connections")
     parser.add_argument("--processes", type=int, default=1,
                         help="apply processes in the consumer group (scale = partitions; RSS is per process)")
+    parser.add_argument("--copies", type=int, default=1, help="deliver every event this many times (3: the "
+                        "duplicate-heavy variant, as RF=3 replicas deliver a change), to apply and to the peer")
+    parser.add_argument("--peer-tasks", default="1,4", help="tasks.max values to run the Debezium JDBC sink peer "
+                        "with (bench/peer_jdbc.py), comma-separated; empty: no peer")
     parser.add_argument("--keep", action="store_true", help="keep the produced topics for later runs")
     parser.add_argument("--prefix", help="measure topics kept earlier with --keep (same --events) instead of "
                         "producing new ones")
