@@ -25,10 +25,10 @@ from cdcpipe import avro
 from cdcpipe.capture import metrics
 from cdcpipe.capture.backdated import BackdatedCheck
 from cdcpipe.capture.cdc_index import SegmentEnd, SegmentFollower, damage_record, scan
-from cdcpipe.capture.cdc_switch import SCHEMA_RAW_IDS, CdcLog, raw_table_id, scan_ahead, switch_rows
+from cdcpipe.capture.cdc_switch import SCHEMA_RAW_IDS, CdcLog, entry_rows, scan_ahead
 from cdcpipe.capture.encoder import TableEncoder, Unsupported
 from cdcpipe.capture.events import Change, Origin, from_mutation
-from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id
+from cdcpipe.capture.mutation import Mutation, MutationDecoder, SinkRefused, first_table_id, raw_table_id
 from cdcpipe.capture.producer import Record
 from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.schema_watch import SchemaWatcher
@@ -186,7 +186,7 @@ class BatchBuilder:
             except Exception as exc:
                 log.warning("fast encoder failed, using the reference path", table=t.name, error=str(exc))
                 return False
-        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        records, counts, newest, floor = batch.records, batch.counts, batch.newest_micros, self.cdc_log.floor
         for (_, _, topic, _, schema, keys), key, events in out:
             assert schema is not None
             batch.schemas[schema.fingerprint] = schema
@@ -194,7 +194,7 @@ class BatchBuilder:
                 records.append(_new(Record, (topic, key, value)))
                 if ts > newest:
                     newest = ts
-                if ts < self.cdc_log.floor:
+                if ts < floor:
                     self._backdated_hit = True
                 counts[keys[op]] += 1
         batch.newest_micros = newest
@@ -229,11 +229,12 @@ class BatchBuilder:
                     return False
                 batch.schemas[schema.fingerprint] = schema
                 records, counts, newest, key = batch.records, batch.counts, batch.newest_micros, u.key
+                floor = self.cdc_log.floor
                 for op, ts, value in encoder.out:
                     records.append(_new(Record, (topic, key, value)))
                     if ts > newest:
                         newest = ts
-                    if ts < self.cdc_log.floor:
+                    if ts < floor:
                         self._backdated_hit = True
                     counts[keys[op]] += 1
                 batch.newest_micros = newest
@@ -250,7 +251,7 @@ class BatchBuilder:
                 if plan[3] is None:
                     return False  # no fast encoder: its rows were decoded, the reference path ships them
                 shipped.append((plan, u.key))
-        records, counts, newest = batch.records, batch.counts, batch.newest_micros
+        records, counts, newest, floor = batch.records, batch.counts, batch.newest_micros, self.cdc_log.floor
         for (_, _, topic, encoder, schema, keys), key in shipped:
             assert encoder is not None and schema is not None
             batch.schemas[schema.fingerprint] = schema
@@ -258,7 +259,7 @@ class BatchBuilder:
                 records.append(_new(Record, (topic, key, value)))
                 if ts > newest:
                     newest = ts
-                if ts < self.cdc_log.floor:
+                if ts < floor:
                     self._backdated_hit = True
                 counts[keys[op]] += 1
         batch.newest_micros = newest
@@ -327,11 +328,7 @@ class BatchBuilder:
 
     def _switch_entry(self, data: bytes, version: int, pos: Position, path: str) -> None:
         """A ``system_schema`` entry read in order: what its ``tables`` rows say of the tables' cdc flags."""
-        try:
-            rows = switch_rows(self.decoder.decode(data, version, pos, path), pos.offset)
-        except (MutationDecodeError, ValueError) as exc:
-            log.warning("system_schema entry not decoded", segment=path, position=str(pos), error=str(exc))
-            return
+        rows = entry_rows(self.decoder.decode, data, version, pos, path)
         if rows:
             self.cdc_log.apply(rows)
             self._switch_dirty = True
@@ -425,8 +422,8 @@ class BatchBuilder:
             self._generation = generation
             self.cdc_log.saw(self.schemas.tables())
         cdc_log = self.cdc_log
-        for segment_id, (seg_path, limit) in chunk.limits.items():
-            scan_ahead(cdc_log, segment_id, seg_path, limit, self.follower.keys, self.decoder.decode)
+        for segment_id, (seg_path, seg_data, limit) in chunk.limits.items():
+            scan_ahead(cdc_log, segment_id, seg_path, seg_data, limit, self.follower.keys, self.decoder.decode)
         self._switch_dirty = True
         read = decoded = 0
         decode, fast, fused, captured = self.decoder.decode, self._fast, self._fused, self._captured_keyspace

@@ -150,7 +150,8 @@ class Chunk:
     end: SegmentEnd | None = None
     more: bool = False
     durable_ns: int = 0
-    limits: dict[int, tuple[str, int]] = field(default_factory=dict)  # segment id -> (path, durable offset) read
+    # segment id -> (path, its bytes as read, durable offset) of the segments this poll read
+    limits: dict[int, tuple[str, bytes, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -319,7 +320,7 @@ class SegmentFollower:
         """Append entries from ``start``; True when everything up to the durable offset was read."""
         assert state.offset is not None
         data = self._bytes(state)
-        chunk.limits[state.segment_id] = (str(state.log), state.offset)
+        chunk.limits[state.segment_id] = (str(state.log), data, state.offset)
         reader = SegmentReader(state.log, keys=self.keys, data=data)
         mv = reader.descriptor.messaging_version or 0
         path = str(state.log)

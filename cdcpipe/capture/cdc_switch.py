@@ -26,13 +26,12 @@ from typing import Any
 
 import structlog
 
-from cdcpipe.capture.mutation import Mutation, first_table_id
-from cdcpipe.capture.segment import KeyProvider, Position, SegmentReader, parse_descriptor
-from cdcpipe.errors import SegmentError
+from cdcpipe.capture.mutation import Mutation, raw_table_id
+from cdcpipe.capture.segment import KeyProvider, Position, SegmentReader
+from cdcpipe.errors import MutationDecodeError, SegmentError
 from cdcpipe.schema import TableSchema, system_table_id
 
 log = structlog.get_logger(__name__)
-_HEADER_PEEK = 64 * 1024
 
 TABLES_ID = system_table_id("system_schema", "tables")
 COLUMNS_ID = system_table_id("system_schema", "columns")
@@ -150,9 +149,7 @@ class CdcLog:
                 self.state.pop(row.name, None)
             else:
                 before = self.state.get(row.name)
-                seen = self.seen_on.get(row.name)
-                if row.cdc and not row.created and (
-                        before is False or (before is None and (seen is None or row.timestamp < seen))):
+                if (before is False and row.cdc and not row.created) or (before is None and self._is_switch(row)):
                     self._switched(row.name, row.timestamp)
                 self.state[row.name] = row.cdc
             self.version += 1
@@ -173,62 +170,51 @@ class CdcLog:
         seg, _, rows = self._ahead
         if seg != self.segment:
             return False
-        for row in rows:
-            if row.offset > offset and row.name == name:
-                seen = self.seen_on.get(name)
-                if row.cdc is True and not row.created and (seen is None or row.timestamp < seen):
-                    if self.switched_at.get(name) != row.timestamp:
-                        self._switched(name, row.timestamp)
-                    return True
-                return False
-        return False
+        row = next((r for r in rows if r.offset > offset and r.name == name), None)
+        if row is None or not self._is_switch(row):
+            return False
+        if self.switched_at.get(name) != row.timestamp:
+            self._switched(name, row.timestamp)
+        return True
+
+    def _is_switch(self, row: SwitchRow) -> bool:
+        """Whether ``row``, for a table with no row read before it, is its switch on: ``cdc = true``, not its
+        creation, and written before capture first saw the table on."""
+        seen = self.seen_on.get(row.name)
+        return row.cdc is True and not row.created and (seen is None or row.timestamp < seen)
 
 
-def raw_table_id(data: bytes) -> bytes:
-    """The raw id of an entry's first table (b"" when unreadable)."""
-    if data and data[0] < 0x80:
-        return data[1:17]
-    tid = first_table_id(data)
-    return tid.bytes if tid is not None else b""
+def entry_rows(decode: Callable[[bytes, int, Position, str], Mutation], data: bytes, version: int,
+               position: Position, path: str) -> list[SwitchRow]:
+    """The ``system_schema.tables`` rows of one ``system_schema`` entry ([] when it does not decode: logged)."""
+    try:
+        return switch_rows(decode(data, version, position, path), position.offset)
+    except (MutationDecodeError, ValueError) as exc:
+        log.warning("system_schema entry not decoded", segment=path, position=str(position), error=str(exc))
+        return []
 
 
 _TABLES_RAW = TABLES_ID.bytes
 
 
-def scan_ahead(cdc_log: CdcLog, segment_id: int, path: str, limit: int, keys: KeyProvider | None,
+def scan_ahead(cdc_log: CdcLog, segment_id: int, path: str, data: bytes, limit: int, keys: KeyProvider | None,
                decode: Callable[[bytes, int, Position, str], Mutation]) -> None:
-    """Find the ``system_schema.tables`` rows of segment ``segment_id`` between what was scanned and ``limit`` (its
-    durable offset).  A plain segment is first searched for the table's id, so most scans read only new bytes."""
+    """Find the ``system_schema.tables`` rows of segment ``segment_id`` (``data``: its bytes as the follower read
+    them) between what was scanned and ``limit`` (its durable offset).  A plain segment is first searched for the
+    table's id, so most scans decode nothing."""
     scanned, rows = cdc_log.ahead(segment_id)
     if limit <= scanned:
         return
     try:
-        with open(path, "rb") as f:
-            head = f.read(_HEADER_PEEK)
-            desc = parse_descriptor(head, path)
-            plain = desc.compression is None and desc.cipher is None
-            if plain:
-                start = max(scanned - len(_TABLES_RAW), 0)
-                f.seek(start)
-                if f.read(limit - start).find(_TABLES_RAW) < 0:
-                    cdc_log.found_ahead(segment_id, limit, rows)
-                    return
-            f.seek(0)
-            data = f.read(limit + 8) if plain else f.read()
-    except OSError:
-        return  # the follower reports what cannot be read; nothing is decided ahead meanwhile
-    found = list(rows)
-    try:
         reader = SegmentReader(path, keys=keys, data=data)
     except SegmentError:
+        return  # the follower reports what cannot be read; nothing is decided ahead meanwhile
+    if reader.plain and data.find(_TABLES_RAW, max(scanned - len(_TABLES_RAW), 0), limit + 8) < 0:
+        cdc_log.found_ahead(segment_id, limit, rows)
         return
+    found = list(rows)
     version = reader.descriptor.messaging_version or 0
     for item in reader.read(start=scanned, limit=limit):
-        if isinstance(item, SegmentError) or raw_table_id(item.data) not in SCHEMA_RAW_IDS:
-            continue
-        try:
-            found.extend(switch_rows(decode(item.data, version, item.position, path), item.position.offset))
-        except Exception as exc:  # a schema entry that does not decode: the switch is not known ahead
-            log.warning("system_schema entry not decoded", segment=path, position=str(item.position),
-                        error=str(exc))
+        if not isinstance(item, SegmentError) and raw_table_id(item.data) in SCHEMA_RAW_IDS:
+            found.extend(entry_rows(decode, item.data, version, item.position, path))
     cdc_log.found_ahead(segment_id, limit, found)

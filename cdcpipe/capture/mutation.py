@@ -109,6 +109,14 @@ def first_table_id(data: bytes) -> uuid.UUID | None:
         return None
 
 
+def raw_table_id(data: bytes) -> bytes:
+    """The raw 16 bytes of the first PartitionUpdate's table id (b"" when unreadable)."""
+    if data and data[0] < 0x80:  # a one-byte key length: the id follows at once
+        return data[1:17]
+    tid = first_table_id(data)
+    return tid.bytes if tid is not None else b""
+
+
 class _TableState(NamedTuple):
     """Decoding state derived from one TableSchema object: its clustering value lengths and its column
     headers resolved so far (keyed by the header's serialized bytes)."""
