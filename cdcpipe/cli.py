@@ -70,6 +70,32 @@ def _add_processes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     cap.set_defaults(func=capture)
 
 
+def _add_migrate_state(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("migrate-state", help="rewrite apply's stored merge states written by cdcpipe before 0.2 "
+                            "(format 1, jsonb) in today's format; stop every apply process first")
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        import asyncio
+
+        import asyncpg
+
+        from cdcpipe.apply.migrate import migrate
+
+        async def go() -> int:
+            conn = await asyncpg.connect(settings.require("postgres.dsn").get_secret_value())
+            try:
+                done = await migrate(conn)
+            finally:
+                await conn.close()
+            for m in done:
+                print(f"{m.schema}.{m.relation}: {m.rows} rows rewritten")
+            print(f"{len(done)} relation(s) migrated" if done else "nothing to migrate: every stored state is format 2")
+            return 0
+        return asyncio.run(go())
+
+    parser.set_defaults(func=run)
+
+
 def _add_snapshot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("snapshot", help="load the rows tables already hold, with their write times, into the "
                             "event topics (run it while capture and apply run)")
@@ -110,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dump(sub)
     # (subcommands of the capture and apply processes are added below this line)
     _add_processes(sub)
+    _add_migrate_state(sub)
     _add_snapshot(sub)
     _add_demo(sub)
 

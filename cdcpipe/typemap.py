@@ -327,7 +327,8 @@ def render_doc() -> str:
         "|---|---|---|",
         "| `_cdc_partition` | bytea | the serialized partition key (Cassandra's key bytes) |",
         "| `_cdc_clustering` | bytea | the serialized clustering, one length-prefixed value per column |",
-        "| `_cdc_meta` | jsonb | per cell: timestamp, TTL, expiry, tombstone, value bytes; row marker; row deletion |",
+        "| `_cdc_meta` | bytea | the merge state, binary (format 2, `cdcpipe/apply/state.py`): per cell timestamp, "
+        "TTL, expiry, tombstone, value bytes; row marker; row deletion |",
         "| `_cdc_inexact` | text[] | columns whose PostgreSQL value is not the exact Cassandra value |",
         "| `_cdc_expires_at` | timestamptz | when the row's content next changes by TTL expiry (NULL: never) |",
         "| `_cdc_updated_at` | timestamptz | when apply last wrote the row |",

@@ -65,7 +65,7 @@ _V_TS, _V_LDT, _V_TTL, _V_TOMB, _V_VALUE, _V_OBJ = _slot_setters(
 _new = object.__new__
 
 
-def _live(ts: int, value: bytes, obj: Any) -> Version:
+def live_version(ts: int, value: bytes, obj: Any) -> Version:
     """``Version(ts, None, 0, False, value, obj)``."""
     v: Version = _new(Version)
     _V_TS(v, ts)
@@ -94,7 +94,7 @@ _D_OP, _D_PARTITION, _D_CLUSTERING, _D_PART, _D_ROW = _slot_setters(
     Delta, ("op", "partition", "clustering", "part", "row"))
 
 
-def _row(marker: Version | None, deletion: Deletion | None, cells: dict[str, Version],
+def row_state(marker: Version | None, deletion: Deletion | None, cells: dict[str, Version],
          complex_: dict[str, ComplexState]) -> RowState:
     """``RowState(marker, deletion, cells, complex_)``."""
     r: RowState = _new(RowState)
@@ -431,7 +431,7 @@ class DeltaReader:
                             tw, tv, tl = w, ts, p - q
                     if data[p:p + 4] == _ZEROS:
                         p += 4
-                        v = _live(ts, b"", None) if is_set else _live(ts, raw, UNSET)
+                        v = live_version(ts, b"", None) if is_set else live_version(ts, raw, UNSET)
                     else:
                         v, p = _cell_tail(data, p, raw, ts, is_set)
                     if path is not None:
@@ -460,13 +460,13 @@ class DeltaReader:
         if p > len(data):
             raise Malformed("truncated")
         static_only = static == 1 and self._has_clustering
-        part = PartitionState(static=_row(None, None, s_cells, s_complex)) if has_static else None
+        part = PartitionState(static=row_state(None, None, s_cells, s_complex)) if has_static else None
         row = None
         if op is _ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
             marker = None
             if lv is not None and not static_only:
                 marker = _marker(lv[0], expiry(lv[0], lv[1], lv[2]), lv[1])
-            row = _row(marker, deletion, cells, complex_)
+            row = row_state(marker, deletion, cells, complex_)
         return _delta_of(op, pk, ck, part, row)
 
 

@@ -299,10 +299,10 @@ class RecordWriter:
         self._single_key = len(table.partition_key) == 1
         self._clustered = bool(table.clustering)
 
-    def write(self, out: bytearray, partition: bytes, clustering: bytes, values: Mapping[str, Any], meta: str,
+    def write(self, out: bytearray, partition: bytes, clustering: bytes, values: Mapping[str, Any], meta: bytes,
               expires_at: int | None, stamp: bytes) -> None:
         """Append one record: the row with key ``(partition, clustering)`` whose ``raw`` view
-        (:func:`cdcpipe.apply.view.row_view`) has ``values``; ``meta`` is its ``_cdc_meta`` text, ``expires_at``
+        (:func:`cdcpipe.apply.view.row_view`) has ``values``; ``meta`` is its ``_cdc_meta`` bytes, ``expires_at``
         its next expiry (seconds), ``stamp`` the ``_cdc_updated_at`` field (:func:`instant_field`)."""
         out += self._count
         keys = (partition,) if self._single_key else self._table.partition_key_values(partition)
@@ -341,10 +341,8 @@ class RecordWriter:
         out += partition
         out += _length(len(clustering))
         out += clustering
-        data = meta.encode()
-        out += _length(len(data) + 1)
-        out += b"\x01"  # jsonb's format version
-        out += data
+        out += _length(len(meta))
+        out += meta
         out += NULL if inexact is None else _array_field(25, inexact)  # text[]
         out += NULL if expires_at is None else instant_field(expires_at)
         out += stamp

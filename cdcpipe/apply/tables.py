@@ -27,6 +27,8 @@ from cdcpipe.typemap import pg_type, to_pg
 META_COLUMNS = ("_cdc_partition", "_cdc_clustering", "_cdc_meta", "_cdc_inexact", "_cdc_expires_at",
                 "_cdc_updated_at")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+STATE_FORMAT = 2  # of _cdc_meta (cdcpipe.apply.state)
+DDL_LOCK = 0x63646370  # advisory lock key serializing DDL between apply processes (and cdcpipe migrate-state)
 
 
 def ident(name: str) -> str:
@@ -42,6 +44,13 @@ def instant(seconds: int | None) -> datetime.datetime | None:
         return _EPOCH + datetime.timedelta(seconds=seconds)
     except OverflowError:
         return datetime.datetime.max.replace(tzinfo=datetime.UTC)
+
+
+def lock_key(*parts: object) -> int:
+    """An advisory lock key: a signed 64-bit hash of ``parts`` (a mirrored table's name; a group, topic and
+    partition)."""
+    text = "\x00".join(map(str, parts)).encode()
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +79,7 @@ class Layout:
 
     @property
     def staging(self) -> str:
-        digest = hashlib.sha1(repr((self.schema, self.table.table, self.record_columns,
+        digest = hashlib.sha1(repr((self.schema, self.table.table, self.record_columns, STATE_FORMAT,
                                     [pg_type(c.type) for c in self.columns])).encode()).hexdigest()[:20]
         return f"cdc_stg_{digest}"
 
@@ -89,7 +98,7 @@ class Layout:
         stmts = [
             f"CREATE SCHEMA IF NOT EXISTS {ident(self.schema)}",
             f"CREATE TABLE IF NOT EXISTS {self.target} ({', '.join(cols)}, "
-            "_cdc_partition bytea NOT NULL, _cdc_clustering bytea NOT NULL, _cdc_meta jsonb NOT NULL, "
+            "_cdc_partition bytea NOT NULL, _cdc_clustering bytea NOT NULL, _cdc_meta bytea NOT NULL, "
             "_cdc_inexact text[], _cdc_expires_at timestamptz, _cdc_updated_at timestamptz NOT NULL DEFAULT now(), "
             f"PRIMARY KEY ({pk}))",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {ident(name + '$key')} ON {self.target} "
@@ -97,9 +106,9 @@ class Layout:
             f"CREATE INDEX IF NOT EXISTS {ident(name + '$expires')} ON {self.target} (_cdc_expires_at) "
             "WHERE _cdc_expires_at IS NOT NULL",
             f"CREATE TABLE IF NOT EXISTS {self.shadow} (_cdc_partition bytea NOT NULL, _cdc_clustering bytea NOT NULL, "
-            "_cdc_meta jsonb NOT NULL, _cdc_purge_after timestamptz, PRIMARY KEY (_cdc_partition, _cdc_clustering))",
+            "_cdc_meta bytea NOT NULL, _cdc_purge_after timestamptz, PRIMARY KEY (_cdc_partition, _cdc_clustering))",
             f"CREATE TABLE IF NOT EXISTS {self.partitions} (_cdc_partition bytea PRIMARY KEY, "
-            "_cdc_meta jsonb NOT NULL, _cdc_purge_after timestamptz)",
+            "_cdc_meta bytea NOT NULL, _cdc_purge_after timestamptz)",
         ]
         return [*stmts, *self.column_ddl(existing)]
 

@@ -22,32 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cdcpipe.apply import checkpoint as ckpt
-from cdcpipe.apply import merge, pgbinary, view
+from cdcpipe.apply import merge, migrate, pgbinary, state, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
-from cdcpipe.apply.tables import Layout, ident, instant, layout
+from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_key
 from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent
 from cdcpipe.schema import TableSchema
 from cdcpipe.typemap import converter
 
-_LOCK_DDL = 0x63646370  # advisory lock key serializing DDL between apply processes
 _LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
 _LOCK_TABLE = "SELECT pg_advisory_xact_lock($1)"
-
-
-def _lock_key(*parts: object) -> int:
-    """An advisory lock key: a signed 64-bit hash of ``parts`` (a mirrored table's name; a group, topic and
-    partition)."""
-    text = "\x00".join(map(str, parts)).encode()
-    return int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big", signed=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +98,7 @@ class BatchWriter:
             lay = layout(table, self._prefix)
             try:
                 async with self._pool.acquire() as conn, conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_DDL)
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
                     await ckpt.ensure(conn)
                     found_rel = await conn.fetch(
                         "SELECT c.relname, array_agg(a.attname::text) AS cols FROM pg_class c "
@@ -116,6 +107,11 @@ class BatchWriter:
                         "WHERE n.nspname = $1 AND c.relname = ANY($2::text[]) GROUP BY c.relname",
                         lay.schema, [table.table, table.table + "$shadow", table.table + "$partition"])
                     rels = {r["relname"]: frozenset(r["cols"]) for r in found_rel}
+                    if rels and await migrate.old_format(conn, lay):
+                        raise TableFaultError(
+                            "its stored merge state is format 1 (_cdc_meta jsonb, written by cdcpipe before 0.2): "
+                            "held until `cdcpipe migrate-state` rewrites it (stop apply processes older than 0.2 "
+                            "first; docs/operations.md), then resumed", table=table.name, sqlstate="42804")
                     if len(rels) == 3:
                         stmts = lay.column_ddl(rels[table.table])
                         await _dropped_by_hand(conn, lay, stmts, rels[table.table])
@@ -155,10 +151,10 @@ class BatchWriter:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if checkpoint is not None:
-                    await conn.execute(_LOCK_BATCH, _lock_key(lay.target),
-                                       _lock_key(checkpoint.group, checkpoint.topic, checkpoint.partition))
+                    await conn.execute(_LOCK_BATCH, lock_key(lay.target),
+                                       lock_key(checkpoint.group, checkpoint.topic, checkpoint.partition))
                 else:
-                    await conn.execute(_LOCK_TABLE, _lock_key(lay.target))
+                    await conn.execute(_LOCK_TABLE, lock_key(lay.target))
                 return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
         except ApplyError:
             raise
@@ -174,7 +170,7 @@ class BatchWriter:
         stored = await conn.fetch(
             _read_sql(lay), cp.group if cp else "", cp.topic if cp else "", cp.partition if cp else -1,
             list(parts), list({c for _, c in row_keys}), list(batch.wide))
-        next_offset = next((int(r["m"]) for r in stored if r["src"] == "K"), None)
+        next_offset = next((int(r["k"]) for r in stored if r["src"] == "K"), None)
         skipped = 0
         if next_offset is not None and events and events[0].offset < next_offset:
             kept = [p for p in events if p.offset >= next_offset]
@@ -199,7 +195,7 @@ class BatchWriter:
         stamp_field = pgbinary.instant_field(now)
         upserted = 0
         records: list[tuple[Any, ...]] = []
-        shadow: list[tuple[bytes, bytes, str, datetime.datetime | None]] = []
+        shadow: list[tuple[bytes, bytes, bytes, datetime.datetime | None]] = []
         drop_target: list[merge.RowKey] = []
         drop_shadow: list[merge.RowKey] = []
         unchanged = 0
@@ -255,7 +251,7 @@ class BatchWriter:
             self._records[table] = pgbinary.record_writer(table, lay.columns)
         return self._records[table]
 
-    async def _store(self, conn: Any, lay: Layout, shadow: list[tuple[bytes, bytes, str, datetime.datetime | None]],
+    async def _store(self, conn: Any, lay: Layout, shadow: list[tuple[bytes, bytes, bytes, datetime.datetime | None]],
                      drop_target: list[merge.RowKey], drop_shadow: list[merge.RowKey]) -> None:
         for target, keys in ((lay.target, drop_target), (lay.shadow, drop_shadow)):
             if keys:
@@ -265,14 +261,14 @@ class BatchWriter:
                     [k[0] for k in keys], [k[1] for k in keys])
         if shadow:
             await conn.execute(
-                f"INSERT INTO {lay.shadow} SELECT p, c, m::jsonb, x FROM unnest($1::bytea[], $2::bytea[], "
-                "$3::text[], $4::timestamptz[]) AS s(p, c, m, x) ON CONFLICT (_cdc_partition, _cdc_clustering) "
+                f"INSERT INTO {lay.shadow} SELECT p, c, m, x FROM unnest($1::bytea[], $2::bytea[], "
+                "$3::bytea[], $4::timestamptz[]) AS s(p, c, m, x) ON CONFLICT (_cdc_partition, _cdc_clustering) "
                 "DO UPDATE SET _cdc_meta = EXCLUDED._cdc_meta, _cdc_purge_after = EXCLUDED._cdc_purge_after",
                 *map(list, zip(*shadow, strict=True)))
 
     async def _store_partitions(self, conn: Any, lay: Layout, batch: merge.Changes, merged: merge.Changes,
                                 old: dict[bytes, merge.PartitionState], now: int) -> None:
-        upserts: list[tuple[bytes, str, datetime.datetime | None]] = []
+        upserts: list[tuple[bytes, bytes, datetime.datetime | None]] = []
         drops: list[bytes] = []
         for p in batch.partitions:
             part = merged.partitions.get(p)
@@ -284,7 +280,7 @@ class BatchWriter:
                 upserts.append((p, encode_partition(part), instant(sv.purge_after)))
         if upserts:
             await conn.execute(
-                f"INSERT INTO {lay.partitions} SELECT p, m::jsonb, x FROM unnest($1::bytea[], $2::text[], "
+                f"INSERT INTO {lay.partitions} SELECT p, m, x FROM unnest($1::bytea[], $2::bytea[], "
                 "$3::timestamptz[]) AS s(p, m, x) ON CONFLICT (_cdc_partition) DO UPDATE SET "
                 "_cdc_meta = EXCLUDED._cdc_meta, _cdc_purge_after = EXCLUDED._cdc_purge_after",
                 *map(list, zip(*upserts, strict=True)))
@@ -303,7 +299,7 @@ class BatchWriter:
                 tx = conn.transaction()
                 await tx.start()
                 try:
-                    await conn.execute(_LOCK_TABLE, _lock_key(lay.target))
+                    await conn.execute(_LOCK_TABLE, lock_key(lay.target))
                     found = await conn.fetchrow(f"SELECT _cdc_partition, _cdc_clustering FROM {lay.target} LIMIT 1")
                     if found is not None:
                         await self._write(conn, lay, [], None, [(bytes(found[0]), bytes(found[1]))],
@@ -391,8 +387,11 @@ async def _dropped_by_hand(conn: Any, lay: Layout, stmts: list[str], existing: f
     for c in lay.columns:
         if c.kind in ("partition_key", "clustering") or c.name in existing:
             continue
-        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {lay.target} WHERE _cdc_meta->'c' ? $1 "
-                               "OR _cdc_meta->'x' ? $1)", c.name):
+        # the column's stored name is a byte string in the state of rows that have its values: search for it,
+        # then decode the candidates
+        candidates = await conn.fetch(f"SELECT _cdc_meta FROM {lay.target} WHERE position($1::bytea in _cdc_meta) > 0",
+                                      state.stored_name(c.name))
+        if any(c.name in state.columns_of(r[0]) for r in candidates):
             raise TableFaultError(
                 f"column {c.name} of {lay.target} was dropped by hand: its rows' values are kept in _cdc_meta; add "
                 f"it back (ALTER TABLE … ADD COLUMN {c.name} …) and apply refills it", table=lay.table.name,
@@ -417,14 +416,14 @@ def _read_sql(lay: Layout) -> str:
     return (
         "WITH k AS (SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1 AND topic = $2 "
         "AND partition = $3 FOR UPDATE), "
-        f"t AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta::text AS m FROM {lay.target} {rows_where}), "
-        f"s AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta::text AS m FROM {lay.shadow} {rows_where}), "
-        f"q AS (SELECT _cdc_partition, _cdc_meta::text AS m FROM {lay.partitions} "
+        f"t AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {lay.target} {rows_where}), "
+        f"s AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {lay.shadow} {rows_where}), "
+        f"q AS (SELECT _cdc_partition, _cdc_meta AS m FROM {lay.partitions} "
         "WHERE _cdc_partition = ANY($4::bytea[]) FOR UPDATE) "
-        "SELECT 'K' AS src, NULL::bytea AS p, NULL::bytea AS c, next_offset::text AS m FROM k "
-        "UNION ALL SELECT 'T', _cdc_partition, _cdc_clustering, m FROM t "
-        "UNION ALL SELECT 'S', _cdc_partition, _cdc_clustering, m FROM s "
-        "UNION ALL SELECT 'P', _cdc_partition, NULL, m FROM q"
+        "SELECT 'K' AS src, NULL::bytea AS p, NULL::bytea AS c, NULL::bytea AS m, next_offset AS k FROM k "
+        "UNION ALL SELECT 'T', _cdc_partition, _cdc_clustering, m, NULL FROM t "
+        "UNION ALL SELECT 'S', _cdc_partition, _cdc_clustering, m, NULL FROM s "
+        "UNION ALL SELECT 'P', _cdc_partition, NULL, m, NULL FROM q"
     )
 
 

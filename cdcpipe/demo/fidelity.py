@@ -30,7 +30,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdcpipe.apply.state import decode_partition
+from cdcpipe.apply.merge import RowState
+from cdcpipe.apply.state import decode_partition, decode_row
 from cdcpipe.apply.tables import ident
 from cdcpipe.apply.view import static_view
 from cdcpipe.schema import Column, TableSchema
@@ -187,7 +188,7 @@ class _Side:
     keys: dict[tuple[bytes, bytes | None], tuple[Any, ...]] = field(default_factory=dict)
     inexact: dict[tuple[bytes, bytes | None], set[str]] = field(default_factory=dict)
     raw: dict[tuple[bytes, bytes | None], dict[str, bytes]] = field(default_factory=dict)
-    meta: dict[tuple[bytes, bytes | None], dict[str, Any]] = field(default_factory=dict)
+    meta: dict[tuple[bytes, bytes | None], RowState] = field(default_factory=dict)
 
     def checksum(self) -> str:
         h = hashlib.sha256()
@@ -249,17 +250,17 @@ async def read_postgres(conn: Any, table: TableSchema, schema_prefix: str = "", 
     select = ", ".join(ident(c.name) for c in cols)
     with_rows: set[bytes] = set()
     for r in await conn.fetch(f"SELECT {select}, _cdc_partition, _cdc_clustering, _cdc_inexact, "
-                              f"_cdc_meta::text AS meta FROM {target}"):
+                              f"_cdc_meta AS meta FROM {target}"):
         key = (bytes(r["_cdc_partition"]), bytes(r["_cdc_clustering"]))
         with_rows.add(key[0])
         side.rows[key] = {c.name: canon(pg_type(c.type), r[c.name]) for c in cols}
         side.inexact[key] = set(r["_cdc_inexact"] or [])
-        side.meta[key] = json.loads(r["meta"])
+        side.meta[key] = decode_row(r["meta"])
         side.keys[key] = tuple(r[c.name] for c in (*table.partition_key, *table.clustering))
     if not table.clustering:
         return side
     now = int(time.time()) if now is None else now
-    for r in await conn.fetch(f"SELECT _cdc_partition, _cdc_meta::text AS meta FROM "
+    for r in await conn.fetch(f"SELECT _cdc_partition, _cdc_meta AS meta FROM "
                               f"{schema}.{ident(table.table + '$partition')}"):
         p = bytes(r["_cdc_partition"])
         view = static_view(table, decode_partition(r["meta"]), now, _GRACE)
@@ -304,9 +305,9 @@ def diff(table: TableSchema, cass: _Side, pg: _Side) -> list[Mismatch]:
             out.append(Mismatch(table.name, shown, "_cdc_inexact", str(sorted(ia)), str(sorted(ib))))
         meta = pg.meta.get(key)
         for col, exact in cass.raw.get(key, {}).items():
-            cell = (meta or {}).get("c", {}).get(col)
-            if cell is not None and cell[4] != exact.hex():  # simple columns keep their exact bytes
-                out.append(Mismatch(table.name, shown, f"_cdc_meta.c.{col}", exact.hex(), str(cell[4])))
+            cell = None if meta is None else meta.cells.get(col)
+            if cell is not None and cell.value != exact:  # simple columns keep their exact bytes
+                out.append(Mismatch(table.name, shown, f"_cdc_meta.c.{col}", exact.hex(), cell.value.hex()))
     return out
 
 

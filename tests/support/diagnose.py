@@ -13,6 +13,7 @@ from typing import Any
 import asyncpg
 from confluent_kafka import Consumer, TopicPartition
 
+from cdcpipe.apply.state import decode_row
 from cdcpipe.avro import SchemaCache, decode
 from cdcpipe.demo.fidelity import Mismatch
 from cdcpipe.model import ChangeEvent
@@ -79,10 +80,10 @@ async def stored(dsn: str, keyspace: str, table: str, pk_names: list[str], key: 
         out = []
         where = " AND ".join(f'"{n}" = ${i}' for i, n in enumerate(pk_names, 1))
         target = f'"{keyspace}"."{table}"'
-        rows = await conn.fetch(f"SELECT _cdc_partition, _cdc_clustering, _cdc_meta::text AS m FROM {target} "
+        rows = await conn.fetch(f"SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {target} "
                                 f"WHERE {where}", *key)
         for r in rows:
-            out.append(f"target c={bytes(r['_cdc_clustering']).hex()} meta={r['m']}")
+            out.append(f"target c={bytes(r['_cdc_clustering']).hex()} meta={decode_row(r['m'])}")
         if rows:
             p = rows[0]["_cdc_partition"]
             for name in (f"{table}$shadow", f"{table}$partition"):

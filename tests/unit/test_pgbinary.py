@@ -170,8 +170,8 @@ def test_record_layout() -> None:
     clustering = (2).to_bytes(4, "big") + b"cc"
     v = Version(1, value=b"a\x00")  # NUL: NULL and listed as inexact
     out = bytearray()
-    w.write(out, b"\x00\x00\x00\x07", clustering, {"v": v}, "{}", None, instant_field(0))
+    w.write(out, b"\x00\x00\x00\x07", clustering, {"v": v}, b"\x02meta", None, instant_field(0))
     assert bytes(out) == (
         struct.pack(">h", 9) + field(b"\x00\x00\x00\x07") + field(b"cc") + NULL
-        + field(b"\x00\x00\x00\x07") + field(clustering) + field(b"\x01{}")
+        + field(b"\x00\x00\x00\x07") + field(clustering) + field(b"\x02meta")
         + field(struct.pack(">iiiii", 1, 0, 25, 1, 1) + field(b"v")) + NULL + instant_field(0))
