@@ -17,8 +17,6 @@ records, source) is skipped by its Avro encoding, without building a value.  Cos
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 from cdcpipe.apply.avro_skip import (
@@ -52,69 +50,26 @@ def key_sizes(columns: tuple[Any, ...]) -> tuple[int, ...] | None:
 
 # ------------------------------------------------------------------------------------------------ values
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple[Callable[[Any, Any], None], ...]:
-    """The slot setters of a frozen slots dataclass with exactly these fields and no ``__post_init__``: building
-    one by them gives the object its ``__init__`` would (half the cost: no ``object.__setattr__`` per field)."""
-    if tuple(f.name for f in dataclasses.fields(cls)) != names or hasattr(cls, "__post_init__"):
-        raise RuntimeError(f"{cls.__name__} changed: update cdcpipe.apply.avro_read")
-    return tuple(getattr(cls, n).__set__ for n in names)
-
-
-_V_TS, _V_LDT, _V_TTL, _V_TOMB, _V_VALUE, _V_OBJ = _slot_setters(
-    Version, ("ts", "ldt", "ttl", "tombstone", "value", "obj"))
-_new = object.__new__
-
-
 def live_version(ts: int, value: bytes, obj: Any) -> Version:
     """``Version(ts, None, 0, False, value, obj)``."""
-    v: Version = _new(Version)
-    _V_TS(v, ts)
-    _V_LDT(v, None)
-    _V_TTL(v, 0)
-    _V_TOMB(v, False)
-    _V_VALUE(v, value)
-    _V_OBJ(v, obj)
-    return v
+    return Version(ts, None, 0, False, value, obj)
 
 
 def _marker(ts: int, ldt: int | None, ttl: int) -> Version:
     """``Version(ts, ldt, ttl)``."""
-    v: Version = _new(Version)
-    _V_TS(v, ts)
-    _V_LDT(v, ldt)
-    _V_TTL(v, ttl)
-    _V_TOMB(v, False)
-    _V_VALUE(v, b"")
-    _V_OBJ(v, UNSET)
-    return v
-
-
-_R_MARKER, _R_DELETION, _R_CELLS, _R_COMPLEX = _slot_setters(RowState, ("marker", "deletion", "cells", "complex"))
-_D_OP, _D_PARTITION, _D_CLUSTERING, _D_PART, _D_ROW = _slot_setters(
-    Delta, ("op", "partition", "clustering", "part", "row"))
+    return Version(ts, ldt, ttl)
 
 
 def row_state(marker: Version | None, deletion: Deletion | None, cells: dict[str, Version],
-         complex_: dict[str, ComplexState]) -> RowState:
+              complex_: dict[str, ComplexState]) -> RowState:
     """``RowState(marker, deletion, cells, complex_)``."""
-    r: RowState = _new(RowState)
-    _R_MARKER(r, marker)
-    _R_DELETION(r, deletion)
-    _R_CELLS(r, cells)
-    _R_COMPLEX(r, complex_)
-    return r
+    return RowState(marker, deletion, cells, complex_)
 
 
 def _delta_of(op: Op, partition: bytes, clustering: bytes, part: PartitionState | None, row: RowState | None
               ) -> Delta:
     """``Delta(op, partition, clustering, part, row)``."""
-    d: Delta = _new(Delta)
-    _D_OP(d, op)
-    _D_PARTITION(d, partition)
-    _D_CLUSTERING(d, clustering)
-    _D_PART(d, part)
-    _D_ROW(d, row)
-    return d
+    return Delta(op, partition, clustering, part, row)
 
 
 def _deletion(data: bytes, p: int) -> tuple[Deletion | None, int]:

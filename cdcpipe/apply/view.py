@@ -10,8 +10,7 @@ With ``raw=True`` a simple (single-cell) column's value is its live :class:`Vers
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
 from cdcpipe.cql import CqlType
@@ -20,7 +19,6 @@ from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import deserialize, deserializer
 
 
-@dataclass(frozen=True, slots=True)
 class RowView:
     """``values`` maps every non-key column to its typed value (None = null; a simple column's live
     :class:`Version` in a ``raw`` view); ``visible`` is rule 15.
@@ -28,22 +26,56 @@ class RowView:
     ``expires_at``: the earliest expiry (seconds) among the row's live expiring data and its partition's live
     expiring static cells, None if nothing expires.  ``purge_after``: for an invisible row, the instant after
     which its tombstones may be forgotten (latest deletion time + grace, rule 38); None for a visible row.
+
+    Like :class:`StaticView`, a value class written by hand, not a frozen dataclass (why: above
+    :class:`cdcpipe.apply.merge.Version`).
     """
 
-    visible: bool
-    values: Mapping[str, Any]
-    expires_at: int | None
-    purge_after: int | None
+    __slots__ = ("expires_at", "purge_after", "values", "visible")
+
+    def __init__(self, visible: bool, values: Mapping[str, Any], expires_at: int | None,
+                 purge_after: int | None) -> None:
+        self.visible: Final = visible
+        self.values: Final = values
+        self.expires_at: Final = expires_at
+        self.purge_after: Final = purge_after
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RowView):
+            return NotImplemented
+        return (self.visible == other.visible and self.values == other.values
+                and self.expires_at == other.expires_at and self.purge_after == other.purge_after)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"RowView(visible={self.visible!r}, values={self.values!r}, expires_at={self.expires_at!r}, "
+                f"purge_after={self.purge_after!r})")
 
 
-@dataclass(frozen=True, slots=True)
 class StaticView:
     """The partition's live static values, their next expiry, and when the partition state may be forgotten."""
 
-    values: Mapping[str, Any]
-    live: bool
-    expires_at: int | None
-    purge_after: int | None
+    __slots__ = ("expires_at", "live", "purge_after", "values")
+
+    def __init__(self, values: Mapping[str, Any], live: bool, expires_at: int | None,
+                 purge_after: int | None) -> None:
+        self.values: Final = values
+        self.live: Final = live
+        self.expires_at: Final = expires_at
+        self.purge_after: Final = purge_after
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, StaticView):
+            return NotImplemented
+        return (self.values == other.values and self.live == other.live and self.expires_at == other.expires_at
+                and self.purge_after == other.purge_after)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"StaticView(values={self.values!r}, live={self.live!r}, expires_at={self.expires_at!r}, "
+                f"purge_after={self.purge_after!r})")
 
 
 def _value(t: CqlType, v: Version) -> Any:
