@@ -18,10 +18,10 @@ import sys
 import sysconfig
 from pathlib import Path
 
-#: Capture's per-event path and apply's reader, view and binary COPY writer.  Framing stays pure (its slot-setting
-#: trick is faster there than a compiled dataclass constructor), so do the value codecs (a subclass of ``int`` that
-#: mypyc cannot compile natively) and apply's merge rules (avro_read builds their frozen dataclasses through slot
-#: setters).
+#: Capture's per-event path and apply's reader, merge rules, stored-state format, view and binary COPY writer.
+#: Framing stays pure (its slot-setting trick is faster there than a compiled dataclass constructor), so do the
+#: value codecs (a subclass of ``int`` that mypyc cannot compile natively).  Apply's per-event values (merge's
+#: ``Version``, ``RowState``…) are written by hand, not as dataclasses, so that building one is a native call.
 MODULES = ("cdcpipe/capture/avro_write.py", "cdcpipe/capture/encoder.py", "cdcpipe/capture/rows.py",
            "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
            "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",

@@ -25,7 +25,7 @@ import datetime
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cdcpipe.apply import checkpoint as ckpt
 from cdcpipe.apply import merge, migrate, pgbinary, state, view
@@ -41,9 +41,9 @@ _LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2
 _LOCK_TABLE = "SELECT pg_advisory_xact_lock($1)"
 
 
-@dataclass(frozen=True, slots=True)
-class Positioned:
-    """An event (or what it writes, :class:`cdcpipe.apply.merge.Delta`) with the Kafka offset it was read at."""
+class Positioned(NamedTuple):
+    """An event (or what it writes, :class:`cdcpipe.apply.merge.Delta`) with the Kafka offset it was read at (a
+    NamedTuple: one is built per event)."""
 
     event: ChangeEvent | merge.Delta
     offset: int
