@@ -101,20 +101,27 @@ class BatchApplier:
     async def apply(self, batch: Batch) -> None:
         run: list[_Item] = []
         table: TableSchema | None = None
+        reader = self._reader
         for rec in batch.records:
             try:
-                event, t = await self._decode(rec)
+                try:
+                    event, t = decode_delta(rec.value, reader)
+                except EventDecodeError as exc:
+                    if not exc.retriable:
+                        raise
+                    event, t = await self._decode(rec)  # a schema not read yet: wait for it
             except EventDecodeError as exc:
                 if run and table is not None:
                     await self._isolate(table, run)
                 run, table = [], None
                 await self._dead_letter(DeadLetter(rec, "", exc, 0))
                 continue
-            if table is not None and t is not table and t != table:
-                await self._isolate(table, run)
-                run = []
-            table = t
-            self.tables[t.name] = t
+            if t is not table:
+                if table is not None and t != table:
+                    await self._isolate(table, run)
+                    run = []
+                table = t
+                self.tables[t.name] = t
             run.append(_Item(rec, event))
         if run and table is not None:
             await self._isolate(table, run)

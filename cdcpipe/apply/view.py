@@ -216,6 +216,31 @@ def row_view(table: TableSchema, row: RowState, statics: StaticView, now: int, g
     return RowView(False, values, None, acc.last_death + grace)
 
 
+def plain_cells(row: RowState) -> Mapping[str, Version] | None:
+    """``row.cells`` when they are the whole raw view of a row of a table with only simple regular columns and no
+    static ones (see :func:`simple_table`): no row deletion, no complex column, a marker (if any) and every cell
+    plain and live (no TTL, not a tombstone).  Such a row is visible, nothing in it expires, and its raw values
+    are its cells (a column without a cell is null) — what :func:`row_view` would say, without building it.
+    None: ask :func:`row_view`."""
+    if row.deletion is not None or row.complex:
+        return None
+    m = row.marker
+    if m is not None and m.ldt is not None:
+        return None
+    cells = row.cells
+    if m is None and not cells:
+        return None
+    for v in cells.values():
+        if v.tombstone or v.ldt is not None:
+            return None
+    return cells
+
+
+def simple_table(table: TableSchema) -> bool:
+    """Whether the table's rows may take :func:`plain_cells`: no static column, no multi-cell column."""
+    return not table.static and not any(c.type.multi_cell for c in table.regular)
+
+
 def key_values(table: TableSchema, partition: bytes, clustering: bytes) -> dict[str, Any]:
     """Typed primary key values from the key bytes."""
     out: dict[str, Any] = {}

@@ -80,6 +80,7 @@ class BatchWriter:
         self._binary = binary
         self._layouts: dict[TableSchema, Layout] = {}
         self._records: dict[TableSchema, pgbinary.RecordWriter | None] = {}
+        self._simples: dict[TableSchema, bool] = {}
         self._preparing: dict[TableSchema, asyncio.Lock] = {}
 
     async def prepare(self, table: TableSchema) -> Layout:
@@ -191,6 +192,7 @@ class BatchWriter:
         statics: dict[bytes, view.StaticView] = {}
         binary = self._record_writer(lay)
         raw = binary is not None
+        simple = raw and self._simple(table)
         copy = bytearray(pgbinary.HEADER)
         stamp_field = pgbinary.instant_field(now)
         upserted = 0
@@ -211,7 +213,13 @@ class BatchWriter:
                 unchanged += 1
                 continue
             dest = None
-            if row is not None:
+            cells = view.plain_cells(row) if simple and row is not None else None
+            if cells is not None and row is not None and binary is not None:
+                # the common case, without building the view: visible, nothing expires
+                dest = "T"
+                upserted += 1
+                binary.write(copy, p, c, cells, encode_row(row), None, stamp_field)
+            elif row is not None:
                 sv = statics.get(p)
                 if sv is None:
                     sv = statics[p] = view.static_view(table, merged.partitions.get(p), now, self._grace, raw)
@@ -240,6 +248,12 @@ class BatchWriter:
             await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
         return WriteResult(len(events) - skipped, skipped, upserted, len(drop_target), unchanged,
                            batch.redundant)
+
+    def _simple(self, table: TableSchema) -> bool:
+        found = self._simples.get(table)
+        if found is None:
+            found = self._simples[table] = view.simple_table(table)
+        return found
 
     def _record_writer(self, lay: Layout) -> pgbinary.RecordWriter | None:
         """The table's binary record writer; None: typed records (``binary=False``, or a column type
