@@ -40,7 +40,7 @@ from cdcpipe.avro_values import to_avro as to_avro  # public API, re-exported
 from cdcpipe.cql import CqlType, decode_value, parse_cql_type, udt_field_index
 from cdcpipe.errors import EventDecodeError
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
-from cdcpipe.schema import TableSchema
+from cdcpipe.schema import DroppedColumn, TableSchema
 
 MAGIC = b"\xc3\x01"
 FORMAT_VERSION = 2  # 2: the record name carries the hash of the schema's metadata
@@ -72,6 +72,7 @@ class EventSchema:
     parsed: Any = field(compare=False, repr=False)
     plain: Any = field(compare=False, repr=False)  # parsed without logical types: what decode reads with
     fingerprint: bytes = b""
+    dropped: tuple[DroppedColumn, ...] = ()  # the table's dropped columns (``cdcpipe.dropped``)
     _by_name: dict[str, ColumnInfo] = field(default_factory=dict, compare=False, repr=False)
     # what encode needs per event, computed once: value converters and the full names of the record branches
     # of unions (fastavro's tuple notation picks a branch by name instead of validating every candidate)
@@ -117,8 +118,11 @@ class EventSchema:
             pk = tuple(info(f) for f in fields["partition_key"]["type"]["fields"])
             ck = tuple(info(f) for f in fields["clustering"]["type"][1]["fields"])
             cols = tuple(info(f) for f in fields["columns"]["type"]["fields"])
+            dropped = tuple(DroppedColumn(d["name"], parse_cql_type(d["cql_type"], ks, lambda k, n: udts.get((k, n))),
+                                          int(d["dropped_time"]), d["kind"])
+                            for d in schema.get("cdcpipe.dropped", ()))
             return _build(ks, schema["cdcpipe.table"], uuid.UUID(schema["cdcpipe.table_id"]), pk, ck, cols,
-                          schema)
+                          schema, dropped=dropped)
         except EventDecodeError:
             raise
         except Exception as exc:  # malformed JSON or not our layout
@@ -140,7 +144,7 @@ def table_schema(table: TableSchema) -> EventSchema:
     cnamer = Namer()
     cols = tuple(ColumnInfo(cnamer(c.name), c.name, c.kind, c.type) for c in (*table.static, *table.regular))
     return _build(table.keyspace, table.table, table.table_id, pk, ck, cols, None,
-                  reversed_cols={c.name for c in table.clustering if c.reversed})
+                  reversed_cols={c.name for c in table.clustering if c.reversed}, dropped=table.dropped)
 
 
 def _udts(t: CqlType, out: dict[str, dict[str, list[str]]]) -> None:
@@ -152,9 +156,14 @@ def _udts(t: CqlType, out: dict[str, dict[str, list[str]]]) -> None:
 
 def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo, ...],
            ck: tuple[ColumnInfo, ...], cols: tuple[ColumnInfo, ...], schema: dict[str, Any] | None,
-           reversed_cols: set[str] | None = None) -> EventSchema:
+           reversed_cols: set[str] | None = None, dropped: tuple[DroppedColumn, ...] = ()) -> EventSchema:
     if schema is None:
         schema = _schema_json(keyspace, table, table_id, pk, ck, cols, reversed_cols or set())
+        if dropped:  # only then: the schemas (and fingerprints) of tables without drops stay as they were
+            schema["cdcpipe.dropped"] = [{"name": d.name, "cql_type": d.type.cql(), "kind": d.kind,
+                                          "dropped_time": d.dropped_time}
+                                         for d in sorted(dropped, key=lambda d: d.name)]
+            schema["name"] = _record_name(schema)
     elif schema.get("name") != _record_name(schema):
         raise EventDecodeError(f"{keyspace}.{table}: record name {schema.get('name')!r} does not match the "
                                "schema's metadata (altered after publication?)")
@@ -162,7 +171,7 @@ def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo,
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fp = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
     plain = fastavro.parse_schema(_strip_logical(json.loads(json.dumps(schema))))
-    return EventSchema(keyspace, table, table_id, pk, ck, cols, schema, parsed, plain, fp)
+    return EventSchema(keyspace, table, table_id, pk, ck, cols, schema, parsed, plain, fp, dropped)
 
 
 def _record_name(schema: dict[str, Any]) -> str:

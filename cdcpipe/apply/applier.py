@@ -264,6 +264,12 @@ class BatchApplier:
                     rows = await self._writer.refresh(table)
             log.info("table re-written from its stored state after a dropped column came back", table=table.name,
                      rows=rows)
+        async for attempt in self._retrying(table):
+            with attempt:
+                refilled = await self._writer.refill(table)
+        if refilled is not None:
+            log.info("column added again after a drop in Cassandra: rows re-written without the values written "
+                     "before the drop", table=table.name, rows=refilled)
         metrics.BATCH_SIZE.observe(len(items))
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         oldest = min((i.record.timestamp_ms for i in items if i.record.timestamp_ms), default=0)

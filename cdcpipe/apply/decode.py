@@ -42,6 +42,7 @@ def table_of(schema: EventSchema) -> TableSchema:
                          for i, c in enumerate(schema.clustering)),
         static=tuple(Column(c.name, c.type, c.kind) for c in schema.columns if c.kind == "static"),
         regular=tuple(Column(c.name, c.type, c.kind) for c in schema.columns if c.kind != "static"),
+        dropped=schema.dropped,
     )
     _TABLES[schema.fingerprint] = table
     return table

@@ -268,9 +268,14 @@ class Changes:
         return Changes(partitions, rows, self.wide | other.wide)
 
     def normalized(self, table: TableSchema) -> Changes:
-        """The canonical form: shadowed data dropped, empty states removed."""
+        """The canonical form: shadowed data dropped, empty states removed — and, for a table with dropped
+        columns, every cell, element and complex deletion of a dropped column at or before its drop time (what
+        Cassandra's reads skip, also once a column of that name is added again)."""
+        drops = {d.name: d.dropped_time for d in table.dropped}
         partitions: dict[bytes, PartitionState] = {}
         for key, p in self.partitions.items():
+            if drops:
+                p = PartitionState(p.deletion, p.ranges, without_dropped(p.static, drops))
             np_ = p.normalized()
             if np_ is not None:
                 partitions[key] = np_
@@ -278,10 +283,30 @@ class Changes:
         for (pk, ck), r in self.rows.items():
             part = partitions.get(pk)
             floor = part.floor(table, split_clustering(ck)) if part is not None else NO_DELETION
-            nr = r.normalized(floor)
+            nr = (without_dropped(r, drops) if drops else r).normalized(floor)
             if nr is not None:
                 rows[(pk, ck)] = nr
         return Changes(partitions, rows, self.wide, self.redundant)
+
+
+def without_dropped(row: RowState, drops: Mapping[str, int]) -> RowState:
+    """``row`` less what belongs to dropped columns: cells, elements and complex deletions of a column in
+    ``drops`` (name → drop time, µs) written at or before its drop time."""
+    cells = {n: v for n, v in row.cells.items() if n not in drops or v.ts > drops[n]}
+    complex_: dict[str, ComplexState] = {}
+    for name, c in row.complex.items():
+        dropped = drops.get(name)
+        if dropped is None:
+            complex_[name] = c
+            continue
+        cdel = c.deletion if c.deletion is not None and c.deletion.timestamp > dropped else None
+        elements = {p: v for p, v in c.elements.items() if v.ts > dropped}
+        if cdel is not None or elements:
+            complex_[name] = ComplexState(cdel, elements)
+    if len(cells) == len(row.cells) and len(complex_) == len(row.complex) \
+            and all(complex_[n] is c for n, c in row.complex.items()):
+        return row
+    return RowState(row.marker, row.deletion, cells, complex_)
 
 
 # ---------------------------------------------------------------------------------------------- from events

@@ -28,13 +28,13 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cdcpipe.apply import checkpoint as ckpt
-from cdcpipe.apply import merge, migrate, pgbinary, state, view
+from cdcpipe.apply import dropped, merge, migrate, pgbinary, state, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_key
 from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent
-from cdcpipe.schema import TableSchema
+from cdcpipe.schema import DroppedColumn, TableSchema
 from cdcpipe.typemap import converter
 
 _LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
@@ -81,6 +81,7 @@ class BatchWriter:
         self._layouts: dict[TableSchema, Layout] = {}
         self._records: dict[TableSchema, pgbinary.RecordWriter | None] = {}
         self._simples: dict[TableSchema, bool] = {}
+        self._refills: dict[TableSchema, list[DroppedColumn]] = {}
         self._preparing: dict[TableSchema, asyncio.Lock] = {}
 
     async def prepare(self, table: TableSchema) -> Layout:
@@ -127,6 +128,9 @@ class BatchWriter:
                         stmts = lay.ddl()
                     for stmt in stmts:
                         await conn.execute(stmt)
+                    refill = await dropped.mark(conn, lay, rels.get(table.table, frozenset()))
+                    if refill:
+                        self._refills[table] = refill
             except TableFaultError:
                 raise
             except Exception as exc:
@@ -377,6 +381,23 @@ class BatchWriter:
             await self.write(table, [], None, extra_keys=keys)
             after = keys[-1]
             total += len(keys)
+
+    async def refill(self, table: TableSchema) -> int | None:
+        """When ``table`` has columns added again after a drop whose rows may still show values from before the
+        drop (:mod:`cdcpipe.apply.dropped`): re-write every row from its stored state, record it, return how many
+        rows; else None."""
+        pending = self._refills.pop(table, None)
+        if not pending:
+            return None
+        try:
+            rows = await self.refresh(table)
+            lay = await self.prepare(table)
+            async with self._pool.acquire() as conn:
+                await dropped.refilled(conn, lay, pending)
+        except BaseException:
+            self._refills.setdefault(table, pending)
+            raise
+        return rows
 
     async def purge(self, table: TableSchema) -> int:
         """Forget shadow rows and partition states whose grace period is over (reference rule 38)."""

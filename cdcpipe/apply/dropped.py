@@ -1,0 +1,79 @@
+"""Columns dropped in Cassandra, on the PostgreSQL side.
+
+Cassandra keeps a dropped column's name and drop time (``system_schema.dropped_columns``) and from then on skips
+every cell of that name written at or before the drop time — also once a column of that name is added again.
+Capture publishes those drops with each event schema (``cdcpipe.dropped``); merge forgets such cells
+(:func:`cdcpipe.apply.merge.without_dropped`).  What this module adds, while apply prepares a table version:
+
+- a column dropped in Cassandra keeps its PostgreSQL column (its values as they were; apply stops writing it),
+  marked by a comment ``cdcpipe: dropped in Cassandra at …``;
+- a column added again after a drop, whose PostgreSQL column still holds values from before the drop, is
+  *refilled*: every row is re-written from its stored state (which forgets the dropped cells), then the column's
+  comment records that drop time as handled, so a restart does not refill again.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from cdcpipe.apply.tables import Layout, ident
+from cdcpipe.schema import DroppedColumn
+
+_HANDLED = "dropped_time={}"
+
+
+def _when(d: DroppedColumn) -> str:
+    at = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC) + datetime.timedelta(microseconds=d.dropped_time)
+    return at.isoformat(timespec="milliseconds")
+
+
+def dropped_comment(d: DroppedColumn) -> str:
+    return (f"cdcpipe: dropped in Cassandra at {_when(d)} ({_HANDLED.format(d.dropped_time)}); no longer written, "
+            "the values are as they were then")
+
+
+def readded_comment(d: DroppedColumn) -> str:
+    return (f"cdcpipe: added again after a drop at {_when(d)} ({_HANDLED.format(d.dropped_time)}); values written "
+            "before the drop are hidden, as in Cassandra")
+
+
+async def mark(conn: Any, lay: Layout, existing: frozenset[str]) -> list[DroppedColumn]:
+    """Comment the target table's columns dropped in Cassandra (``existing``: its columns before this version's
+    DDL); returns the columns added again whose rows must be refilled (then :func:`refilled`)."""
+    table = lay.table
+    if not table.dropped:
+        return []
+    current = {c.name for c in (*table.static, *table.regular)}
+    comments = {r[0]: r[1] or "" for r in await conn.fetch(
+        "SELECT a.attname::text, col_description(a.attrelid, a.attnum) FROM pg_attribute a "
+        "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped", lay.target)}
+    pending: list[DroppedColumn] = []
+    for d in table.dropped:
+        if d.name not in comments:
+            continue  # never mirrored, or dropped by hand (handled as such)
+        handled = _HANDLED.format(d.dropped_time) in comments[d.name]
+        if d.name not in current:
+            if not handled:
+                await _comment(conn, lay, d.name, dropped_comment(d))
+        elif not handled or "added again" not in comments[d.name]:
+            if d.name in existing:
+                pending.append(d)  # values from before the drop may be there: refill first
+            else:
+                await _comment(conn, lay, d.name, readded_comment(d))
+    return pending
+
+
+async def refilled(conn: Any, lay: Layout, columns: list[DroppedColumn]) -> None:
+    """Record that the rows of ``columns`` (added again) were re-written without their values from before the
+    drop."""
+    for d in columns:
+        await _comment(conn, lay, d.name, readded_comment(d))
+
+
+async def _comment(conn: Any, lay: Layout, column: str, text: str) -> None:
+    await conn.execute(f"COMMENT ON COLUMN {lay.target}.{ident(column)} IS {_literal(text)}")
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"

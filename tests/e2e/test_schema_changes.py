@@ -1,0 +1,159 @@
+"""Schema changes mid-stream, under a steady write load, on the shared stack: a column added (its values reach
+PostgreSQL), a column dropped, the same column added again (values written before the drop stay hidden, as
+Cassandra hides them), a new table created with ``cdc = true`` while the pipeline runs — with capture and apply
+killed (-9) once in the middle.  Ends with PostgreSQL equal to Cassandra (the fidelity comparison)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from cdcpipe.demo import fidelity
+from tests.support.harness import Pipeline, connect, wait_for, wait_until_equal
+from tests.support.processes import unique
+from tests.support.stack import StackEnv
+
+pytestmark = pytest.mark.timeout(600)
+
+
+class Writer(threading.Thread):
+    """Random inserts, updates and deletes over the columns the table has now (``columns``, changed by the
+    test), at about ``rate`` statements a second, into ``tables``; a statement Cassandra refuses because the
+    schema changed under it is counted and skipped (it wrote nothing)."""
+
+    def __init__(self, session: Any, keyspace: str, rate: float) -> None:
+        super().__init__(name="writer", daemon=True)
+        self.session, self.keyspace, self.rate = session, keyspace, rate
+        self.lock = threading.Lock()
+        self.columns = {"sc": ["v", "w"]}
+        self.written = {"sc": 0}
+        self.refused = 0
+        self.stop = threading.Event()
+        self.rng = random.Random(7)
+
+    def set_columns(self, table: str, columns: list[str]) -> None:
+        with self.lock:
+            self.columns[table] = columns
+            self.written.setdefault(table, 0)
+
+    def statement(self, table: str, cols: list[str]) -> tuple[str, list[Any]]:
+        rng = self.rng
+        k, c = rng.randrange(40), rng.randrange(8)
+        key = ["k", "c"] if table == "sc" else ["k"]
+        keys = [k, c] if table == "sc" else [k]
+        where = " AND ".join(f"{n} = %s" for n in key)
+        value = lambda n: f"{n}-{rng.randrange(1000)}" if n == "v" else rng.randrange(1000)  # noqa: E731
+        roll = rng.random()
+        if roll < 0.5 or not cols:
+            names = [*key, *cols]
+            return (f"INSERT INTO {self.keyspace}.{table} ({', '.join(names)}) VALUES "
+                    f"({', '.join(['%s'] * len(names))})", [*keys, *(value(n) for n in cols)])
+        if roll < 0.85:
+            n = rng.choice(cols)
+            return f"UPDATE {self.keyspace}.{table} SET {n} = %s WHERE {where}", [value(n), *keys]
+        if roll < 0.93:
+            n = rng.choice(cols)
+            return f"DELETE {n} FROM {self.keyspace}.{table} WHERE {where}", keys
+        return f"DELETE FROM {self.keyspace}.{table} WHERE {where}", keys
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                table = self.rng.choice(sorted(self.columns))
+                cols = list(self.columns[table])
+            query, params = self.statement(table, cols)
+            try:
+                self.session.execute(query, params, timeout=30)
+                with self.lock:
+                    self.written[table] += 1
+            except Exception:  # e.g. "Undefined column name" while the schema changes under the statement
+                self.refused += 1
+            time.sleep(1 / self.rate)
+
+
+async def _pg(dsn: str, query: str, *args: Any) -> Any:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetchval(query, *args)
+    finally:
+        await conn.close()
+
+
+def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_path: Path) -> None:
+    stack = StackEnv(stack_env)
+    keyspace = unique("e2esc", 8)
+    cluster, session = connect(stack)
+    pipeline = Pipeline(stack, keyspace, tmp_path)
+    writer = Writer(session, keyspace, rate=150)
+    target = f'"{keyspace}"."sc"'
+    try:
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
+                        "'replication_factor': 1}", timeout=60)
+        session.execute(f"CREATE TABLE {keyspace}.sc (k int, c int, v text, w int, PRIMARY KEY (k, c)) "
+                        "WITH cdc = true", timeout=60)
+        pipeline.start()
+        writer.start()
+        wait_for("the first rows in PostgreSQL", lambda: bool(asyncio.run(_pg(
+            stack.dsn, "SELECT to_regclass($1) IS NOT NULL", target))) and asyncio.run(_pg(
+                stack.dsn, f"SELECT count(*) FROM {target}")) > 0, 90, pipeline)
+
+        # a column added: its values reach PostgreSQL
+        session.execute(f"ALTER TABLE {keyspace}.sc ADD x int", timeout=60)
+        added = time.monotonic()
+        writer.set_columns("sc", ["v", "w", "x"])
+        wait_for("values of the added column in PostgreSQL", lambda: asyncio.run(_pg(
+            stack.dsn, "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND "
+            "table_name = 'sc' AND column_name = 'x')", keyspace)) and asyncio.run(_pg(
+                stack.dsn, f"SELECT count(x) FROM {target}")) > 0, 60, pipeline)
+        print(f"added column: values in PostgreSQL {time.monotonic() - added:.1f} s after the ALTER")
+
+        # a column dropped, under load; then capture and apply killed and restarted
+        time.sleep(3)
+        writer.set_columns("sc", ["v", "x"])
+        session.execute(f"ALTER TABLE {keyspace}.sc DROP w", timeout=60)
+        time.sleep(4)
+        for p in pipeline.procs:
+            p.kill()
+        time.sleep(1)
+        for p in pipeline.procs:
+            p.start()
+
+        # the same column added again: what was written before the drop stays hidden
+        time.sleep(3)
+        session.execute(f"ALTER TABLE {keyspace}.sc ADD w int", timeout=60)
+        writer.set_columns("sc", ["v", "w", "x"])
+
+        # a table created with cdc = true while everything runs
+        time.sleep(3)
+        session.execute(f"CREATE TABLE {keyspace}.sc2 (k int PRIMARY KEY, v text, n int) WITH cdc = true",
+                        timeout=60)
+        writer.set_columns("sc2", ["v", "n"])
+        time.sleep(8)
+        writer.stop.set()
+        writer.join(30)
+        assert writer.written["sc2"] > 0 and writer.written["sc"] > 500, writer.written
+
+        report = wait_until_equal(session, keyspace, stack.hosts, stack.dsn, pipeline.procs, 180)
+        assert {t.table for t in report.tables} == {f"{keyspace}.sc", f"{keyspace}.sc2"}
+        assert all(t.cassandra_rows > 0 for t in report.tables), [(t.table, t.cassandra_rows) for t in report.tables]
+        comment = asyncio.run(_pg(stack.dsn, "SELECT col_description($1::regclass, "
+                                  "(SELECT attnum FROM pg_attribute WHERE attrelid = $1::regclass AND attname = 'w'))",
+                                  target))
+        assert comment and "added again" in comment, comment
+        print(f"schema changes: written {writer.written}, refused while the schema changed {writer.refused}")
+    finally:
+        writer.stop.set()
+        pipeline.stop()
+        with contextlib.suppress(Exception):
+            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        with contextlib.suppress(Exception):
+            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
+        cluster.shutdown()
