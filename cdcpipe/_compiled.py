@@ -25,7 +25,8 @@ from pathlib import Path
 MODULES = ("cdcpipe/capture/avro_write.py", "cdcpipe/capture/encoder.py", "cdcpipe/capture/rows.py",
            "cdcpipe/capture/mutation.py", "cdcpipe/capture/batches.py",
            "cdcpipe/apply/avro_skip.py", "cdcpipe/apply/avro_read.py", "cdcpipe/apply/state.py",
-           "cdcpipe/apply/view.py", "cdcpipe/apply/pgbinary.py", "cdcpipe/apply/merge.py")
+           "cdcpipe/apply/view.py", "cdcpipe/apply/pgbinary.py", "cdcpipe/apply/merge.py",
+           "cdcpipe/apply/keys.py")
 
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
 BUILD_DIR = SOURCE_ROOT / ".build" / "compiled"

@@ -25,7 +25,8 @@ import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cdcpipe.apply.merge import UNSET, split_clustering
+from cdcpipe.apply.keys import split_clustering
+from cdcpipe.apply.merge import UNSET
 from cdcpipe.cql import CqlType
 from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import converter, deserializer, pg_type

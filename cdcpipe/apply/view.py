@@ -12,7 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
-from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RowState, Version, order_key, split_clustering
+from cdcpipe.apply.keys import order_key, split_clustering
+from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RowState, Version
 from cdcpipe.cql import CqlType
 from cdcpipe.model import is_snapshot_path
 from cdcpipe.schema import Column, TableSchema

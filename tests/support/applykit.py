@@ -22,7 +22,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from cdcpipe import avro
-from cdcpipe.apply import merge
+from cdcpipe.apply import keys
 from cdcpipe.apply.tables import ident
 from cdcpipe.avro import EventSchema
 from cdcpipe.config import Settings
@@ -72,7 +72,7 @@ def encode(table: TableSchema, schema: avro.EventSchema, ev: ChangeEvent) -> tup
         return tuple(serialize(c.type, v) for c, v in zip(table.clustering, b.values, strict=False))
 
     bounds = (raw_bound(ev.range_start), raw_bound(ev.range_end)) if ev.range_start or ev.range_end else ()
-    return merge.partition_bytes(table, ev.partition_key), avro.encode(ev, schema, raw_key, raw_ck, bounds)
+    return keys.partition_bytes(table, ev.partition_key), avro.encode(ev, schema, raw_key, raw_ck, bounds)
 
 
 def create_topics(kafka: dict[str, Any], topics: Iterable[str], partitions: int) -> None:

@@ -7,7 +7,7 @@ import itertools
 import uuid
 from typing import Any
 
-from cdcpipe.apply import merge, view
+from cdcpipe.apply import keys, merge, view
 from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Liveness, Op, Source
 from cdcpipe.schema import TableSchema
 from cdcpipe.schema_source import parse_cql_schema
@@ -154,5 +154,5 @@ def select(table: str, events: list[ChangeEvent] | merge.Changes, now: int = NOW
 def statics(table: str, events: list[ChangeEvent], pk: tuple[Any, ...], now: int = NOW + 1) -> dict[str, Any]:
     t = TABLES[table]
     changes = merge.collapse(t, [e for e in events if e.source.table == table])
-    sv = view.static_view(t, changes.partitions.get(merge.partition_bytes(t, pk)), now, 864_000)
+    sv = view.static_view(t, changes.partitions.get(keys.partition_bytes(t, pk)), now, 864_000)
     return dict(sv.values) if sv.live else {}
