@@ -80,12 +80,13 @@ def _row_into(out: list[bytes], row: RowState) -> None:
         out.append(_DELETION.pack(d.timestamp, d.local_deletion_time))
     cells = row.cells
     out.append(_U16.pack(len(cells)))
-    for k, v in cells.items():
+    for k in sorted(cells):  # in name order: equal states are stored as equal bytes, whatever order they merged in
         out.append(_NAMES.get(k) or stored_name(k))
-        _version(out, v)
+        _version(out, cells[k])
     complex_ = row.complex
     out.append(_U16.pack(len(complex_)))
-    for k, c in complex_.items():
+    for k in sorted(complex_):
+        c = complex_[k]
         out.append(_NAMES.get(k) or stored_name(k))
         cd = c.deletion
         if cd is None:
