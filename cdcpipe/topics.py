@@ -10,6 +10,7 @@ parts after the prefix's own and :func:`events_pattern` matches those and nothin
 | ``<prefix>.schemas`` | capture | event schemas by fingerprint (compacted) |
 | ``<prefix>.capture-positions`` | capture | each node's committed commit-log position (compacted) |
 | ``<prefix>.capture-dlq`` | capture | commit-log entries that could not be decoded |
+| ``<prefix>.truncations`` | capture | each node's record of each table's latest ``TRUNCATE`` (compacted) |
 | ``<prefix>.dlq`` | apply | events that could not be applied (``apply.dlq_topic`` overrides) |
 """
 
@@ -45,6 +46,11 @@ def schemas_topic(prefix: str) -> str:
 
 def positions_topic(prefix: str) -> str:
     return _legal(f"{prefix}.capture-positions")
+
+
+def truncations_topic(prefix: str) -> str:
+    """Each node's latest truncation of each table (``cdcpipe.apply.truncations``), compacted."""
+    return _legal(f"{prefix}.truncations")
 
 
 def capture_dlq_topic(prefix: str) -> str:

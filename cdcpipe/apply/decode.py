@@ -7,6 +7,7 @@ thread).  :func:`table_of` turns an event schema into the table metadata merge a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -27,6 +28,7 @@ from cdcpipe.schema import CLUSTERING, PARTITION_KEY, Column, TableSchema
 
 _TABLES: dict[bytes, TableSchema] = {}
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound="SchemaReader")
 
 
 def table_of(schema: EventSchema) -> TableSchema:
@@ -62,7 +64,7 @@ class SchemaReader:
         self._partitions: list[int] = []
 
     @classmethod
-    def open(cls, kafka: dict[str, Any], topic: str) -> SchemaReader:
+    def open(cls: type[_R], kafka: dict[str, Any], topic: str) -> _R:
         """A reader of ``topic`` with a consumer of its own (no group offsets: it always starts at the
         beginning)."""
         from confluent_kafka import Consumer
@@ -103,13 +105,15 @@ class SchemaReader:
                         return False
                     for m in self._consumer.consume(1000, timeout=min(0.5, left)):
                         if m.error() is None and m.value():
-                            try:
-                                self.cache.add(m.value())
-                            except EventDecodeError:
-                                continue  # not ours: a schema record of another format version
+                            self.take(m.key(), m.value())
             except KafkaException as exc:
                 raise KafkaConsumeError(self._topic, f"reading schemas: {exc.args[0].str() if exc.args else exc}",
                                         retriable=True) from exc
+
+    def take(self, key: bytes | None, value: bytes) -> None:
+        """One record of the topic, as read (a subclass reading another compacted topic overrides it)."""
+        with contextlib.suppress(EventDecodeError):  # not ours: a schema record of another format version
+            self.cache.add(value)
 
     def lookup(self, fingerprint: bytes) -> EventSchema | None:
         return self.cache.get(fingerprint)

@@ -7,6 +7,7 @@ Capture publishes those drops with each event schema (``cdcpipe.dropped``); merg
 
 - a column dropped in Cassandra keeps its PostgreSQL column (its values as they were; apply stops writing it),
   marked by a comment ``cdcpipe: dropped in Cassandra at …``;
+- a column missing from PostgreSQL while stored states hold its values was dropped *by hand* (:func:`by_hand`);
 - a column added again after a drop, whose PostgreSQL column still holds values from before the drop, is
   *refilled*: every row is re-written from its stored state (which forgets the dropped cells), then the column's
   comment records that drop time as handled, so a restart does not refill again.
@@ -17,7 +18,9 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
+from cdcpipe.apply import state
 from cdcpipe.apply.tables import Layout, ident
+from cdcpipe.errors import TableFaultError
 from cdcpipe.schema import DroppedColumn
 
 _HANDLED = "dropped_time={}"
@@ -77,3 +80,23 @@ async def _comment(conn: Any, lay: Layout, column: str, text: str) -> None:
 
 def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
+
+
+async def by_hand(conn: Any, lay: Layout, stmts: list[str], existing: frozenset[str]) -> None:
+    """Raise :class:`TableFaultError` (42703) if a column missing from the target table has values in the stored
+    state of its rows: it was dropped by hand, and adding it back empty would mirror NULLs.  A column new in the
+    schema has none."""
+    if not stmts:
+        return
+    for c in lay.columns:
+        if c.kind in ("partition_key", "clustering") or c.name in existing:
+            continue
+        # the column's stored name is a byte string in the state of rows that have its values: search for it,
+        # then decode the candidates
+        candidates = await conn.fetch(f"SELECT _cdc_meta FROM {lay.target} WHERE position($1::bytea in _cdc_meta) > 0",
+                                      state.stored_name(c.name))
+        if any(c.name in state.columns_of(r[0]) for r in candidates):
+            raise TableFaultError(
+                f"column {c.name} of {lay.target} was dropped by hand: its rows' values are kept in _cdc_meta; add "
+                f"it back (ALTER TABLE … ADD COLUMN {c.name} …) and apply refills it", table=lay.table.name,
+                sqlstate="42703")

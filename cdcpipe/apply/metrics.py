@@ -28,3 +28,5 @@ PAUSED = Gauge("cdcpipe_apply_paused",
 GAPS = Gauge("cdcpipe_apply_gap_offsets",
              "Offsets a stopped partition needs that Kafka no longer has (retention expired or topic recreated); the "
              "partition stays stopped until an operator re-snapshots and moves its checkpoint", ["topic", "partition"])
+TRUNCATIONS = Counter("cdcpipe_apply_truncations_total",
+                      "Truncations (TRUNCATE in Cassandra) applied to a mirrored table's stored rows", ["table"])

@@ -31,17 +31,18 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from cdcpipe.apply import checkpoint, metrics
+from cdcpipe.apply import checkpoint, metrics, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
 from cdcpipe.apply.consumer import EventConsumer
 from cdcpipe.apply.deadletter import DeadLetterer
 from cdcpipe.apply.decode import SchemaReader
+from cdcpipe.apply.truncations import TruncationReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
 from cdcpipe.errors import CdcpipeError, OffsetGapError
 from cdcpipe.runtime import Health, serve, tune_gc
-from cdcpipe.topics import apply_dlq_topic, schemas_topic
+from cdcpipe.topics import apply_dlq_topic, schemas_topic, truncations_topic
 
 T = TypeVar("T")
 
@@ -61,13 +62,19 @@ class Apply:
     transaction that stored the same checkpoint; a batch whose partition was reassigned meanwhile is dropped."""
 
     def __init__(self, settings: Settings, health: Health, admin: Any, pool: Any, dlq: DeadLetterer,
-                 reader: SchemaReader) -> None:
+                 reader: SchemaReader, truncs: TruncationReader | None = None,
+                 applied: dict[str, int] | None = None) -> None:
         cfg = settings.apply
         self.settings, self.health, self.pool, self._admin = settings, health, pool, admin
         self._loop = asyncio.get_running_loop()
         self.batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
         self.consumer = EventConsumer(settings, self._checkpoints, on_revoke=self._revoked, on_gap=self._gap)
         self.writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
+        self.truncs = truncs
+        self._applied = dict(applied or {})  # truncations applied to what is stored, per table
+        self.writer.truncated.update(self._applied)
+        if truncs is not None:
+            self._take_truncations()
         self.applier = BatchApplier(self.writer, reader, dlq, cfg.group_id,
                                     CircuitBreaker(health, "circuit", cfg.circuit_failures),
                                     max_wait_s=cfg.retry_max_wait_s)
@@ -99,21 +106,28 @@ class Apply:
                            apply_dlq_topic(settings.kafka.topic_prefix, settings.apply.dlq_topic),
                            settings.apply.group_id)
         reader = SchemaReader.open(kafka, schemas_topic(settings.kafka.topic_prefix))
+        truncs = TruncationReader.open(kafka, truncations_topic(settings.kafka.topic_prefix))
+        applied: dict[str, int] = {}
 
         async def dlq_table() -> bool:
             await dlq.ensure()
+            async with pool.acquire() as conn:
+                applied.update(await truncations.applied(conn))
             return True
 
         async def schemas() -> bool:
             await asyncio.to_thread(functools.partial(  # sized and replicated like capture's topics
                 dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S, kafka=settings.kafka,
                 replication=settings.capture.topic_replication))
-            return await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S)
+            if not await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S):
+                return False
+            await asyncio.to_thread(truncs.catch_up, PROBE_TIMEOUT_S)  # absent until a first truncation
+            return True
         if await _until_up("postgres", dlq_table, health, stop) is None or \
                 await _until_up("kafka", schemas, health, stop) is None:
             await pool.close()
             return None
-        return cls(settings, health, admin, pool, dlq, reader)
+        return cls(settings, health, admin, pool, dlq, reader, truncs, applied)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply until ``stop``, then apply what was read, commit, and close the consumer and the pool.  Tunes this
@@ -199,6 +213,7 @@ class Apply:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.apply.purge_interval_s)
             try:
+                await self._truncations()
                 for table in list(self.applier.tables.values()):
                     while await self.writer.expire(table) > 0 and not stop.is_set():
                         pass
@@ -207,6 +222,30 @@ class Apply:
                 if not exc.retriable:
                     raise
                 log.warning("maintenance failed, retrying next round", error=str(exc))
+
+    def _take_truncations(self) -> None:
+        """The latest truncation of each table, as read, becomes a floor of every batch of it."""
+        assert self.truncs is not None
+        for name, at in list(self.truncs.latest.items()):
+            if at > self.writer.truncated.get(name, -1):
+                self.writer.truncated[name] = at
+
+    async def _truncations(self) -> None:
+        """Read the truncations topic; apply each truncation not yet applied to the stored state of its table
+        (a table this process has not met yet is done once it has)."""
+        if self.truncs is None:
+            return
+        await asyncio.to_thread(self.truncs.catch_up, PROBE_TIMEOUT_S)
+        self._take_truncations()
+        for name, at in list(self.writer.truncated.items()):
+            table = self.applier.tables.get(name)
+            if table is None or at <= self._applied.get(name, -1):
+                continue
+            rows = await self.writer.truncate(table, at)
+            self._applied[name] = at
+            metrics.TRUNCATIONS.labels(name).inc()
+            log.info("truncation applied: rows written before it removed", table=name, truncated_at_us=at,
+                     rows_rewritten=rows)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Every ``WATCH_S``: ``/health`` ``kafka`` and ``postgres`` from a probe of each, and the consumer lag."""

@@ -130,6 +130,24 @@ class Layout:
         return (f"INSERT INTO {self.target} ({cols}) SELECT {cols} FROM {ident(self.staging)} "
                 f"ON CONFLICT ({', '.join(ident(n) for n in self.key_columns)}) DO UPDATE SET {updates}")
 
+    def read_sql(self) -> str:
+        """$1-$3: checkpoint coordinates; $4: partitions; $5: clusterings of listed rows; $6: partitions whose
+        every row is needed."""
+        rows_where = ("WHERE _cdc_partition = ANY($4::bytea[]) AND (_cdc_clustering = ANY($5::bytea[]) "
+                      "OR _cdc_partition = ANY($6::bytea[])) FOR UPDATE")
+        return (
+            "WITH k AS (SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1 AND topic = $2 "
+            "AND partition = $3 FOR UPDATE), "
+            f"t AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {self.target} {rows_where}), "
+            f"s AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {self.shadow} {rows_where}), "
+            f"q AS (SELECT _cdc_partition, _cdc_meta AS m FROM {self.partitions} "
+            "WHERE _cdc_partition = ANY($4::bytea[]) FOR UPDATE) "
+            "SELECT 'K' AS src, NULL::bytea AS p, NULL::bytea AS c, NULL::bytea AS m, next_offset AS k FROM k "
+            "UNION ALL SELECT 'T', _cdc_partition, _cdc_clustering, m, NULL FROM t "
+            "UNION ALL SELECT 'S', _cdc_partition, _cdc_clustering, m, NULL FROM s "
+            "UNION ALL SELECT 'P', _cdc_partition, NULL, m, NULL FROM q"
+        )
+
     def converters(self) -> list[Callable[[Any], tuple[Any, bool]]]:
         return [_converter(c.type) for c in self.columns]
 

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from cdcpipe.apply import checkpoint as ckpt
-from cdcpipe.apply import dropped, merge, migrate, pgbinary, state, view
+from cdcpipe.apply import dropped, merge, migrate, pgbinary, truncations, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_key
 from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
-from cdcpipe.model import ChangeEvent
+from cdcpipe.model import ChangeEvent, Deletion
 from cdcpipe.schema import DroppedColumn, TableSchema
 from cdcpipe.typemap import converter
 
@@ -82,6 +82,7 @@ class BatchWriter:
         self._records: dict[TableSchema, pgbinary.RecordWriter | None] = {}
         self._simples: dict[TableSchema, bool] = {}
         self._refills: dict[TableSchema, list[DroppedColumn]] = {}
+        self.truncated: dict[str, int] = {}  # keyspace.table → its latest truncation (µs): set by the pipeline
         self._preparing: dict[TableSchema, asyncio.Lock] = {}
 
     async def prepare(self, table: TableSchema) -> Layout:
@@ -116,7 +117,7 @@ class BatchWriter:
                             "first; docs/operations.md), then resumed", table=table.name, sqlstate="42804")
                     if len(rels) == 3:
                         stmts = lay.column_ddl(rels[table.table])
-                        await _dropped_by_hand(conn, lay, stmts, rels[table.table])
+                        await dropped.by_hand(conn, lay, stmts, rels[table.table])
                     elif rels:
                         missing = sorted({table.table, table.table + "$shadow", table.table + "$partition"}
                                          - set(rels))
@@ -139,9 +140,11 @@ class BatchWriter:
             return lay
 
     async def write(self, table: TableSchema, events: Sequence[Positioned], checkpoint: Checkpoint | None,
-                    *, extra_keys: Iterable[merge.RowKey] = ()) -> WriteResult:
+                    *, extra_keys: Iterable[merge.RowKey] = (), extra_partitions: Iterable[bytes] = ()
+                    ) -> WriteResult:
         """Apply ``events`` (of one topic partition, in offset order) and store ``checkpoint`` atomically.
-        ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry).
+        ``extra_keys`` are rows to re-view even if no event touches them (TTL expiry), ``extra_partitions``
+        partition states to re-write (a truncation).
 
         Before it reads anything, the transaction takes advisory locks.  A batch (with a ``checkpoint``): the
         table's, shared, and its checkpoint's (group, topic, partition), exclusive (during a rebalance the old and
@@ -160,20 +163,21 @@ class BatchWriter:
                                        lock_key(checkpoint.group, checkpoint.topic, checkpoint.partition))
                 else:
                     await conn.execute(_LOCK_TABLE, lock_key(lay.target))
-                return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()))
+                return await self._write(conn, lay, events, checkpoint, list(extra_keys), int(self._clock()),
+                                         list(extra_partitions))
         except ApplyError:
             raise
         except Exception as exc:
             raise postgres_error(exc, **coords) from exc  # type: ignore[arg-type]
 
     async def _write(self, conn: Any, lay: Layout, events: Sequence[Positioned], cp: Checkpoint | None,
-                     extra: list[merge.RowKey], now: int) -> WriteResult:
+                     extra: list[merge.RowKey], now: int, extra_parts: list[bytes] | None = None) -> WriteResult:
         table = lay.table
         batch = merge.collapse(table, (p.event for p in events))
         row_keys = set(batch.rows) | set(extra)
-        parts = {p for p, _ in row_keys} | set(batch.partitions)
+        parts = {p for p, _ in row_keys} | set(batch.partitions) | set(extra_parts or ())
         stored = await conn.fetch(
-            _read_sql(lay), cp.group if cp else "", cp.topic if cp else "", cp.partition if cp else -1,
+            lay.read_sql(), cp.group if cp else "", cp.topic if cp else "", cp.partition if cp else -1,
             list(parts), list({c for _, c in row_keys}), list(batch.wide))
         next_offset = next((int(r["k"]) for r in stored if r["src"] == "K"), None)
         skipped = 0
@@ -192,6 +196,11 @@ class BatchWriter:
                 if key in row_keys or key[0] in batch.wide:
                     origin[key] = r["src"]
                     old_rows[key] = decode_row(r["m"])
+        cut = self.truncated.get(table.name)
+        if cut is not None:  # a truncation: a deletion of every partition (cdcpipe.apply.truncations)
+            gone = merge.PartitionState(Deletion(cut, cut // 1_000_000))
+            for p in parts:
+                old_parts[p] = old_parts[p].join(gone) if p in old_parts else gone
         merged = merge.Changes(old_parts, old_rows).join(batch).normalized(table)
         statics: dict[bytes, view.StaticView] = {}
         binary = self._record_writer(lay)
@@ -246,7 +255,7 @@ class BatchWriter:
             copy += pgbinary.TRAILER
             await _upsert(conn, lay, records if binary is None else copy)
         await self._store(conn, lay, shadow, drop_target, drop_shadow)
-        await self._store_partitions(conn, lay, batch, merged, old_parts, now)
+        await self._store_partitions(conn, lay, [*batch.partitions, *(extra_parts or ())], merged, old_parts, now)
         if cp is not None and events and (next_offset is None or cp.next_offset > next_offset):
             # a batch wholly below the checkpoint (a retry whose first commit went through) writes nothing
             await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
@@ -284,11 +293,11 @@ class BatchWriter:
                 "DO UPDATE SET _cdc_meta = EXCLUDED._cdc_meta, _cdc_purge_after = EXCLUDED._cdc_purge_after",
                 *map(list, zip(*shadow, strict=True)))
 
-    async def _store_partitions(self, conn: Any, lay: Layout, batch: merge.Changes, merged: merge.Changes,
+    async def _store_partitions(self, conn: Any, lay: Layout, touched: list[bytes], merged: merge.Changes,
                                 old: dict[bytes, merge.PartitionState], now: int) -> None:
         upserts: list[tuple[bytes, bytes, datetime.datetime | None]] = []
         drops: list[bytes] = []
-        for p in batch.partitions:
+        for p in dict.fromkeys(touched):
             part = merged.partitions.get(p)
             if part is None:
                 if p in old:
@@ -399,6 +408,32 @@ class BatchWriter:
             raise
         return rows
 
+    async def truncate(self, table: TableSchema, truncated_at_us: int) -> int:
+        """Apply a truncation of ``table`` to what is stored: every row and partition state re-written with it
+        (``truncated`` must already hold it), then recorded in ``cdcpipe_truncations``; returns the rows
+        re-written."""
+        rows = await self.refresh(table)
+        lay = await self.prepare(table)
+        after: bytes | None = None
+        while True:
+            try:
+                found = await self._pool.fetch(
+                    f"SELECT _cdc_partition FROM {lay.partitions} WHERE $1::bytea IS NULL OR _cdc_partition > $1 "
+                    "ORDER BY 1 LIMIT 5000", after)
+            except Exception as exc:
+                raise postgres_error(exc, table=table.name) from exc
+            if not found:
+                break
+            keys = [bytes(r[0]) for r in found]
+            await self.write(table, [], None, extra_partitions=keys)
+            after = keys[-1]
+        try:
+            async with self._pool.acquire() as conn:
+                await truncations.record(conn, table.name, truncated_at_us)
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
+        return rows
+
     async def purge(self, table: TableSchema) -> int:
         """Forget shadow rows and partition states whose grace period is over (reference rule 38)."""
         lay = await self.prepare(table)
@@ -413,26 +448,6 @@ class BatchWriter:
         return total
 
 
-async def _dropped_by_hand(conn: Any, lay: Layout, stmts: list[str], existing: frozenset[str]) -> None:
-    """Raise :class:`TableFaultError` (42703) if a column missing from the target table has values in the stored
-    state of its rows: it was dropped by hand, and adding it back empty would mirror NULLs.  A column new in the
-    schema has none."""
-    if not stmts:
-        return
-    for c in lay.columns:
-        if c.kind in ("partition_key", "clustering") or c.name in existing:
-            continue
-        # the column's stored name is a byte string in the state of rows that have its values: search for it,
-        # then decode the candidates
-        candidates = await conn.fetch(f"SELECT _cdc_meta FROM {lay.target} WHERE position($1::bytea in _cdc_meta) > 0",
-                                      state.stored_name(c.name))
-        if any(c.name in state.columns_of(r[0]) for r in candidates):
-            raise TableFaultError(
-                f"column {c.name} of {lay.target} was dropped by hand: its rows' values are kept in _cdc_meta; add "
-                f"it back (ALTER TABLE … ADD COLUMN {c.name} …) and apply refills it", table=lay.table.name,
-                sqlstate="42703")
-
-
 async def _upsert(conn: Any, lay: Layout, rows: bytearray | list[tuple[Any, ...]]) -> None:
     """COPY ``rows`` (a binary COPY stream, or typed records) into the staging table; merge them into the target."""
     await conn.execute(lay.staging_ddl())
@@ -441,25 +456,6 @@ async def _upsert(conn: Any, lay: Layout, rows: bytearray | list[tuple[Any, ...]
     else:
         await conn.copy_records_to_table(lay.staging, records=rows, columns=list(lay.record_columns))
     await conn.execute(lay.upsert_sql())
-
-
-def _read_sql(lay: Layout) -> str:
-    """$1-$3: checkpoint coordinates; $4: partitions; $5: clusterings of listed rows; $6: partitions whose
-    every row is needed."""
-    rows_where = ("WHERE _cdc_partition = ANY($4::bytea[]) AND (_cdc_clustering = ANY($5::bytea[]) "
-                  "OR _cdc_partition = ANY($6::bytea[])) FOR UPDATE")
-    return (
-        "WITH k AS (SELECT next_offset FROM cdcpipe_checkpoints WHERE group_id = $1 AND topic = $2 "
-        "AND partition = $3 FOR UPDATE), "
-        f"t AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {lay.target} {rows_where}), "
-        f"s AS (SELECT _cdc_partition, _cdc_clustering, _cdc_meta AS m FROM {lay.shadow} {rows_where}), "
-        f"q AS (SELECT _cdc_partition, _cdc_meta AS m FROM {lay.partitions} "
-        "WHERE _cdc_partition = ANY($4::bytea[]) FOR UPDATE) "
-        "SELECT 'K' AS src, NULL::bytea AS p, NULL::bytea AS c, NULL::bytea AS m, next_offset AS k FROM k "
-        "UNION ALL SELECT 'T', _cdc_partition, _cdc_clustering, m, NULL FROM t "
-        "UNION ALL SELECT 'S', _cdc_partition, _cdc_clustering, m, NULL FROM s "
-        "UNION ALL SELECT 'P', _cdc_partition, NULL, m, NULL FROM q"
-    )
 
 
 def _plan(lay: Layout) -> list[tuple[str, bool, Callable[[Any], tuple[Any, bool]] | None]]:

@@ -45,6 +45,7 @@ from cdcpipe.capture.registry import SchemaRegistry
 from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
+from cdcpipe.capture.truncation import TruncationWatch
 from cdcpipe.config import KafkaSettings, Settings, env_name, max_message_bytes_for
 from cdcpipe.errors import CassandraReadError, ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
 from cdcpipe.runtime import Health, serve, tune_gc
@@ -82,12 +83,15 @@ class Capture:
     """One capture process; build it with :meth:`open` (blocking set-up), then ``await run(stop)``."""
 
     def __init__(self, settings: Settings, health: Health, producer: EventProducer, builder: BatchBuilder,
-                 collector: SegmentCollector, start: Position | None) -> None:
+                 collector: SegmentCollector, start: Position | None,
+                 truncations: TruncationWatch | None = None) -> None:
         self.settings, self.health, self.producer = settings, health, producer
+        self.truncations = truncations
         self.builder, self.collector = builder, collector
         self.committed = start
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(_QUEUE_BATCHES)
         self._stop = asyncio.Event()  # run's stop: ends the wait for Kafka (the checkpoint resumes the batch)
+        self._next_truncations = 0.0
 
     @classmethod
     def open(cls, settings: Settings, health: Health) -> Capture:
@@ -117,7 +121,11 @@ class Capture:
         total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
         log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),
                  source="capture.cdc_total_space" if c.cdc_total_space else "node or default")
-        return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, total, quarantine), start)
+        truncations = TruncationWatch(source.session, settings.kafka.client_config(), settings.kafka.topic_prefix,
+                                      origin.node, source.load, TableFilter(c.include_tables, c.exclude_tables),
+                                      producer.ensure_topic)
+        return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, total, quarantine), start,
+                   truncations)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow cdc_raw and ship until ``stop``.  Tunes this process's garbage collector first (a capture process
@@ -134,6 +142,8 @@ class Capture:
         finally:
             if self.builder.watcher is not None:
                 self.builder.watcher.close()
+            if self.truncations is not None:
+                await asyncio.to_thread(self.truncations.close)
             await asyncio.to_thread(self.producer.close)
         log.info("capture stopped", position=str(self.committed) if self.committed else None)
 
@@ -256,6 +266,18 @@ class Capture:
         if batch.end is not None:
             await asyncio.to_thread(self.collector.collect, batch.position)
 
+    async def _truncations(self) -> None:
+        """Every ``capture.schema_recheck_s``: publish this node's new truncations (``TRUNCATE``); a failure is
+        retried at the next round (the node keeps the record)."""
+        now = time.monotonic()
+        if self.truncations is None or now < self._next_truncations:
+            return
+        self._next_truncations = now + self.settings.capture.schema_recheck_s
+        try:
+            await asyncio.to_thread(self.truncations.poll)
+        except (CassandraReadError, KafkaProduceError) as exc:
+            log.warning("truncations not published yet, retrying", error=str(exc))
+
     async def _watch(self, stop: asyncio.Event) -> None:
         """Every second: cdc_raw usage, collection, the ``quarantine`` and ``stalled`` conditions."""
         quarantine = self.builder.follower.quarantine
@@ -275,6 +297,7 @@ class Capture:
                         self.health.fail("quarantine", describe(held, quarantine.directory))
                     else:
                         self.health.ok("quarantine")
+            await self._truncations()
             stalled = self.builder.follower.stalled()
             metrics.STALLED.set(1 if stalled else 0)
             if stalled:

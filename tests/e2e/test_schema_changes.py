@@ -18,7 +18,7 @@ import pytest
 
 from cdcpipe.demo import fidelity
 from tests.support.harness import Pipeline, connect, wait_for, wait_until_equal
-from tests.support.processes import unique
+from tests.support.processes import metric_sum, unique
 from tests.support.stack import StackEnv
 
 pytestmark = pytest.mark.timeout(600)
@@ -151,6 +151,54 @@ def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_pat
         print(f"schema changes: written {writer.written}, refused while the schema changed {writer.refused}")
     finally:
         writer.stop.set()
+        pipeline.stop()
+        with contextlib.suppress(Exception):
+            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+        with contextlib.suppress(Exception):
+            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
+        cluster.shutdown()
+
+
+def test_truncate_mid_stream(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """``TRUNCATE`` is not in the commit log: capture publishes the node's record of it, apply removes what was
+    written before it and keeps what was written after.  Writes pause around the statement (a write racing the
+    truncation is kept or dropped by Cassandra by arrival, here by write time: docs/delivery.md)."""
+    stack = StackEnv(stack_env)
+    keyspace = unique("e2etr", 8)
+    cluster, session = connect(stack)
+    pipeline = Pipeline(stack, keyspace, tmp_path)
+    target = f'"{keyspace}"."sc"'
+    try:
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
+                        "'replication_factor': 1}", timeout=60)
+        session.execute(f"CREATE TABLE {keyspace}.sc (k int, c int, v text, w int, PRIMARY KEY (k, c)) "
+                        "WITH cdc = true", timeout=60)
+        session.execute(f"CREATE TABLE {keyspace}.kept (k int PRIMARY KEY, v text) WITH cdc = true", timeout=60)
+        pipeline.start()
+        writer = Writer(session, keyspace, rate=150)
+        writer.set_columns("kept", ["v"])
+        writer.start()
+        wait_for("rows in PostgreSQL", lambda: bool(asyncio.run(_pg(
+            stack.dsn, "SELECT to_regclass($1) IS NOT NULL", target))) and asyncio.run(_pg(
+                stack.dsn, f"SELECT count(*) FROM {target}")) > 50, 90, pipeline)
+        writer.stop.set()
+        writer.join(30)
+        time.sleep(1)
+        session.execute(f"TRUNCATE {keyspace}.sc", timeout=120)
+        time.sleep(1)
+        after = Writer(session, keyspace, rate=150)
+        after.rng.seed(8)
+        after.set_columns("kept", ["v"])
+        after.start()
+        time.sleep(8)
+        after.stop.set()
+        after.join(30)
+        assert after.written["sc"] > 0
+        report = wait_until_equal(session, keyspace, stack.hosts, stack.dsn, pipeline.procs, 180)
+        counts = {t.table: t.cassandra_rows for t in report.tables}
+        assert counts[f"{keyspace}.sc"] > 0 and counts[f"{keyspace}.kept"] > 0, counts
+        assert metric_sum(pipeline.apply.metrics(), "cdcpipe_apply_truncations_total", table=f"{keyspace}.sc") >= 1
+    finally:
         pipeline.stop()
         with contextlib.suppress(Exception):
             session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
