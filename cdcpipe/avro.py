@@ -158,12 +158,7 @@ def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo,
            ck: tuple[ColumnInfo, ...], cols: tuple[ColumnInfo, ...], schema: dict[str, Any] | None,
            reversed_cols: set[str] | None = None, dropped: tuple[DroppedColumn, ...] = ()) -> EventSchema:
     if schema is None:
-        schema = _schema_json(keyspace, table, table_id, pk, ck, cols, reversed_cols or set())
-        if dropped:  # only then: the schemas (and fingerprints) of tables without drops stay as they were
-            schema["cdcpipe.dropped"] = [{"name": d.name, "cql_type": d.type.cql(), "kind": d.kind,
-                                          "dropped_time": d.dropped_time}
-                                         for d in sorted(dropped, key=lambda d: d.name)]
-            schema["name"] = _record_name(schema)
+        schema = _schema_json(keyspace, table, table_id, pk, ck, cols, reversed_cols or set(), dropped)
     elif schema.get("name") != _record_name(schema):
         raise EventDecodeError(f"{keyspace}.{table}: record name {schema.get('name')!r} does not match the "
                                "schema's metadata (altered after publication?)")
@@ -193,7 +188,8 @@ def _strip_logical(node: Any) -> Any:
 
 
 def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo, ...],
-                 ck: tuple[ColumnInfo, ...], cols: tuple[ColumnInfo, ...], reversed_cols: set[str]) -> dict[str, Any]:
+                 ck: tuple[ColumnInfo, ...], cols: tuple[ColumnInfo, ...], reversed_cols: set[str],
+                 dropped: tuple[DroppedColumn, ...]) -> dict[str, Any]:
     namer = Namer()
     for fixed in ("EventId", "Op", "Source", "Liveness", "Deletion", "Bound", "PartitionKey", "Clustering",
                   "Columns"):
@@ -260,6 +256,9 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
             {"name": "columns", "type": {"type": "record", "name": "Columns", "fields": column_fields}},
         ],
     }
+    if dropped:  # only then: the schemas (and fingerprints) of tables without drops stay as they were
+        schema["cdcpipe.dropped"] = [{"name": d.name, "cql_type": d.type.cql(), "kind": d.kind,
+                                      "dropped_time": d.dropped_time} for d in sorted(dropped, key=lambda d: d.name)]
     schema["name"] = _record_name(schema)
     return schema
 

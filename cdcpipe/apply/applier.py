@@ -127,16 +127,11 @@ class BatchApplier:
             await self._isolate(table, run)
 
     async def _decode(self, rec: Record) -> tuple[Delta, TableSchema]:
-        """The record's delta and table.  An unknown schema fingerprint sends the schema reader to the end of the
-        schemas topic, again and again (backing off like a write) while Kafka is unreachable or the end is not
-        reached; only a fingerprint still unknown once the topic was read to its end raises (not retriable: the
-        record becomes a dead letter).  Capture publishes a schema in the transaction of the first event that
-        uses it, so for its events that never happens."""
-        try:
-            return decode_delta(rec.value, self._reader)
-        except EventDecodeError as exc:
-            if not exc.retriable:
-                raise
+        """The delta and table of a record whose schema fingerprint was not known when it was first decoded:
+        the schema reader reads to the end of the schemas topic, again and again (backing off like a write)
+        while Kafka is unreachable or the end is not reached; only a fingerprint still unknown once the topic was
+        read to its end raises (not retriable: the record becomes a dead letter).  Capture publishes a schema in
+        the transaction of the first event that uses it, so for its events that never happens."""
         async for attempt in self._retrying(on_retry=lambda rs: self._unknown_schema(rec, rs)):
             with attempt:
                 complete = await asyncio.to_thread(self._reader.catch_up)
@@ -264,10 +259,10 @@ class BatchApplier:
                     rows = await self._writer.refresh(table)
             log.info("table re-written from its stored state after a dropped column came back", table=table.name,
                      rows=rows)
-        async for attempt in self._retrying(table):
-            with attempt:
-                refilled = await self._writer.refill(table)
-        if refilled is not None:
+        if self._writer.refill_pending(table):
+            async for attempt in self._retrying(table):
+                with attempt:
+                    refilled = await self._writer.refill(table)
             log.info("column added again after a drop in Cassandra: rows re-written without the values written "
                      "before the drop", table=table.name, rows=refilled)
         metrics.BATCH_SIZE.observe(len(items))

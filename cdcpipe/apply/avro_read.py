@@ -50,28 +50,6 @@ def key_sizes(columns: tuple[Any, ...]) -> tuple[int, ...] | None:
 
 # ------------------------------------------------------------------------------------------------ values
 
-def live_version(ts: int, value: bytes, obj: Any) -> Version:
-    """``Version(ts, None, 0, False, value, obj)``."""
-    return Version(ts, None, 0, False, value, obj)
-
-
-def _marker(ts: int, ldt: int | None, ttl: int) -> Version:
-    """``Version(ts, ldt, ttl)``."""
-    return Version(ts, ldt, ttl)
-
-
-def row_state(marker: Version | None, deletion: Deletion | None, cells: dict[str, Version],
-              complex_: dict[str, ComplexState]) -> RowState:
-    """``RowState(marker, deletion, cells, complex_)``."""
-    return RowState(marker, deletion, cells, complex_)
-
-
-def _delta_of(op: Op, partition: bytes, clustering: bytes, part: PartitionState | None, row: RowState | None
-              ) -> Delta:
-    """``Delta(op, partition, clustering, part, row)``."""
-    return Delta(op, partition, clustering, part, row)
-
-
 def _deletion(data: bytes, p: int) -> tuple[Deletion | None, int]:
     """A ``["null", Deletion]`` union."""
     u = data[p]
@@ -386,7 +364,7 @@ class DeltaReader:
                             tw, tv, tl = w, ts, p - q
                     if data[p:p + 4] == _ZEROS:
                         p += 4
-                        v = live_version(ts, b"", None) if is_set else live_version(ts, raw, UNSET)
+                        v = Version(ts, None, 0, False, b"" if is_set else raw, None if is_set else UNSET)
                     else:
                         v, p = _cell_tail(data, p, raw, ts, is_set)
                     if path is not None:
@@ -415,14 +393,14 @@ class DeltaReader:
         if p > len(data):
             raise Malformed("truncated")
         static_only = static == 1 and self._has_clustering
-        part = PartitionState(static=row_state(None, None, s_cells, s_complex)) if has_static else None
+        part = PartitionState(static=RowState(None, None, s_cells, s_complex)) if has_static else None
         row = None
         if op is _ROW_DELETE or has_regular or deletion is not None or (lv is not None and not static_only):
             marker = None
             if lv is not None and not static_only:
-                marker = _marker(lv[0], expiry(lv[0], lv[1], lv[2]), lv[1])
-            row = row_state(marker, deletion, cells, complex_)
-        return _delta_of(op, pk, ck, part, row)
+                marker = Version(lv[0], expiry(lv[0], lv[1], lv[2]), lv[1])
+            row = RowState(marker, deletion, cells, complex_)
+        return Delta(op, pk, ck, part, row)
 
 
 def compile_reader(schema: EventSchema) -> DeltaReader | None:

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import struct
 
-from cdcpipe.apply.avro_read import live_version, row_state
 from cdcpipe.apply.merge import UNSET, ComplexState, PartitionState, RangeTombstone, RowState, Version
 from cdcpipe.model import Deletion
 
@@ -120,7 +119,7 @@ def _version_at(data: bytes, p: int) -> tuple[Version, int]:
         p += 13
         if p + size > end:
             raise _cut()
-        return live_version(ts, data[p:p + size], UNSET), p + size
+        return Version(ts, None, 0, False, data[p:p + size], UNSET), p + size
     if p + 26 > end:
         raise _cut()
     _, ts, ttl, ldt, tomb, size = _FULL.unpack_from(data, p)
@@ -193,7 +192,7 @@ def _row_at(data: bytes, p: int) -> tuple[RowState, int]:
             path, p = _sized(data, p, 4)
             elements[path], p = _version_at(data, p)
         complex_[name.decode()] = ComplexState(cdel, elements)
-    return row_state(marker, deletion, cells, complex_), p
+    return RowState(marker, deletion, cells, complex_), p
 
 
 def decode_row(data: bytes) -> RowState:

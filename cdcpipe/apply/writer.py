@@ -80,7 +80,6 @@ class BatchWriter:
         self._binary = binary
         self._layouts: dict[TableSchema, Layout] = {}
         self._records: dict[TableSchema, pgbinary.RecordWriter | None] = {}
-        self._simples: dict[TableSchema, bool] = {}
         self._refills: dict[TableSchema, list[DroppedColumn]] = {}
         self.truncated: dict[str, int] = {}  # keyspace.table → its latest truncation (µs): set by the pipeline
         self._preparing: dict[TableSchema, asyncio.Lock] = {}
@@ -205,7 +204,7 @@ class BatchWriter:
         statics: dict[bytes, view.StaticView] = {}
         binary = self._record_writer(lay)
         raw = binary is not None
-        simple = raw and self._simple(table)
+        simple = raw and view.simple_table(table)
         copy = bytearray(pgbinary.HEADER)
         stamp_field = pgbinary.instant_field(now)
         upserted = 0
@@ -261,12 +260,6 @@ class BatchWriter:
             await conn.execute(ckpt.UPSERT, cp.group, cp.topic, cp.partition, cp.next_offset)
         return WriteResult(len(events) - skipped, skipped, upserted, len(drop_target), unchanged,
                            batch.redundant)
-
-    def _simple(self, table: TableSchema) -> bool:
-        found = self._simples.get(table)
-        if found is None:
-            found = self._simples[table] = view.simple_table(table)
-        return found
 
     def _record_writer(self, lay: Layout) -> pgbinary.RecordWriter | None:
         """The table's binary record writer; None: typed records (``binary=False``, or a column type
@@ -391,13 +384,15 @@ class BatchWriter:
             after = keys[-1]
             total += len(keys)
 
-    async def refill(self, table: TableSchema) -> int | None:
-        """When ``table`` has columns added again after a drop whose rows may still show values from before the
-        drop (:mod:`cdcpipe.apply.dropped`): re-write every row from its stored state, record it, return how many
-        rows; else None."""
-        pending = self._refills.pop(table, None)
-        if not pending:
-            return None
+    def refill_pending(self, table: TableSchema) -> bool:
+        """Whether ``table`` has columns added again after a drop whose rows may still show values from before the
+        drop (:mod:`cdcpipe.apply.dropped`): then :meth:`refill`."""
+        return table in self._refills
+
+    async def refill(self, table: TableSchema) -> int:
+        """Re-write every row of ``table`` from its stored state (see :meth:`refill_pending`), record it; returns
+        how many rows."""
+        pending = self._refills.pop(table, [])
         try:
             rows = await self.refresh(table)
             lay = await self.prepare(table)

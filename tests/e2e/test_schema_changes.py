@@ -10,18 +10,21 @@ import contextlib
 import random
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 
-from cdcpipe.demo import fidelity
-from tests.support.harness import Pipeline, connect, wait_for, wait_until_equal
+from tests.support.harness import Pipeline, connect, drop_keyspace, wait_for, wait_until_equal
 from tests.support.processes import metric_sum, unique
 from tests.support.stack import StackEnv
 
 pytestmark = pytest.mark.timeout(600)
+
+
+SC = "sc (k int, c int, v text, w int, PRIMARY KEY (k, c))"
 
 
 class Writer(threading.Thread):
@@ -79,6 +82,36 @@ class Writer(threading.Thread):
             time.sleep(1 / self.rate)
 
 
+@contextlib.contextmanager
+def running(stack_env: dict[str, str], tmp_path: Path, name: str, *tables: str
+            ) -> Iterator[tuple[StackEnv, str, Any, Pipeline]]:
+    """A keyspace of its own with ``tables`` (``CREATE TABLE`` bodies after ``<keyspace>.``), capture and apply
+    started on it; afterwards everything stopped and dropped."""
+    stack = StackEnv(stack_env)
+    keyspace = unique(name, 8)
+    cluster, session = connect(stack)
+    pipeline = Pipeline(stack, keyspace, tmp_path)
+    try:
+        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
+                        "'replication_factor': 1}", timeout=60)
+        for body in tables:
+            session.execute(f"CREATE TABLE {keyspace}.{body} WITH cdc = true", timeout=60)
+        pipeline.start()
+        yield stack, keyspace, session, pipeline
+    finally:
+        pipeline.stop()
+        drop_keyspace(session, stack.dsn, keyspace)
+        cluster.shutdown()
+
+
+def wait_for_rows(stack: StackEnv, pipeline: Pipeline, target: str, more_than: int) -> None:
+    """Until the mirrored table ``target`` exists and holds more than ``more_than`` rows."""
+    def enough() -> bool:
+        exists = asyncio.run(_pg(stack.dsn, "SELECT to_regclass($1) IS NOT NULL", target))
+        return bool(exists) and asyncio.run(_pg(stack.dsn, f"SELECT count(*) FROM {target}")) > more_than
+    wait_for(f"more than {more_than} rows in {target}", enough, 90, pipeline)
+
+
 async def _pg(dsn: str, query: str, *args: Any) -> Any:
     conn = await asyncpg.connect(dsn)
     try:
@@ -88,56 +121,47 @@ async def _pg(dsn: str, query: str, *args: Any) -> Any:
 
 
 def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_path: Path) -> None:
-    stack = StackEnv(stack_env)
-    keyspace = unique("e2esc", 8)
-    cluster, session = connect(stack)
-    pipeline = Pipeline(stack, keyspace, tmp_path)
-    writer = Writer(session, keyspace, rate=150)
-    target = f'"{keyspace}"."sc"'
-    try:
-        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
-                        "'replication_factor': 1}", timeout=60)
-        session.execute(f"CREATE TABLE {keyspace}.sc (k int, c int, v text, w int, PRIMARY KEY (k, c)) "
-                        "WITH cdc = true", timeout=60)
-        pipeline.start()
-        writer.start()
-        wait_for("the first rows in PostgreSQL", lambda: bool(asyncio.run(_pg(
-            stack.dsn, "SELECT to_regclass($1) IS NOT NULL", target))) and asyncio.run(_pg(
-                stack.dsn, f"SELECT count(*) FROM {target}")) > 0, 90, pipeline)
+    with running(stack_env, tmp_path, "e2esc", SC) as (stack, keyspace, session, pipeline):
+        writer = Writer(session, keyspace, rate=150)
+        target = f'"{keyspace}"."sc"'
+        try:
+            writer.start()
+            wait_for_rows(stack, pipeline, target, 0)
 
-        # a column added: its values reach PostgreSQL
-        session.execute(f"ALTER TABLE {keyspace}.sc ADD x int", timeout=60)
-        added = time.monotonic()
-        writer.set_columns("sc", ["v", "w", "x"])
-        wait_for("values of the added column in PostgreSQL", lambda: asyncio.run(_pg(
-            stack.dsn, "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND "
-            "table_name = 'sc' AND column_name = 'x')", keyspace)) and asyncio.run(_pg(
-                stack.dsn, f"SELECT count(x) FROM {target}")) > 0, 60, pipeline)
-        print(f"added column: values in PostgreSQL {time.monotonic() - added:.1f} s after the ALTER")
+            # a column added: its values reach PostgreSQL
+            session.execute(f"ALTER TABLE {keyspace}.sc ADD x int", timeout=60)
+            added = time.monotonic()
+            writer.set_columns("sc", ["v", "w", "x"])
+            wait_for("values of the added column in PostgreSQL", lambda: asyncio.run(_pg(
+                stack.dsn, "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND "
+                "table_name = 'sc' AND column_name = 'x')", keyspace)) and asyncio.run(_pg(
+                    stack.dsn, f"SELECT count(x) FROM {target}")) > 0, 60, pipeline)
+            print(f"added column: values in PostgreSQL {time.monotonic() - added:.1f} s after the ALTER")
 
-        # a column dropped, under load; then capture and apply killed and restarted
-        time.sleep(3)
-        writer.set_columns("sc", ["v", "x"])
-        session.execute(f"ALTER TABLE {keyspace}.sc DROP w", timeout=60)
-        time.sleep(4)
-        for p in pipeline.procs:
-            p.kill()
-        time.sleep(1)
-        for p in pipeline.procs:
-            p.start()
+            # a column dropped, under load; then capture and apply killed and restarted
+            time.sleep(3)
+            writer.set_columns("sc", ["v", "x"])
+            session.execute(f"ALTER TABLE {keyspace}.sc DROP w", timeout=60)
+            time.sleep(4)
+            for p in pipeline.procs:
+                p.kill()
+            time.sleep(1)
+            for p in pipeline.procs:
+                p.start()
 
-        # the same column added again: what was written before the drop stays hidden
-        time.sleep(3)
-        session.execute(f"ALTER TABLE {keyspace}.sc ADD w int", timeout=60)
-        writer.set_columns("sc", ["v", "w", "x"])
+            # the same column added again: what was written before the drop stays hidden
+            time.sleep(3)
+            session.execute(f"ALTER TABLE {keyspace}.sc ADD w int", timeout=60)
+            writer.set_columns("sc", ["v", "w", "x"])
 
-        # a table created with cdc = true while everything runs
-        time.sleep(3)
-        session.execute(f"CREATE TABLE {keyspace}.sc2 (k int PRIMARY KEY, v text, n int) WITH cdc = true",
-                        timeout=60)
-        writer.set_columns("sc2", ["v", "n"])
-        time.sleep(8)
-        writer.stop.set()
+            # a table created with cdc = true while everything runs
+            time.sleep(3)
+            session.execute(f"CREATE TABLE {keyspace}.sc2 (k int PRIMARY KEY, v text, n int) WITH cdc = true",
+                            timeout=60)
+            writer.set_columns("sc2", ["v", "n"])
+            time.sleep(8)
+        finally:
+            writer.stop.set()
         writer.join(30)
         assert writer.written["sc2"] > 0 and writer.written["sc"] > 500, writer.written
 
@@ -149,59 +173,34 @@ def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_pat
                                   target))
         assert comment and "added again" in comment, comment
         print(f"schema changes: written {writer.written}, refused while the schema changed {writer.refused}")
-    finally:
-        writer.stop.set()
-        pipeline.stop()
-        with contextlib.suppress(Exception):
-            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-        with contextlib.suppress(Exception):
-            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
-        cluster.shutdown()
 
 
 def test_truncate_mid_stream(stack_env: dict[str, str], tmp_path: Path) -> None:
     """``TRUNCATE`` is not in the commit log: capture publishes the node's record of it, apply removes what was
     written before it and keeps what was written after.  Writes pause around the statement (a write racing the
     truncation is kept or dropped by Cassandra by arrival, here by write time: docs/delivery.md)."""
-    stack = StackEnv(stack_env)
-    keyspace = unique("e2etr", 8)
-    cluster, session = connect(stack)
-    pipeline = Pipeline(stack, keyspace, tmp_path)
-    target = f'"{keyspace}"."sc"'
-    try:
-        session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
-                        "'replication_factor': 1}", timeout=60)
-        session.execute(f"CREATE TABLE {keyspace}.sc (k int, c int, v text, w int, PRIMARY KEY (k, c)) "
-                        "WITH cdc = true", timeout=60)
-        session.execute(f"CREATE TABLE {keyspace}.kept (k int PRIMARY KEY, v text) WITH cdc = true", timeout=60)
-        pipeline.start()
-        writer = Writer(session, keyspace, rate=150)
-        writer.set_columns("kept", ["v"])
-        writer.start()
-        wait_for("rows in PostgreSQL", lambda: bool(asyncio.run(_pg(
-            stack.dsn, "SELECT to_regclass($1) IS NOT NULL", target))) and asyncio.run(_pg(
-                stack.dsn, f"SELECT count(*) FROM {target}")) > 50, 90, pipeline)
-        writer.stop.set()
-        writer.join(30)
-        time.sleep(1)
-        session.execute(f"TRUNCATE {keyspace}.sc", timeout=120)
-        time.sleep(1)
-        after = Writer(session, keyspace, rate=150)
+    with running(stack_env, tmp_path, "e2etr", SC, "kept (k int PRIMARY KEY, v text)") as (
+            stack, keyspace, session, pipeline):
+        before, after = Writer(session, keyspace, rate=150), Writer(session, keyspace, rate=150)
         after.rng.seed(8)
-        after.set_columns("kept", ["v"])
-        after.start()
-        time.sleep(8)
-        after.stop.set()
+        for writer in (before, after):
+            writer.set_columns("kept", ["v"])
+        try:
+            before.start()
+            wait_for_rows(stack, pipeline, f'"{keyspace}"."sc"', 50)
+            before.stop.set()
+            before.join(30)
+            time.sleep(1)
+            session.execute(f"TRUNCATE {keyspace}.sc", timeout=120)
+            time.sleep(1)
+            after.start()
+            time.sleep(8)
+        finally:
+            before.stop.set()
+            after.stop.set()
         after.join(30)
         assert after.written["sc"] > 0
         report = wait_until_equal(session, keyspace, stack.hosts, stack.dsn, pipeline.procs, 180)
         counts = {t.table: t.cassandra_rows for t in report.tables}
         assert counts[f"{keyspace}.sc"] > 0 and counts[f"{keyspace}.kept"] > 0, counts
         assert metric_sum(pipeline.apply.metrics(), "cdcpipe_apply_truncations_total", table=f"{keyspace}.sc") >= 1
-    finally:
-        pipeline.stop()
-        with contextlib.suppress(Exception):
-            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-        with contextlib.suppress(Exception):
-            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
-        cluster.shutdown()

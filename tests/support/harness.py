@@ -406,6 +406,14 @@ def create_keyspace(session: Session, keyspace: str, rf: int = 1) -> None:
                     "WITH cdc = true", timeout=60)
 
 
+def drop_keyspace(session: Session, dsn: str, keyspace: str) -> None:
+    """Drop a test's keyspace and its PostgreSQL mirror (best effort: the run's own failure is what counts)."""
+    with contextlib.suppress(Exception):
+        session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
+    with contextlib.suppress(Exception):
+        asyncio.run(fidelity.drop_mirror(dsn, keyspace))
+
+
 def wait_for(what: str, cond: Callable[[], bool], timeout: float, pipeline: Pipeline | None = None,
              step: float = 0.5, progress: Callable[[], object] | None = None) -> None:
     """Wait until ``cond()``; fail after ``timeout`` seconds — or, with ``progress``, after ``timeout`` seconds
@@ -531,10 +539,7 @@ def run_fidelity(stack: StackEnv, workdir: Path, *, ops: int, seed: int, rf: int
     finally:
         pipeline.stop()
         log.close()
-        with contextlib.suppress(Exception):
-            session.execute(f"DROP KEYSPACE IF EXISTS {keyspace}", timeout=120)
-        with contextlib.suppress(Exception):
-            asyncio.run(fidelity.drop_mirror(stack.dsn, keyspace))
+        drop_keyspace(session, stack.dsn, keyspace)
         raw.shutdown()
         cluster.shutdown()
 
