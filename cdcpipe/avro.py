@@ -43,7 +43,8 @@ from cdcpipe.model import Bound, Cell, ChangeEvent, ColumnChange, Deletion, Live
 from cdcpipe.schema import DroppedColumn, TableSchema
 
 MAGIC = b"\xc3\x01"
-FORMAT_VERSION = 2  # 2: the record name carries the hash of the schema's metadata
+FORMAT_VERSION = 3  # 3: stable record name, the metadata hash in a null field; 2: in the record name
+VERSION_FIELD = "cdcpipe_version_"  # + 16 hex: the last field, type null (no bytes), default null
 NAMESPACE = "cdcpipe"
 
 
@@ -78,6 +79,7 @@ class EventSchema:
     # of unions (fastavro's tuple notation picks a branch by name instead of validating every candidate)
     _convert: dict[int, Callable[[Any], Any]] = field(default_factory=dict, compare=False, repr=False)
     _branch: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _tail: dict[str, None] = field(default_factory=dict, compare=False, repr=False)  # null fields after ``columns``
 
     def __post_init__(self) -> None:
         self._by_name.update({c.name: c for c in self.columns})
@@ -89,6 +91,7 @@ class EventSchema:
             self._branch.update({n: f"{ns}.{n}" for n in ("Clustering", "Liveness", "Deletion", "Bound")})
             for f in fields["columns"]["type"]["fields"]:
                 self._branch[f["name"]] = f"{ns}.{f['type'][1]['name']}"
+            self._tail.update((f["name"], None) for f in self.schema["fields"] if f["name"].startswith(VERSION_FIELD))
 
     def column(self, name: str) -> ColumnInfo | None:
         return self._by_name.get(name)
@@ -159,9 +162,9 @@ def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo,
            reversed_cols: set[str] | None = None, dropped: tuple[DroppedColumn, ...] = ()) -> EventSchema:
     if schema is None:
         schema = _schema_json(keyspace, table, table_id, pk, ck, cols, reversed_cols or set(), dropped)
-    elif schema.get("name") != _record_name(schema):
-        raise EventDecodeError(f"{keyspace}.{table}: record name {schema.get('name')!r} does not match the "
-                               "schema's metadata (altered after publication?)")
+    elif _version_mark(schema) != _digest(schema):
+        raise EventDecodeError(f"{keyspace}.{table}: the schema's version mark does not match its metadata "
+                               "(altered after publication?)")
     parsed = fastavro.parse_schema(json.loads(json.dumps(schema)))
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fp = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
@@ -169,14 +172,24 @@ def _build(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[ColumnInfo,
     return EventSchema(keyspace, table, table_id, pk, ck, cols, schema, parsed, plain, fp, dropped)
 
 
-def _record_name(schema: dict[str, Any]) -> str:
-    """``<table>_m<16 hex>``: the hash covers the whole schema except this name — the ``cdcpipe.*`` metadata and
-    logical types included — so it enters Avro's parsing canonical form, and with it the fingerprint, which would
-    otherwise drop them (uuid vs timeuuid, clustering order, table id, column kind, ... would share a fingerprint).
-    """
-    rest = {k: v for k, v in schema.items() if k != "name"}
-    digest = hashlib.blake2b(json.dumps(rest, sort_keys=True).encode(), digest_size=8).hexdigest()
-    return f"{avro_name(schema['cdcpipe.table'])}_m{digest}"
+def _digest(schema: dict[str, Any]) -> str:
+    """16 hex: the first 8 bytes of BLAKE2b over the schema JSON without its version mark — the ``cdcpipe.*``
+    metadata and logical types included.  Carried into Avro's parsing canonical form (and with it the fingerprint,
+    which would otherwise drop them: uuid vs timeuuid, clustering order, table id, column kind, ... would share a
+    fingerprint) as the name of the record's last field (format 3) or in the record name (format 2)."""
+    if schema.get("cdcpipe.format") == 2:
+        rest = {k: v for k, v in schema.items() if k != "name"}
+    else:
+        rest = {**schema, "fields": [f for f in schema["fields"] if not f["name"].startswith(VERSION_FIELD)]}
+    return hashlib.blake2b(json.dumps(rest, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def _version_mark(schema: dict[str, Any]) -> str | None:
+    if schema.get("cdcpipe.format") == 2:  # written by cdcpipe 0.2: ``<table>_m<hash>``
+        name = str(schema.get("name", ""))
+        return name.rsplit("_m", 1)[1] if "_m" in name else None
+    last = schema["fields"][-1]["name"]
+    return last[len(VERSION_FIELD):] if last.startswith(VERSION_FIELD) else None
 
 
 def _strip_logical(node: Any) -> Any:
@@ -194,6 +207,7 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
     for fixed in ("EventId", "Op", "Source", "Liveness", "Deletion", "Bound", "PartitionKey", "Clustering",
                   "Columns"):
         namer(fixed)
+    record_name = namer(table)  # stable across the table's versions (a table named like a fixed type: ``_2``)
     udts: dict[str, dict[str, list[str]]] = {}
 
     def key_field(c: ColumnInfo, optional: bool) -> dict[str, Any]:
@@ -226,7 +240,7 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
     pk_fields = [key_field(c, False) for c in pk]
     ck_fields = [key_field(c, True) for c in ck]
     schema: dict[str, Any] = {
-        "type": "record", "namespace": f"{NAMESPACE}.{avro_name(keyspace)}",
+        "type": "record", "name": record_name, "namespace": f"{NAMESPACE}.{avro_name(keyspace)}",
         "cdcpipe.format": FORMAT_VERSION, "cdcpipe.keyspace": keyspace, "cdcpipe.table": table,
         "cdcpipe.table_id": str(table_id), "cdcpipe.partition_key": [c.name for c in pk],
         "cdcpipe.clustering": [{"name": c.name, "order": "DESC" if c.name in reversed_cols else "ASC"} for c in ck],
@@ -259,7 +273,7 @@ def _schema_json(keyspace: str, table: str, table_id: uuid.UUID, pk: tuple[Colum
     if dropped:  # only then: the schemas (and fingerprints) of tables without drops stay as they were
         schema["cdcpipe.dropped"] = [{"name": d.name, "cql_type": d.type.cql(), "kind": d.kind,
                                       "dropped_time": d.dropped_time} for d in sorted(dropped, key=lambda d: d.name)]
-    schema["name"] = _record_name(schema)
+    schema["fields"].append({"name": VERSION_FIELD + _digest(schema), "type": "null", "default": None})
     return schema
 
 
@@ -338,6 +352,7 @@ def encode(event: ChangeEvent, schema: EventSchema, raw_key: tuple[bytes, ...],
         "range_start": bound(event.range_start, raw_bounds[0] if raw_bounds else ()),
         "range_end": bound(event.range_end, raw_bounds[1] if raw_bounds else ()),
         "columns": columns,
+        **schema._tail,
     }
     buf = io.BytesIO()
     buf.write(MAGIC)

@@ -81,7 +81,8 @@ def avro_type(t: CqlType, namer: Namer, base: str) -> Any:
     if t.name == "udt":
         fnamer = Namer()
         return {"type": "record", "name": namer(f"{base}_{t.udt_name}"), "fields": [
-            {"name": fnamer(n), "cdcpipe.field": n, "type": nullable(avro_type(p, namer, f"{base}_{n}"))}
+            {"name": fnamer(n), "cdcpipe.field": n, "type": nullable(avro_type(p, namer, f"{base}_{n}")),
+             "default": None}
             for n, p in zip(t.field_names, t.params, strict=True)]}
     return "bytes"  # custom types: the serialized bytes
 

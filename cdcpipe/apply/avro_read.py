@@ -131,7 +131,8 @@ class DeltaReader:
     def __init__(self, schema: EventSchema) -> None:
         s = schema.schema
         fields = s["fields"]
-        if tuple(f["name"] for f in fields) != _FIELDS:
+        if tuple(f["name"] for f in fields[:len(_FIELDS)]) != _FIELDS or any(
+                f["type"] != "null" for f in fields[len(_FIELDS):]):  # format 3's version mark: no bytes
             raise Unsupported("not the event record layout")
         pk_sizes, ck_sizes = key_sizes(schema.partition_key), key_sizes(schema.clustering)
         if pk_sizes is None or ck_sizes is None:

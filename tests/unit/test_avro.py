@@ -123,9 +123,11 @@ def test_metadata_only_changes_change_the_fingerprint() -> None:
     assert avro.table_schema(table()).fingerprint == base.fingerprint  # deterministic
 
 
-def test_record_name_carries_the_metadata_hash() -> None:
+def test_version_mark_carries_the_metadata_hash() -> None:
     s = avro.table_schema(table())
-    assert s.schema["namespace"] == "cdcpipe.ks" and s.schema["name"].startswith("Things_m")
+    assert s.schema["namespace"] == "cdcpipe.ks" and s.schema["name"] == "Things"
+    assert s.schema["fields"][-1] == {"name": avro.VERSION_FIELD + avro._digest(s.schema), "type": "null",
+                                      "default": None}
     assert s.schema["cdcpipe.format"] == avro.FORMAT_VERSION
     assert avro.EventSchema.from_json(s.to_json()).fingerprint == s.fingerprint
     tampered = s.to_json().replace('"order": "DESC"', '"order": "ASC"')
