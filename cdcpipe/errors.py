@@ -195,6 +195,15 @@ class UnsupportedTableError(ApplyError):
     """A table apply refuses to mirror (counter tables): fatal, the operator must exclude the table."""
 
 
+class SchemaMismatchError(ApplyError):
+    """A record writes a column whose PostgreSQL type no longer holds the column's Cassandra type (the column was
+    dropped and added again with another type, the PostgreSQL column kept): the record's fault, not retriable — it
+    is dead-lettered with error type ``SCHEMA_MISMATCH`` while the table's other records flow.  Replay it once the
+    PostgreSQL column has the mapped type (``ALTER TABLE ... ALTER COLUMN ... TYPE``)."""
+
+    code = "SCHEMA_MISMATCH"
+
+
 # SQLSTATE classes where the same statement may succeed later: connection exception, transaction rollback
 # (serialization failure, deadlock), insufficient resources, operator intervention (shutdown, restart),
 # system error.

@@ -297,7 +297,7 @@ class BatchApplier:
     async def _dead_letter(self, letter: DeadLetter) -> None:
         r = letter.record
         log.error("dead letter", table=letter.table, topic=r.topic, partition=r.partition, offset=r.offset,
-                  error_type=type(letter.error).__name__, error=str(letter.error))
+                  error_type=letter.error_type, error=str(letter.error))
         async for attempt in self._retrying(on_retry=self._dead_letter_failed):
             with attempt:
                 await asyncio.to_thread(self._dlq.send_blocking, letter)

@@ -31,8 +31,14 @@ class DeadLetter:
     error: BaseException
     retries: int
 
+    @property
+    def error_type(self) -> str:
+        """The error's code where it has one (``SCHEMA_MISMATCH``), else its class name."""
+        code = getattr(self.error, "code", None)
+        return code if isinstance(code, str) else type(self.error).__name__
+
     def headers(self) -> list[tuple[str, bytes]]:
-        return [("error_type", type(self.error).__name__.encode()), ("error_message", str(self.error).encode()),
+        return [("error_type", self.error_type.encode()), ("error_message", str(self.error).encode()),
                 ("table", self.table.encode()), ("topic", self.record.topic.encode()),
                 ("partition", str(self.record.partition).encode()), ("offset", str(self.record.offset).encode()),
                 ("retry_count", str(self.retries).encode())]
@@ -89,7 +95,7 @@ class DeadLetterer:
                     "INSERT INTO cdcpipe_dlq (group_id, topic, partition, kafka_offset, table_name, error_type, "
                     "message, retry_count, key, value) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10) "
                     "ON CONFLICT (group_id, topic, partition, kafka_offset) DO NOTHING",
-                    self._group, r.topic, r.partition, r.offset, letter.table, type(letter.error).__name__,
+                    self._group, r.topic, r.partition, r.offset, letter.table, letter.error_type,
                     str(letter.error), letter.retries, r.key, r.value)
                 await conn.execute(ckpt.UPSERT, self._group, r.topic, r.partition, r.offset + 1)
         except Exception as exc:

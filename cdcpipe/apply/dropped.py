@@ -10,7 +10,10 @@ Capture publishes those drops with each event schema (``cdcpipe.dropped``); merg
 - a column missing from PostgreSQL while stored states hold its values was dropped *by hand* (:func:`by_hand`);
 - a column added again after a drop, whose PostgreSQL column still holds values from before the drop, is
   *refilled*: every row is re-written from its stored state (which forgets the dropped cells), then the column's
-  comment records that drop time as handled, so a restart does not refill again.
+  comment records that drop time as handled, so a restart does not refill again;
+- a column added again with another type (Cassandra allows a compatible one: ``int`` → ``varint``, ``text`` →
+  ``blob``) whose kept PostgreSQL column has the old type is *mismatched* (:func:`mismatched`): records writing
+  it are dead-lettered as ``SCHEMA_MISMATCH`` until someone alters the PostgreSQL column to the mapped type.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from cdcpipe.apply import state
 from cdcpipe.apply.tables import Layout, ident
 from cdcpipe.errors import TableFaultError
 from cdcpipe.schema import DroppedColumn
+from cdcpipe.typemap import pg_type
 
 _HANDLED = "dropped_time={}"
 
@@ -100,3 +104,22 @@ async def by_hand(conn: Any, lay: Layout, stmts: list[str], existing: frozenset[
                 f"column {c.name} of {lay.target} was dropped by hand: its rows' values are kept in _cdc_meta; add "
                 f"it back (ALTER TABLE … ADD COLUMN {c.name} …) and apply refills it", table=lay.table.name,
                 sqlstate="42703")
+
+
+async def mismatched(conn: Any, lay: Layout) -> dict[str, str]:
+    """The target table's non-key columns whose PostgreSQL type is not the one their CQL type maps to, each with
+    a message naming both types."""
+    cols = [c for c in (*lay.table.static, *lay.table.regular)]
+    if not lay.table.dropped or not cols:  # only a drop and re-add can leave a column of another type
+        return {}
+    rows = await conn.fetch(
+        "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS has, x.want, "
+        "to_regtype(x.want) = a.atttypid::regtype AS same FROM pg_attribute a "
+        "JOIN unnest($2::text[], $3::text[]) AS x(name, want) ON a.attname = x.name "
+        "WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped",
+        lay.target, [c.name for c in cols], [pg_type(c.type) for c in cols])
+    types = {c.name: c.type.cql() for c in cols}
+    return {r["name"]: (f"column {r['name']} of {lay.target} is PostgreSQL {r['has']}, but Cassandra's type is now "
+                        f"{types[r['name']]} (PostgreSQL {r['want']}): the column was dropped and added again with "
+                        f"another type; ALTER the PostgreSQL column to {r['want']}, then replay this dead letter")
+            for r in rows if not r["same"]}

@@ -32,7 +32,7 @@ from cdcpipe.apply import dropped, merge, migrate, pgbinary, truncations, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_key
-from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
+from cdcpipe.errors import ApplyError, SchemaMismatchError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent, Deletion
 from cdcpipe.schema import DroppedColumn, TableSchema
 from cdcpipe.typemap import converter
@@ -81,6 +81,7 @@ class BatchWriter:
         self._layouts: dict[TableSchema, Layout] = {}
         self._records: dict[TableSchema, pgbinary.RecordWriter | None] = {}
         self._refills: dict[TableSchema, list[DroppedColumn]] = {}
+        self._mismatched: dict[TableSchema, dict[str, str]] = {}  # column → message (dropped.mismatched)
         self.truncated: dict[str, int] = {}  # keyspace.table → its latest truncation (µs): set by the pipeline
         self._preparing: dict[TableSchema, asyncio.Lock] = {}
 
@@ -131,6 +132,7 @@ class BatchWriter:
                     refill = await dropped.mark(conn, lay, rels.get(table.table, frozenset()))
                     if refill:
                         self._refills[table] = refill
+                    self._mismatched[table] = await dropped.mismatched(conn, lay)
             except TableFaultError:
                 raise
             except Exception as exc:
@@ -155,6 +157,9 @@ class BatchWriter:
         lay = await self.prepare(table)
         coords = {"table": table.name, "topic": checkpoint.topic if checkpoint else "",
                   "partition": checkpoint.partition if checkpoint else -1}
+        bad = self._mismatched.get(table)
+        if bad:
+            _refuse_mismatched(events, bad, coords)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if checkpoint is not None:
@@ -441,6 +446,20 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         return total
+
+
+def _refuse_mismatched(events: Sequence[Positioned], bad: dict[str, str], coords: dict[str, Any]) -> None:
+    """Raise :class:`SchemaMismatchError` for the first event writing a column of ``bad``."""
+    for p in events:
+        e = p.event
+        if isinstance(e, ChangeEvent):
+            written: Iterable[str] = (c.name for c in e.columns)
+        else:
+            rows = [r for r in (e.row, e.part.static if e.part is not None else None) if r is not None]
+            written = [n for r in rows for n in (*r.cells, *r.complex)]
+        column = next((n for n in written if n in bad), None)
+        if column is not None:
+            raise SchemaMismatchError(bad[column], offset=p.offset, **coords)
 
 
 async def _upsert(conn: Any, lay: Layout, rows: bytearray | list[tuple[Any, ...]]) -> None:
