@@ -243,6 +243,10 @@ class ApplySettings(_Section):
     circuit_failures: int = Field(default=5, gt=0)
     # the cap of the backoff between retries of a held batch (PostgreSQL unreachable, or a table's fault)
     retry_max_wait_s: float = Field(default=60.0, gt=0)
+    # DROP TABLE in Cassandra: keep the mirror table (marked by a comment) or drop it (docs/delivery.md)
+    on_table_drop: Literal["keep", "drop"] = "keep"
+    # a column dropped in Cassandra: keep its PostgreSQL column (marked, no longer written) or drop it
+    on_column_drop: Literal["keep", "drop"] = "keep"
 
 
 class ObservabilitySettings(_Section):

@@ -53,6 +53,11 @@ def truncations_topic(prefix: str) -> str:
     return _legal(f"{prefix}.truncations")
 
 
+def schema_changes_topic(prefix: str) -> str:
+    """Every node's schema changes of the captured tables (``cdcpipe.schema_changes``), kept forever."""
+    return _legal(f"{prefix}.schema-changes")
+
+
 def capture_dlq_topic(prefix: str) -> str:
     return _legal(f"{prefix}.capture-dlq")
 

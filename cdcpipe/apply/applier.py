@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -97,6 +98,7 @@ class BatchApplier:
         self._max_wait = max_wait_s
         self.tables: dict[str, TableSchema] = {}
         self.paused: dict[str, str] = {}  # table → SQLSTATE of the fault holding its batches
+        self.gone: set[uuid.UUID] = set()  # ids of tables whose mirror was dropped (apply.on_table_drop = drop)
 
     async def apply(self, batch: Batch) -> None:
         run: list[_Item] = []
@@ -247,6 +249,12 @@ class BatchApplier:
     async def _write(self, table: TableSchema, items: list[_Item]) -> None:
         last = items[-1].record
         cp = Checkpoint(self._group, last.topic, last.partition, last.offset + 1)
+        if table.table_id in self.gone:  # dropped in Cassandra, and its mirror with it: nothing to write to
+            async for attempt in self._retrying(table):
+                with attempt:
+                    await self._writer.advance(cp)
+            metrics.DROPPED_TABLE_EVENTS.labels(table.name).inc(len(items))
+            return
         positioned = [Positioned(i.event, i.record.offset) for i in items]
         started = time.monotonic()
         async for attempt in self._retrying(table):

@@ -19,11 +19,13 @@ Capture publishes those drops with each event schema (``cdcpipe.dropped``); merg
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from cdcpipe.apply import state
 from cdcpipe.apply.tables import Layout, ident
-from cdcpipe.errors import TableFaultError
+from cdcpipe.errors import SchemaMismatchError, TableFaultError
+from cdcpipe.model import ChangeEvent
 from cdcpipe.schema import DroppedColumn
 from cdcpipe.typemap import pg_type
 
@@ -45,9 +47,10 @@ def readded_comment(d: DroppedColumn) -> str:
             "before the drop are hidden, as in Cassandra")
 
 
-async def mark(conn: Any, lay: Layout, existing: frozenset[str]) -> list[DroppedColumn]:
-    """Comment the target table's columns dropped in Cassandra (``existing``: its columns before this version's
-    DDL); returns the columns added again whose rows must be refilled (then :func:`refilled`)."""
+async def mark(conn: Any, lay: Layout, existing: frozenset[str], drop: bool = False) -> list[DroppedColumn]:
+    """Comment the target table's columns dropped in Cassandra, or with ``drop`` (``apply.on_column_drop``) drop
+    them (``existing``: its columns before this version's DDL); returns the columns added again whose rows must be
+    refilled (then :func:`refilled`)."""
     table = lay.table
     if not table.dropped:
         return []
@@ -61,13 +64,14 @@ async def mark(conn: Any, lay: Layout, existing: frozenset[str]) -> list[Dropped
             continue  # never mirrored, or dropped by hand (handled as such)
         handled = _HANDLED.format(d.dropped_time) in comments[d.name]
         if d.name not in current:
-            if not handled:
+            if drop:
+                await conn.execute(f"ALTER TABLE {lay.target} DROP COLUMN IF EXISTS {ident(d.name)}")
+            elif not handled:
                 await _comment(conn, lay, d.name, dropped_comment(d))
-        elif not handled or "added again" not in comments[d.name]:
-            if d.name in existing:
-                pending.append(d)  # values from before the drop may be there: refill first
-            else:
-                await _comment(conn, lay, d.name, readded_comment(d))
+        elif not handled or "added again" not in comments[d.name] or d.name not in existing:
+            # values from before the drop may be in the column, or values written since the re-add missing from it
+            # (a column added back empty): refill from the stored state first
+            pending.append(d)
     return pending
 
 
@@ -92,8 +96,9 @@ async def by_hand(conn: Any, lay: Layout, stmts: list[str], existing: frozenset[
     schema has none."""
     if not stmts:
         return
+    readded = {d.name for d in lay.table.dropped}  # dropped in Cassandra (and maybe by apply): added back empty
     for c in lay.columns:
-        if c.kind in ("partition_key", "clustering") or c.name in existing:
+        if c.kind in ("partition_key", "clustering") or c.name in existing or c.name in readded:
             continue
         # the column's stored name is a byte string in the state of rows that have its values: search for it,
         # then decode the candidates
@@ -110,7 +115,7 @@ async def mismatched(conn: Any, lay: Layout) -> dict[str, str]:
     """The target table's non-key columns whose PostgreSQL type is not the one their CQL type maps to, each with
     a message naming both types."""
     cols = [c for c in (*lay.table.static, *lay.table.regular)]
-    if not lay.table.dropped or not cols:  # only a drop and re-add can leave a column of another type
+    if not cols:  # a column of another type: dropped and added again, or a table dropped and created again
         return {}
     rows = await conn.fetch(
         "SELECT a.attname::text AS name, format_type(a.atttypid, a.atttypmod) AS has, x.want, "
@@ -123,3 +128,17 @@ async def mismatched(conn: Any, lay: Layout) -> dict[str, str]:
                         f"{types[r['name']]} (PostgreSQL {r['want']}): the column was dropped and added again with "
                         f"another type; ALTER the PostgreSQL column to {r['want']}, then replay this dead letter")
             for r in rows if not r["same"]}
+
+
+def refuse(events: Sequence[Any], bad: dict[str, str], coords: dict[str, Any]) -> None:
+    """Raise :class:`SchemaMismatchError` for the first of ``events`` (``Positioned``) writing a column of ``bad``."""
+    for p in events:
+        e = p.event
+        if isinstance(e, ChangeEvent):
+            written: Iterable[str] = (c.name for c in e.columns)
+        else:
+            rows = [r for r in (e.row, e.part.static if e.part is not None else None) if r is not None]
+            written = [n for r in rows for n in (*r.cells, *r.complex)]
+        column = next((n for n in written if n in bad), None)
+        if column is not None:
+            raise SchemaMismatchError(bad[column], offset=p.offset, **coords)

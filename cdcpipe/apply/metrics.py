@@ -30,3 +30,7 @@ GAPS = Gauge("cdcpipe_apply_gap_offsets",
              "partition stays stopped until an operator re-snapshots and moves its checkpoint", ["topic", "partition"])
 TRUNCATIONS = Counter("cdcpipe_apply_truncations_total",
                       "Truncations (TRUNCATE in Cassandra) applied to a mirrored table's stored rows", ["table"])
+SCHEMA_CHANGES = Counter("cdcpipe_apply_schema_changes_total", "Schema changes recorded in cdcpipe_schema_history "
+                         "(from <prefix>.schema-changes, one per node that saw it)", ["table", "change"])
+DROPPED_TABLE_EVENTS = Counter("cdcpipe_apply_dropped_table_events_total", "Events of a table dropped in Cassandra "
+                               "read after its mirror was dropped (apply.on_table_drop = drop): not written", ["table"])

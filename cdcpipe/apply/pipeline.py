@@ -31,18 +31,20 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from cdcpipe.apply import checkpoint, metrics, truncations
+from cdcpipe.apply import checkpoint, metrics, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
 from cdcpipe.apply.consumer import EventConsumer
 from cdcpipe.apply.deadletter import DeadLetterer
 from cdcpipe.apply.decode import SchemaReader
+from cdcpipe.apply.schema_history import HistoryReader
+from cdcpipe.apply.tables import DDL_LOCK
 from cdcpipe.apply.truncations import TruncationReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
-from cdcpipe.errors import CdcpipeError, OffsetGapError
+from cdcpipe.errors import CdcpipeError, OffsetGapError, postgres_error
 from cdcpipe.runtime import Health, serve, tune_gc
-from cdcpipe.topics import apply_dlq_topic, schemas_topic, truncations_topic
+from cdcpipe.topics import apply_dlq_topic, schema_changes_topic, schemas_topic, truncations_topic
 
 T = TypeVar("T")
 
@@ -63,21 +65,24 @@ class Apply:
 
     def __init__(self, settings: Settings, health: Health, admin: Any, pool: Any, dlq: DeadLetterer,
                  reader: SchemaReader, truncs: TruncationReader | None = None,
-                 applied: dict[str, int] | None = None) -> None:
+                 applied: dict[str, int] | None = None, history: HistoryReader | None = None) -> None:
         cfg = settings.apply
         self.settings, self.health, self.pool, self._admin = settings, health, pool, admin
         self._loop = asyncio.get_running_loop()
         self.batcher = Batcher(cfg.batch.max_rows, cfg.batch.max_wait_ms / 1000)
         self.consumer = EventConsumer(settings, self._checkpoints, on_revoke=self._revoked, on_gap=self._gap)
-        self.writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix)
-        self.truncs = truncs
+        self.writer = BatchWriter(pool, grace_s=cfg.tombstone_grace_s, schema_prefix=settings.postgres.schema_prefix,
+                                  drop_columns=cfg.on_column_drop == "drop")
+        self.truncs, self.history = truncs, history
+        self._marked: set[tuple[str, str, int, str]] = set()  # (table, node, seen at ms, change) marked
         self._applied = dict(applied or {})  # truncations applied to what is stored, per table
         self.writer.truncated.update(self._applied)
-        if truncs is not None:
-            self._take_truncations()
         self.applier = BatchApplier(self.writer, reader, dlq, cfg.group_id,
                                     CircuitBreaker(health, "circuit", cfg.circuit_failures),
                                     max_wait_s=cfg.retry_max_wait_s)
+        if history is not None and cfg.on_table_drop == "drop":
+            self.applier.gone = history.gone  # the same set: filled as the topic is read
+        self._take_truncations()
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=cfg.concurrency)
         self._polling_done = asyncio.Event()
         self._wake = asyncio.Event()  # set when records arrive or a batch finishes: the dispatcher looks again
@@ -107,6 +112,7 @@ class Apply:
                            settings.apply.group_id)
         reader = SchemaReader.open(kafka, schemas_topic(settings.kafka.topic_prefix))
         truncs = TruncationReader.open(kafka, truncations_topic(settings.kafka.topic_prefix))
+        history = HistoryReader.open(kafka, schema_changes_topic(settings.kafka.topic_prefix))
         applied: dict[str, int] = {}
 
         async def dlq_table() -> bool:
@@ -122,12 +128,13 @@ class Apply:
             if not await asyncio.to_thread(reader.catch_up, PROBE_TIMEOUT_S):
                 return False
             await asyncio.to_thread(truncs.catch_up, PROBE_TIMEOUT_S)  # absent until a first truncation
+            await asyncio.to_thread(history.catch_up, PROBE_TIMEOUT_S)  # absent until capture publishes one
             return True
         if await _until_up("postgres", dlq_table, health, stop) is None or \
                 await _until_up("kafka", schemas, health, stop) is None:
             await pool.close()
             return None
-        return cls(settings, health, admin, pool, dlq, reader, truncs, applied)
+        return cls(settings, health, admin, pool, dlq, reader, truncs, applied, history)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Apply until ``stop``, then apply what was read, commit, and close the consumer and the pool.  Tunes this
@@ -213,8 +220,11 @@ class Apply:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self.settings.apply.purge_interval_s)
             try:
+                await self._schema_changes()
                 await self._truncations()
                 for table in list(self.applier.tables.values()):
+                    if table.table_id in self.applier.gone:
+                        continue  # its mirror was dropped (apply.on_table_drop = drop)
                     while await self.writer.expire(table) > 0 and not stop.is_set():
                         pass
                     await self.writer.purge(table)
@@ -224,18 +234,52 @@ class Apply:
                 log.warning("maintenance failed, retrying next round", error=str(exc))
 
     def _take_truncations(self) -> None:
-        """The latest truncation of each table, as read, becomes a floor of every batch of it."""
-        assert self.truncs is not None
-        for name, at in list(self.truncs.latest.items()):
+        """The latest truncation of each table, as read, becomes a floor of every batch of it; so does the creation
+        time of a table created again after a drop (:mod:`cdcpipe.apply.schema_history`)."""
+        floors = [*(self.truncs.latest.items() if self.truncs is not None else ()),
+                  *(self.history.floors.items() if self.history is not None else ())]
+        for name, at in floors:
             if at > self.writer.truncated.get(name, -1):
                 self.writer.truncated[name] = at
+
+    async def _schema_changes(self) -> None:
+        """Read the schema-changes topic; record what is new in ``cdcpipe_schema_history``; mark (or drop) the mirror
+        table of each table's latest marking change once it exists (a mirror created later is marked then; after a
+        restart every table is marked once more).  A failure leaves both for the next round."""
+        if self.history is None:
+            return
+        await asyncio.to_thread(self.history.catch_up, PROBE_TIMEOUT_S)
+        recs = self.history.take_pending()
+        drop = self.settings.apply.on_table_drop == "drop"
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", DDL_LOCK)
+                new = await schema_history.record(conn, recs) if recs else set()
+                marked = []
+                for table, (rec, change) in list(self.history.marks.items()):
+                    key = (table, rec.node, rec.seen_at_ms, change)
+                    if key not in self._marked and await schema_history.mirror(
+                            conn, self.settings.postgres.schema_prefix, rec, change, drop):
+                        marked.append(key)
+        except Exception as exc:
+            self.history.pending[:0] = recs
+            raise postgres_error(exc) from exc
+        self._marked.update(marked)
+        for rec in recs:
+            for ch in rec.changes:
+                if (rec.table, rec.node, rec.seen_at_ms, ch.change) in new:
+                    metrics.SCHEMA_CHANGES.labels(rec.table, ch.change).inc()
+                    log.info("schema change recorded", table=rec.table, node=rec.node, change=ch.change,
+                             subject=ch.subject, version=rec.version)
+        for table, _, _, change in marked:
+            log.info("mirror table marked" if change != "dropped" or not drop else "mirror table dropped",
+                     table=table, change=change)
 
     async def _truncations(self) -> None:
         """Read the truncations topic; apply each truncation not yet applied to the stored state of its table
         (a table this process has not met yet is done once it has)."""
-        if self.truncs is None:
-            return
-        await asyncio.to_thread(self.truncs.catch_up, PROBE_TIMEOUT_S)
+        if self.truncs is not None:
+            await asyncio.to_thread(self.truncs.catch_up, PROBE_TIMEOUT_S)
         self._take_truncations()
         for name, at in list(self.writer.truncated.items()):
             table = self.applier.tables.get(name)

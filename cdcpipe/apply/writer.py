@@ -32,7 +32,7 @@ from cdcpipe.apply import dropped, merge, migrate, pgbinary, truncations, view
 from cdcpipe.apply.checkpoint import Checkpoint
 from cdcpipe.apply.state import decode_partition, decode_row, encode_partition, encode_row
 from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_key
-from cdcpipe.errors import ApplyError, SchemaMismatchError, TableFaultError, postgres_error
+from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent, Deletion
 from cdcpipe.schema import DroppedColumn, TableSchema
 from cdcpipe.typemap import converter
@@ -72,8 +72,9 @@ class BatchWriter:
     """
 
     def __init__(self, pool: Any, *, grace_s: int = 864_000, schema_prefix: str = "",
-                 clock: Callable[[], float] = time.time, binary: bool = True) -> None:
+                 clock: Callable[[], float] = time.time, binary: bool = True, drop_columns: bool = False) -> None:
         self._pool = pool
+        self._drop_columns = drop_columns  # apply.on_column_drop = drop
         self._grace = grace_s
         self._prefix = schema_prefix
         self._clock = clock
@@ -129,7 +130,7 @@ class BatchWriter:
                         stmts = lay.ddl()
                     for stmt in stmts:
                         await conn.execute(stmt)
-                    refill = await dropped.mark(conn, lay, rels.get(table.table, frozenset()))
+                    refill = await dropped.mark(conn, lay, rels.get(table.table, frozenset()), self._drop_columns)
                     if refill:
                         self._refills[table] = refill
                     self._mismatched[table] = await dropped.mismatched(conn, lay)
@@ -159,7 +160,7 @@ class BatchWriter:
                   "partition": checkpoint.partition if checkpoint else -1}
         bad = self._mismatched.get(table)
         if bad:
-            _refuse_mismatched(events, bad, coords)
+            dropped.refuse(events, bad, coords)
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 if checkpoint is not None:
@@ -342,6 +343,14 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
 
+    async def advance(self, checkpoint: Checkpoint) -> None:
+        """Store ``checkpoint`` alone: its events are not written (a dropped table's, ``apply.on_table_drop``)."""
+        try:
+            await self._pool.execute(ckpt.UPSERT, checkpoint.group, checkpoint.topic, checkpoint.partition,
+                                     checkpoint.next_offset)
+        except Exception as exc:
+            raise postgres_error(exc, topic=checkpoint.topic, partition=checkpoint.partition) from exc
+
     async def ping(self) -> None:
         """Return once PostgreSQL answers a trivial query; else raise :class:`ApplyError`, classified as every
         PostgreSQL error (retriable when the server is unreachable)."""
@@ -446,20 +455,6 @@ class BatchWriter:
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         return total
-
-
-def _refuse_mismatched(events: Sequence[Positioned], bad: dict[str, str], coords: dict[str, Any]) -> None:
-    """Raise :class:`SchemaMismatchError` for the first event writing a column of ``bad``."""
-    for p in events:
-        e = p.event
-        if isinstance(e, ChangeEvent):
-            written: Iterable[str] = (c.name for c in e.columns)
-        else:
-            rows = [r for r in (e.row, e.part.static if e.part is not None else None) if r is not None]
-            written = [n for r in rows for n in (*r.cells, *r.complex)]
-        column = next((n for n in written if n in bad), None)
-        if column is not None:
-            raise SchemaMismatchError(bad[column], offset=p.offset, **coords)
 
 
 async def _upsert(conn: Any, lay: Layout, rows: bytearray | list[tuple[Any, ...]]) -> None:

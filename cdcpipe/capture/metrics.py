@@ -44,3 +44,7 @@ PRE_SWITCH_WINDOWS = Counter("cdcpipe_capture_pre_switch_windows", "Times a tabl
                              "its CDC was switched on in the same log: not captured (a snapshot covers them)")
 BACKDATED_DELETIONS = Counter("cdcpipe_capture_backdated_deletions", "Deletions produced for writes older than their "
                               "table's switch that Cassandra shows shadowed by a deletion made before it")
+SCHEMA_CHANGES = Counter("cdcpipe_schema_changes", "Schema changes of captured tables this node published to "
+                         "<prefix>.schema-changes, by change (cdcpipe.schema_changes.KINDS)", ["table", "change"])
+SCHEMA_VERSION = Gauge("cdcpipe_schema_version", "The ordinal (1, 2, ...) of the table's schema version as this node "
+                       "published it", ["table"])

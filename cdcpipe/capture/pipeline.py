@@ -42,6 +42,7 @@ from cdcpipe.capture.inotify import DirectoryWatcher
 from cdcpipe.capture.producer import EventProducer
 from cdcpipe.capture.quarantine import Quarantine, describe
 from cdcpipe.capture.registry import SchemaRegistry
+from cdcpipe.capture.schema_changes import SchemaChangeWatch
 from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
@@ -84,9 +85,9 @@ class Capture:
 
     def __init__(self, settings: Settings, health: Health, producer: EventProducer, builder: BatchBuilder,
                  collector: SegmentCollector, start: Position | None,
-                 truncations: TruncationWatch | None = None) -> None:
+                 truncations: TruncationWatch | None = None, changes: SchemaChangeWatch | None = None) -> None:
         self.settings, self.health, self.producer = settings, health, producer
-        self.truncations = truncations
+        self.truncations, self.changes = truncations, changes
         self.builder, self.collector = builder, collector
         self.committed = start
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(_QUEUE_BATCHES)
@@ -121,11 +122,13 @@ class Capture:
         total = c.cdc_total_space or node_cdc_total_space(source.session) or DEFAULT_CDC_TOTAL_SPACE
         log.info("cdc_raw limit", cdc_total_space=total, quarantine_dir=str(quarantine.directory),
                  source="capture.cdc_total_space" if c.cdc_total_space else "node or default")
+        tables = TableFilter(c.include_tables, c.exclude_tables)
+        changes = SchemaChangeWatch(source.session, settings.kafka.client_config(), settings.kafka.topic_prefix,
+                                    origin.node, source.load, tables, producer.ensure_topic)
         truncations = TruncationWatch(source.session, settings.kafka.client_config(), settings.kafka.topic_prefix,
-                                      origin.node, source.load, TableFilter(c.include_tables, c.exclude_tables),
-                                      producer.ensure_topic)
+                                      origin.node, source.load, tables, producer.ensure_topic, changes.truncated)
         return cls(settings, health, producer, builder, SegmentCollector(cdc_raw, total, quarantine), start,
-                   truncations)
+                   truncations, changes)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Follow cdc_raw and ship until ``stop``.  Tunes this process's garbage collector first (a capture process
@@ -144,6 +147,8 @@ class Capture:
                 self.builder.watcher.close()
             if self.truncations is not None:
                 await asyncio.to_thread(self.truncations.close)
+            if self.changes is not None:
+                await asyncio.to_thread(self.changes.close)
             await asyncio.to_thread(self.producer.close)
         log.info("capture stopped", position=str(self.committed) if self.committed else None)
 
@@ -267,16 +272,19 @@ class Capture:
             await asyncio.to_thread(self.collector.collect, batch.position)
 
     async def _truncations(self) -> None:
-        """Every ``capture.schema_recheck_s``: publish this node's new truncations (``TRUNCATE``); a failure is
-        retried at the next round (the node keeps the record)."""
+        """Every ``capture.schema_recheck_s``: publish this node's new schema changes and truncations
+        (``TRUNCATE``); a failure is retried at the next round (the node keeps what it shows)."""
         now = time.monotonic()
-        if self.truncations is None or now < self._next_truncations:
+        if now < self._next_truncations:
             return
         self._next_truncations = now + self.settings.capture.schema_recheck_s
-        try:
-            await asyncio.to_thread(self.truncations.poll)
-        except (CassandraReadError, KafkaProduceError) as exc:
-            log.warning("truncations not published yet, retrying", error=str(exc))
+        for watch, what in ((self.changes, "schema changes"), (self.truncations, "truncations")):
+            if watch is None:
+                continue
+            try:
+                await asyncio.to_thread(watch.poll)
+            except (CassandraReadError, KafkaProduceError) as exc:
+                log.warning(f"{what} not published yet, retrying", error=str(exc))
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Every second: cdc_raw usage, collection, the ``quarantine`` and ``stalled`` conditions."""

@@ -42,8 +42,10 @@ class TruncationWatch:
 
     def __init__(self, session: Any, kafka: dict[str, Any], prefix: str, node: str,
                  tables: Callable[[], list[TableSchema]], captured: Callable[[TableSchema], bool],
-                 ensure_topic: Callable[..., None]) -> None:
+                 ensure_topic: Callable[..., None],
+                 on_truncation: Callable[[TableSchema, int], None] | None = None) -> None:
         self._session = session
+        self._on_truncation = on_truncation  # (table, truncated at ms), after the record is published
         self._producer = Producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
         self._topic = truncations_topic(prefix)
         self._node = node
@@ -91,6 +93,8 @@ class TruncationWatch:
             raise KafkaProduceError("truncation records not acknowledged within 30 s", topic=self._topic,
                                     retriable=True)
         for table_id, table, (_, _, at) in new:
+            if self._on_truncation is not None:
+                self._on_truncation(table, at)  # raises like this (retried: the truncation is not seen yet)
             self._seen[table_id] = at
             log.info("truncation published", table=table.name, truncated_at_ms=at)
         return len(new)

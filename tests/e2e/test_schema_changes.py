@@ -1,12 +1,16 @@
 """Schema changes mid-stream, under a steady write load, on the shared stack: a column added (its values reach
-PostgreSQL), a column dropped, the same column added again (values written before the drop stay hidden, as
-Cassandra hides them), a new table created with ``cdc = true`` while the pipeline runs — with capture and apply
-killed (-9) once in the middle.  Ends with PostgreSQL equal to Cassandra (the fidelity comparison)."""
+PostgreSQL), a field added to a UDT, a column dropped, capture and apply killed (-9), a table truncated, the
+dropped column added again (values written before the drop stay hidden, as Cassandra hides them), a new table
+created with ``cdc = true``, then switched to ``cdc = false``, a table dropped.  Ends with PostgreSQL equal to
+Cassandra (the fidelity comparison), every change in ``cdcpipe_schema_history``, the mirror tables of the switched-off
+and the dropped table kept and marked, and every version of the table's events readable with its newest schema."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
+import json
 import random
 import threading
 import time
@@ -15,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import fastavro
 import pytest
+from confluent_kafka import Consumer, TopicPartition
 
-from tests.support.harness import Pipeline, connect, drop_keyspace, wait_for, wait_until_equal
+from cdcpipe.topics import table_topic
+from tests.support.harness import Pipeline, connect, drop_keyspace, read_range, wait_for, wait_until_equal
 from tests.support.processes import metric_sum, unique
 from tests.support.stack import StackEnv
 
@@ -25,6 +32,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 SC = "sc (k int, c int, v text, w int, PRIMARY KEY (k, c))"
+SC_UDT = "sc (k int, c int, v text, w int, home frozen<addr>, PRIMARY KEY (k, c))"
 
 
 class Writer(threading.Thread):
@@ -38,6 +46,7 @@ class Writer(threading.Thread):
         self.lock = threading.Lock()
         self.columns = {"sc": ["v", "w"]}
         self.written = {"sc": 0}
+        self.udt = ["street"]  # the fields of ``addr`` the writer sets (column ``home``)
         self.refused = 0
         self.stop = threading.Event()
         self.rng = random.Random(7)
@@ -47,21 +56,34 @@ class Writer(threading.Thread):
             self.columns[table] = columns
             self.written.setdefault(table, 0)
 
+    def remove(self, table: str) -> None:
+        with self.lock:
+            self.columns.pop(table, None)
+
     def statement(self, table: str, cols: list[str]) -> tuple[str, list[Any]]:
         rng = self.rng
         k, c = rng.randrange(40), rng.randrange(8)
         key = ["k", "c"] if table == "sc" else ["k"]
         keys = [k, c] if table == "sc" else [k]
         where = " AND ".join(f"{n} = %s" for n in key)
-        value = lambda n: f"{n}-{rng.randrange(1000)}" if n == "v" else rng.randrange(1000)  # noqa: E731
+
+        def value(n: str) -> tuple[str, list[Any]]:  # (CQL, parameters): a UDT value as a literal
+            if n == "home":
+                fields = ", ".join(f"{f}: " + (f"'{f}-{rng.randrange(100)}'" if f == "street" else
+                                               str(rng.randrange(100))) for f in self.udt)
+                return "{" + fields + "}", []
+            return "%s", [f"{n}-{rng.randrange(1000)}" if n == "v" else rng.randrange(1000)]
         roll = rng.random()
         if roll < 0.5 or not cols:
             names = [*key, *cols]
+            values = [value(n) for n in cols]
             return (f"INSERT INTO {self.keyspace}.{table} ({', '.join(names)}) VALUES "
-                    f"({', '.join(['%s'] * len(names))})", [*keys, *(value(n) for n in cols)])
+                    f"({', '.join(['%s'] * len(key) + [v[0] for v in values])})",
+                    [*keys, *(p for v in values for p in v[1])])
         if roll < 0.85:
             n = rng.choice(cols)
-            return f"UPDATE {self.keyspace}.{table} SET {n} = %s WHERE {where}", [value(n), *keys]
+            sql, params = value(n)
+            return f"UPDATE {self.keyspace}.{table} SET {n} = {sql} WHERE {where}", [*params, *keys]
         if roll < 0.93:
             n = rng.choice(cols)
             return f"DELETE {n} FROM {self.keyspace}.{table} WHERE {where}", keys
@@ -83,10 +105,10 @@ class Writer(threading.Thread):
 
 
 @contextlib.contextmanager
-def running(stack_env: dict[str, str], tmp_path: Path, name: str, *tables: str
+def running(stack_env: dict[str, str], tmp_path: Path, name: str, *tables: str, types: tuple[str, ...] = ()
             ) -> Iterator[tuple[StackEnv, str, Any, Pipeline]]:
-    """A keyspace of its own with ``tables`` (``CREATE TABLE`` bodies after ``<keyspace>.``), capture and apply
-    started on it; afterwards everything stopped and dropped."""
+    """A keyspace of its own with ``types`` and ``tables`` (``CREATE TYPE``/``CREATE TABLE`` bodies after
+    ``<keyspace>.``), capture and apply started on it; afterwards everything stopped and dropped."""
     stack = StackEnv(stack_env)
     keyspace = unique(name, 8)
     cluster, session = connect(stack)
@@ -94,6 +116,8 @@ def running(stack_env: dict[str, str], tmp_path: Path, name: str, *tables: str
     try:
         session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
                         "'replication_factor': 1}", timeout=60)
+        for body in types:
+            session.execute(f"CREATE TYPE {keyspace}.{body}", timeout=60)
         for body in tables:
             session.execute(f"CREATE TABLE {keyspace}.{body} WITH cdc = true", timeout=60)
         pipeline.start()
@@ -121,8 +145,11 @@ async def _pg(dsn: str, query: str, *args: Any) -> Any:
 
 
 def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_path: Path) -> None:
-    with running(stack_env, tmp_path, "e2esc", SC) as (stack, keyspace, session, pipeline):
+    with running(stack_env, tmp_path, "e2esc", SC_UDT, "gone (k int PRIMARY KEY, v text)",
+                 types=("addr (street text)",)) as (stack, keyspace, session, pipeline):
         writer = Writer(session, keyspace, rate=150)
+        writer.set_columns("sc", ["v", "w", "home"])
+        writer.set_columns("gone", ["v"])
         target = f'"{keyspace}"."sc"'
         try:
             writer.start()
@@ -131,16 +158,21 @@ def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_pat
             # a column added: its values reach PostgreSQL
             session.execute(f"ALTER TABLE {keyspace}.sc ADD x int", timeout=60)
             added = time.monotonic()
-            writer.set_columns("sc", ["v", "w", "x"])
+            writer.set_columns("sc", ["v", "w", "x", "home"])
             wait_for("values of the added column in PostgreSQL", lambda: asyncio.run(_pg(
                 stack.dsn, "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = $1 AND "
                 "table_name = 'sc' AND column_name = 'x')", keyspace)) and asyncio.run(_pg(
                     stack.dsn, f"SELECT count(x) FROM {target}")) > 0, 60, pipeline)
             print(f"added column: values in PostgreSQL {time.monotonic() - added:.1f} s after the ALTER")
 
+            # a field added to the UDT of a column
+            session.execute(f"ALTER TYPE {keyspace}.addr ADD zip int", timeout=60)
+            with writer.lock:
+                writer.udt = ["street", "zip"]
+
             # a column dropped, under load; then capture and apply killed and restarted
             time.sleep(3)
-            writer.set_columns("sc", ["v", "x"])
+            writer.set_columns("sc", ["v", "x", "home"])
             session.execute(f"ALTER TABLE {keyspace}.sc DROP w", timeout=60)
             time.sleep(4)
             for p in pipeline.procs:
@@ -149,17 +181,34 @@ def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_pat
             for p in pipeline.procs:
                 p.start()
 
-            # the same column added again: what was written before the drop stays hidden
-            time.sleep(3)
-            session.execute(f"ALTER TABLE {keyspace}.sc ADD w int", timeout=60)
-            writer.set_columns("sc", ["v", "w", "x"])
+            # a table truncated (its writes paused around the statement, see test_truncate_mid_stream)
+            writer.remove("gone")
+            time.sleep(1)
+            session.execute(f"TRUNCATE {keyspace}.gone", timeout=120)
+            time.sleep(1)
+            writer.set_columns("gone", ["v"])
 
-            # a table created with cdc = true while everything runs
+            # the same column added again: what was written before the drop stays hidden
+            time.sleep(2)
+            session.execute(f"ALTER TABLE {keyspace}.sc ADD w int", timeout=60)
+            writer.set_columns("sc", ["v", "w", "x", "home"])
+
+            # a table created with cdc = true while everything runs, later switched off (its writes stopped first:
+            # what is written after the switch is not captured, by design)
             time.sleep(3)
             session.execute(f"CREATE TABLE {keyspace}.sc2 (k int PRIMARY KEY, v text, n int) WITH cdc = true",
                             timeout=60)
             writer.set_columns("sc2", ["v", "n"])
-            time.sleep(8)
+            time.sleep(6)
+            writer.remove("sc2")
+            time.sleep(1)
+            session.execute(f"ALTER TABLE {keyspace}.sc2 WITH cdc = false", timeout=60)
+
+            # a table dropped (its writes stopped first)
+            writer.remove("gone")
+            time.sleep(1)
+            session.execute(f"DROP TABLE {keyspace}.gone", timeout=60)
+            time.sleep(6)
         finally:
             writer.stop.set()
         writer.join(30)
@@ -173,6 +222,74 @@ def test_schema_changes_mid_stream_under_load(stack_env: dict[str, str], tmp_pat
                                   target))
         assert comment and "added again" in comment, comment
         print(f"schema changes: written {writer.written}, refused while the schema changed {writer.refused}")
+
+        # every change recorded, from the node's view; the switched-off and the dropped table kept and marked
+        expected = {("sc", "initial", ""), ("gone", "initial", ""), ("sc", "column_added", "x"),
+                    ("sc", "udt_field_added", f"{keyspace}.addr.zip"), ("sc", "column_dropped", "w"),
+                    ("sc", "column_added", "w"), ("gone", "truncated", ""), ("sc2", "created", ""),
+                    ("sc2", "cdc_off", ""), ("gone", "dropped", "")}
+
+        def recorded() -> set[tuple[str, str, str]]:
+            async def rows() -> list[Any]:
+                conn = await asyncpg.connect(stack.dsn)
+                try:
+                    return list(await conn.fetch(
+                        "SELECT table_name, change, subject FROM cdcpipe_schema_history WHERE table_name LIKE $1",
+                        keyspace + ".%"))
+                finally:
+                    await conn.close()
+            with contextlib.suppress(asyncpg.UndefinedTableError):
+                return {(r[0].split(".", 1)[1], r[1], r[2]) for r in asyncio.run(rows())}
+            return set()
+        wait_for("every schema change in cdcpipe_schema_history", lambda: expected <= recorded(), 60, pipeline)
+        assert "cdc = false" in asyncio.run(_pg(stack.dsn, "SELECT obj_description($1::regclass)",
+                                                f'"{keyspace}"."sc2"'))
+        assert "dropped in Cassandra" in asyncio.run(_pg(stack.dsn, "SELECT obj_description($1::regclass)",
+                                                         f'"{keyspace}"."gone"'))
+        assert asyncio.run(_pg(stack.dsn, f'SELECT count(*) FROM "{keyspace}"."gone"')) > 0  # kept, as it was
+        capture_metrics = pipeline.captures[0].metrics()
+        # counted since capture's restart: the column added again
+        assert metric_sum(capture_metrics, "cdcpipe_schema_changes_total", table=f"{keyspace}.sc") >= 1
+        last = asyncio.run(_pg(stack.dsn, "SELECT max(ordinal) FROM cdcpipe_schema_history WHERE table_name = $1",
+                               f"{keyspace}.sc"))
+        assert last >= 3 and metric_sum(capture_metrics, "cdcpipe_schema_version", table=f"{keyspace}.sc") == last
+        newest = asyncio.run(_pg(stack.dsn, "SELECT version FROM cdcpipe_schema_history WHERE table_name = $1 "
+                                 "ORDER BY ordinal DESC LIMIT 1", f"{keyspace}.sc"))
+        versions = read_with_newest_schema(stack.bootstrap, pipeline.prefix, keyspace, bytes.fromhex(newest))
+        assert versions >= 4, versions
+
+
+def read_with_newest_schema(bootstrap: str, prefix: str, keyspace: str, newest: bytes) -> int:
+    """Read every event of ``sc`` in Kafka with the newest version of its schema (fingerprint ``newest``) as the
+    reader schema, by Avro's resolution rules (plain fastavro); returns how many versions were read."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("e2e-versions", 8), "enable.auto.commit": False,
+                  "isolation.level": "read_committed"})
+    try:
+        schemas: dict[bytes, dict[str, Any]] = {}
+        topic = f"{prefix}.schemas"
+        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            for value in read_range(c, topic, p, low, high):
+                schema = json.loads(value)
+                if schema.get("cdcpipe.keyspace") == keyspace and schema.get("cdcpipe.table") == "sc":
+                    parsed = fastavro.parse_schema(schema)
+                    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+                    fp = int(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"), 16).to_bytes(8, "little")
+                    schemas[fp] = schema
+        events = []
+        topic = table_topic(prefix, keyspace, "sc")
+        for p in c.list_topics(topic, timeout=10).topics[topic].partitions:
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            events += read_range(c, topic, p, low, high)
+    finally:
+        c.close()
+    used = {e[2:10] for e in events}
+    assert used <= schemas.keys() and newest in schemas
+    reader = fastavro.parse_schema(schemas[newest])
+    for e in events:
+        record = fastavro.schemaless_reader(io.BytesIO(e[10:]), fastavro.parse_schema(schemas[e[2:10]]), reader)
+        assert set(record["columns"]) >= {"v", "w", "x", "home"}
+    return len(used)
 
 
 def test_truncate_mid_stream(stack_env: dict[str, str], tmp_path: Path) -> None:
