@@ -250,6 +250,8 @@ class Apply:
             return
         await asyncio.to_thread(self.history.catch_up, PROBE_TIMEOUT_S)
         recs = self.history.take_pending()
+        if not recs and all((t, r.node, r.seen_at_ms, c) in self._marked for t, (r, c) in self.history.marks.items()):
+            return
         drop = self.settings.apply.on_table_drop == "drop"
         try:
             async with self.pool.acquire() as conn, conn.transaction():

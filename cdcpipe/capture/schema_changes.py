@@ -99,14 +99,16 @@ class SchemaChangeWatch:
             self.restore()
         assert self._last is not None
         try:
-            tables = {t.name: t for t in self._load() if self._captured.patterns_match(t)}
+            loaded = self._load()
+            tables = {t.name: t for t in loaded if self._captured.patterns_match(t)}
+            others = {t.name for t in loaded} - tables.keys()  # there, but not to be captured (settings changed)
         except Exception as exc:
             raise CassandraReadError(f"reading the schema for schema changes: {exc}", retriable=True) from exc
         first = not self._last  # nothing published by this node yet: what it finds is the initial state
         since_us, now_us = self._polled_us, time.time_ns() // 1000
         out: list[tuple[SchemaChangeRecord, TableSchema | None]] = []
         created: dict[str, int] | None = None
-        for name in sorted(tables.keys() | self._last.keys()):
+        for name in sorted(tables.keys() | (self._last.keys() - others)):
             t, before = tables.get(name), self._last.get(name)
             prev = before.shape if before is not None else None
             if prev is None and (t is None or not t.cdc):

@@ -87,3 +87,12 @@ def test_snapshot_at_local_quorum_with_three_replicas(three_nodes: StackEnv, lon
     assert len(runs) == 1 and runs[0].returncode == 0, [r.output[-3000:] for r in runs]
     assert runs[0].rows > 0
     assert not outcome.problems(), "\n".join(outcome.problems())
+
+
+def test_three_replicas_schema_changes(three_nodes: StackEnv, tmp_path: Path) -> None:
+    """The schema-change sequence of ``test_schema_changes`` on three replicas (RF = 3, one capture per node): each
+    node sees each DDL at its own moment (schema agreement races), each capture publishes its own view, apply
+    converges to what Cassandra returns."""
+    from tests.e2e.test_schema_changes import schema_sequence
+
+    schema_sequence(three_nodes.env, tmp_path, rf=3)
