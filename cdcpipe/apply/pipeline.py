@@ -118,7 +118,7 @@ class Apply:
         async def dlq_table() -> bool:
             await dlq.ensure()
             async with pool.acquire() as conn:
-                applied.update(await truncations.applied(conn))
+                applied.update(await truncations.applied(conn, settings.postgres.schema_prefix))
             return True
 
         async def schemas() -> bool:

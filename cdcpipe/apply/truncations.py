@@ -40,10 +40,14 @@ class TruncationReader(SchemaReader):
             self.latest[found.table] = found.truncated_at_ms * 1000
 
 
-async def applied(conn: Any) -> dict[str, int]:
-    """The truncations already applied to the stored states, per table."""
+async def applied(conn: Any, schema_prefix: str = "") -> dict[str, int]:
+    """The truncations already applied to the stored states, per table, of the mirror with ``schema_prefix``
+    (``postgres.schema_prefix``: rows are keyed ``<schema_prefix><keyspace>.<table>``, so mirrors of two prefixes in
+    one database keep their own)."""
     await conn.execute(DDL)
-    return {r[0]: int(r[1]) for r in await conn.fetch("SELECT table_name, truncated_at_us FROM cdcpipe_truncations")}
+    found = await conn.fetch("SELECT table_name, truncated_at_us FROM cdcpipe_truncations WHERE starts_with("
+                             "table_name, $1)", schema_prefix)
+    return {r[0][len(schema_prefix):]: int(r[1]) for r in found}
 
 
 async def record(conn: Any, table: str, truncated_at_us: int) -> None:

@@ -438,7 +438,7 @@ class BatchWriter:
             after = keys[-1]
         try:
             async with self._pool.acquire() as conn:
-                await truncations.record(conn, table.name, truncated_at_us)
+                await truncations.record(conn, self._prefix + table.name, truncated_at_us)
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
         return rows

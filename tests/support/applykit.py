@@ -188,6 +188,8 @@ async def drop_run(pool: Any, prefix: str) -> None:
     """Remove what one run wrote to PostgreSQL: its schemas and its checkpoint rows."""
     await drop_schemas(pool, prefix)
     await pool.execute("DELETE FROM cdcpipe_checkpoints WHERE group_id = $1", prefix)
+    with contextlib.suppress(asyncpg.UndefinedTableError):
+        await pool.execute("DELETE FROM cdcpipe_truncations WHERE starts_with(table_name, $1)", prefix + "_")
 
 
 # ---------------------------------------------------------------------------------------------- process
