@@ -42,7 +42,7 @@ from cdcpipe.apply.tables import DDL_LOCK
 from cdcpipe.apply.truncations import TruncationReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
-from cdcpipe.errors import CdcpipeError, OffsetGapError, postgres_error
+from cdcpipe.errors import ApplyError, CdcpipeError, OffsetGapError, postgres_error
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.topics import apply_dlq_topic, schema_changes_topic, schemas_topic, truncations_topic
 
@@ -263,9 +263,11 @@ class Apply:
                     if key not in self._marked and await schema_history.mirror(
                             conn, self.settings.postgres.schema_prefix, rec, change, drop):
                         marked.append(key)
-        except Exception as exc:
+        except Exception as exc:  # retried next round, whatever PostgreSQL said: never fatal to the stream
             self.history.pending[:0] = recs
-            raise postgres_error(exc) from exc
+            found = postgres_error(exc)
+            raise ApplyError(f"schema changes not recorded: {found}", sqlstate=found.sqlstate, retriable=True) \
+                from exc
         self._marked.update(marked)
         for rec in recs:
             for ch in rec.changes:

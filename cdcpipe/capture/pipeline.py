@@ -93,6 +93,7 @@ class Capture:
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(_QUEUE_BATCHES)
         self._stop = asyncio.Event()  # run's stop: ends the wait for Kafka (the checkpoint resumes the batch)
         self._next_truncations = 0.0
+        self._watch_failed: set[str] = set()  # health conditions the schema-change/truncation rounds failed
 
     @classmethod
     def open(cls, settings: Settings, health: Health) -> Capture:
@@ -278,13 +279,23 @@ class Capture:
         if now < self._next_truncations:
             return
         self._next_truncations = now + self.settings.capture.schema_recheck_s
-        for watch, what in ((self.changes, "schema changes"), (self.truncations, "truncations")):
+        for watch, what, name in ((self.changes, "schema changes", "schema_changes"),
+                                  (self.truncations, "truncations", "truncations")):
             if watch is None:
                 continue
             try:
                 await asyncio.to_thread(watch.poll)
             except (CassandraReadError, KafkaProduceError) as exc:
                 log.warning(f"{what} not published yet, retrying", error=str(exc))
+            except Exception as exc:  # a fault of ours or a schema we do not handle: loud, retried, not fatal
+                self._watch_failed.add(name)
+                self.health.fail(name, f"{what} not published: {type(exc).__name__}: {exc} (retried every "
+                                       f"{self.settings.capture.schema_recheck_s:g} s; events are still captured)")
+                log.error(f"{what} not published, retrying", error=str(exc), exc_info=True)
+            else:
+                if name in self._watch_failed:
+                    self._watch_failed.discard(name)
+                    self.health.ok(name)
 
     async def _watch(self, stop: asyncio.Event) -> None:
         """Every second: cdc_raw usage, collection, the ``quarantine`` and ``stalled`` conditions."""

@@ -1,6 +1,7 @@
 """Publishing this node's view of every schema change of the captured tables to ``<prefix>.schema-changes``.
 
-Every ``capture.schema_recheck_s`` :class:`SchemaChangeWatch` loads the node's schema and compares each table
+Every ``capture.schema_recheck_s`` :class:`SchemaChangeWatch` asks the node for its schema version
+(``system.local``) and, when it changed since the last look, loads the node's schema and compares each table
 capture follows (``cdc = true`` and matching the include/exclude patterns, or published before) with the shape it
 last published for it (:func:`cdcpipe.schema_changes.diff`).  Each difference becomes one
 :class:`~cdcpipe.schema_changes.SchemaChangeRecord` (keyed ``<keyspace>.<table>@<node>``, kept forever: the topic
@@ -51,6 +52,7 @@ class SchemaChangeWatch:
         self._last: dict[str, SchemaChangeRecord] | None = None  # per table: the last record published
         self._truncated: dict[str, int] = {}  # per table: the last truncation published (µs)
         self._polled_us = time.time_ns() // 1000  # the last look (a table created since is "created")
+        self._schema_version: Any = None  # the node's system.local schema_version at the last complete look
 
     def restore(self, timeout_s: float = 30.0) -> None:
         """Read back what this node published (blocking); raises KafkaProduceError (retriable) on failure."""
@@ -99,6 +101,11 @@ class SchemaChangeWatch:
             self.restore()
         assert self._last is not None
         try:
+            row = self._session.execute("SELECT schema_version FROM system.local WHERE key = 'local'",
+                                        timeout=10).one()
+            version = getattr(row, "schema_version", None)
+            if version is not None and version == self._schema_version:
+                return 0  # no DDL on this node since the last look: nothing to compare
             loaded = self._load()
             tables = {t.name: t for t in loaded if self._captured.patterns_match(t)}
             others = {t.name for t in loaded} - tables.keys()  # there, but not to be captured (settings changed)
@@ -140,6 +147,7 @@ class SchemaChangeWatch:
         if out:
             self._publish(out)
         self._polled_us = now_us
+        self._schema_version = version
         return len(out)
 
     def truncated(self, table: TableSchema, truncated_at_ms: int) -> None:
