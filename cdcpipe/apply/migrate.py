@@ -19,6 +19,7 @@ from cdcpipe.apply.merge import ComplexState, PartitionState, RangeTombstone, Ro
 from cdcpipe.apply.state import encode_partition, encode_row
 from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, lock_key
 from cdcpipe.model import Deletion
+from cdcpipe.tokens import token
 
 _FIND = ("SELECT n.nspname AS schema, c.relname AS rel FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
          "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE a.attname = '_cdc_meta' AND NOT a.attisdropped "
@@ -116,3 +117,19 @@ async def _update(conn: Any, update: str, relation: str, keys: list[str], rows: 
     if rows:
         await conn.execute(update, *([r[k] for r in rows] for k in keys), [convert(relation, r["m"]) for r in rows])
     return len(rows)
+
+
+# ---------------------------------------------------------------------------------------------- partition tokens
+
+async def fill_tokens(pool: Any, lay: Layout, limit: int = 5000) -> int:
+    """Give up to ``limit`` partitions of rows written before ``_cdc_token`` was kept their token; returns how many
+    partitions (0: none left).  Safe beside batches: the value is a function of the row's key."""
+    found = await pool.fetch(f"SELECT DISTINCT _cdc_partition FROM {lay.target} WHERE _cdc_token IS NULL LIMIT $1",
+                             limit)
+    if not found:
+        return 0
+    parts = [bytes(r[0]) for r in found]
+    await pool.execute(f"UPDATE {lay.target} t SET _cdc_token = u.k FROM unnest($1::bytea[], $2::bigint[]) AS "
+                       "u(p, k) WHERE t._cdc_partition = u.p AND t._cdc_token IS NULL", parts,
+                       [token(p) for p in parts])
+    return len(parts)

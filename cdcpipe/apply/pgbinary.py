@@ -29,11 +29,13 @@ from cdcpipe.apply.keys import split_clustering
 from cdcpipe.apply.merge import UNSET
 from cdcpipe.cql import CqlType
 from cdcpipe.schema import Column, TableSchema
+from cdcpipe.tokens import token
 from cdcpipe.typemap import converter, deserializer, pg_type
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + bytes(8)  # signature, flags, no header extension
 TRAILER = b"\xff\xff"
 NULL = b"\xff\xff\xff\xff"
+_TOKEN_LENGTH = b"\x00\x00\x00\x08"  # _cdc_token: a bigint field
 
 RawWriter = Callable[[bytearray, bytes], bool]
 """Appends the field of a serialized value to the buffer and returns True, or appends nothing and returns False
@@ -296,7 +298,7 @@ class RecordWriter:
     def __init__(self, table: TableSchema, columns: list[_Column]) -> None:
         self._table = table
         self._columns = columns
-        self._count = (len(columns) + 6).to_bytes(2, "big")
+        self._count = (len(columns) + 7).to_bytes(2, "big")
         self._single_key = len(table.partition_key) == 1
         self._clustered = bool(table.clustering)
 
@@ -347,6 +349,8 @@ class RecordWriter:
         out += NULL if inexact is None else _array_field(25, inexact)  # text[]
         out += NULL if expires_at is None else instant_field(expires_at)
         out += stamp
+        out += _TOKEN_LENGTH
+        out += token(partition).to_bytes(8, "big", signed=True)
 
 
 def record_writer(table: TableSchema, columns: tuple[Column, ...]) -> RecordWriter | None:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from cdcpipe.apply import checkpoint, metrics, schema_history, truncations
+from cdcpipe.apply import checkpoint, metrics, migrate, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
 from cdcpipe.apply.consumer import EventConsumer
@@ -44,6 +44,7 @@ from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
 from cdcpipe.errors import ApplyError, CdcpipeError, OffsetGapError, postgres_error
 from cdcpipe.runtime import Health, serve, tune_gc
+from cdcpipe.schema import TableSchema
 from cdcpipe.topics import apply_dlq_topic, schema_changes_topic, schemas_topic, truncations_topic
 
 T = TypeVar("T")
@@ -75,6 +76,7 @@ class Apply:
                                   drop_columns=cfg.on_column_drop == "drop")
         self.truncs, self.history = truncs, history
         self._marked: set[tuple[str, str, int, str]] = set()  # (table, node, seen at ms, change) marked
+        self._tokens_filled: set[str] = set()  # tables with a token on every row
         self._applied = dict(applied or {})  # truncations applied to what is stored, per table
         self.writer.truncated.update(self._applied)
         self.applier = BatchApplier(self.writer, reader, dlq, cfg.group_id,
@@ -227,11 +229,23 @@ class Apply:
                         continue  # its mirror was dropped (apply.on_table_drop = drop)
                     while await self.writer.expire(table) > 0 and not stop.is_set():
                         pass
+                    await self._fill_tokens(table)
                     await self.writer.purge(table)
             except CdcpipeError as exc:  # PostgreSQL down: the next round catches up
                 if not exc.retriable:
                     raise
                 log.warning("maintenance failed, retrying next round", error=str(exc))
+
+    async def _fill_tokens(self, table: TableSchema) -> None:
+        """Rows mirrored before ``_cdc_token`` was kept get their partition token, a chunk per round."""
+        if table.name in self._tokens_filled:
+            return
+        lay = await self.writer.prepare(table)
+        try:
+            if await migrate.fill_tokens(self.pool, lay) == 0:
+                self._tokens_filled.add(table.name)
+        except Exception as exc:
+            raise postgres_error(exc, table=table.name) from exc
 
     def _take_truncations(self) -> None:
         """The latest truncation of each table, as read, becomes a floor of every batch of it; so does the creation

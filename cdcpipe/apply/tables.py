@@ -25,7 +25,7 @@ from cdcpipe.schema import Column, TableSchema
 from cdcpipe.typemap import pg_type, to_pg
 
 META_COLUMNS = ("_cdc_partition", "_cdc_clustering", "_cdc_meta", "_cdc_inexact", "_cdc_expires_at",
-                "_cdc_updated_at")
+                "_cdc_updated_at", "_cdc_token")
 _EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 STATE_FORMAT = 2  # of _cdc_meta (cdcpipe.apply.state)
 DDL_LOCK = 0x63646370  # advisory lock key serializing DDL between apply processes (and cdcpipe migrate-state)
@@ -100,7 +100,7 @@ class Layout:
             f"CREATE TABLE IF NOT EXISTS {self.target} ({', '.join(cols)}, "
             "_cdc_partition bytea NOT NULL, _cdc_clustering bytea NOT NULL, _cdc_meta bytea NOT NULL, "
             "_cdc_inexact text[], _cdc_expires_at timestamptz, _cdc_updated_at timestamptz NOT NULL DEFAULT now(), "
-            f"PRIMARY KEY ({pk}))",
+            f"_cdc_token bigint, PRIMARY KEY ({pk}))",
             f"CREATE UNIQUE INDEX IF NOT EXISTS {ident(name + '$key')} ON {self.target} "
             "(_cdc_partition, _cdc_clustering)",
             f"CREATE INDEX IF NOT EXISTS {ident(name + '$expires')} ON {self.target} (_cdc_expires_at) "
@@ -113,10 +113,15 @@ class Layout:
         return [*stmts, *self.column_ddl(existing)]
 
     def column_ddl(self, existing: frozenset[str] | None = None) -> list[str]:
-        """``ALTER TABLE`` adding the non-key columns missing from ``existing`` (None: every column)."""
-        return [f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {ident(c.name)} {pg_type(c.type)}"
-                for c in self.columns if c.kind not in ("partition_key", "clustering")
-                and (existing is None or c.name not in existing)]
+        """``ALTER TABLE`` adding the non-key columns missing from ``existing`` (None: every column), and the
+        partition token (``_cdc_token``, with its index) to a table made before it was kept."""
+        stmts = [f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS {ident(c.name)} {pg_type(c.type)}"
+                 for c in self.columns if c.kind not in ("partition_key", "clustering")
+                 and (existing is None or c.name not in existing)]
+        if existing is None or "_cdc_token" not in existing:
+            stmts += [f"ALTER TABLE {self.target} ADD COLUMN IF NOT EXISTS _cdc_token bigint",
+                      f"CREATE INDEX IF NOT EXISTS {ident(self.table.table + '$token')} ON {self.target} (_cdc_token)"]
+        return stmts
 
     def staging_ddl(self) -> str:
         cols = ", ".join(ident(c) for c in self.record_columns)

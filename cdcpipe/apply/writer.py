@@ -35,6 +35,7 @@ from cdcpipe.apply.tables import DDL_LOCK, Layout, ident, instant, layout, lock_
 from cdcpipe.errors import ApplyError, TableFaultError, postgres_error
 from cdcpipe.model import ChangeEvent, Deletion
 from cdcpipe.schema import DroppedColumn, TableSchema
+from cdcpipe.tokens import token
 from cdcpipe.typemap import converter
 
 _LOCK_BATCH = "SELECT pg_advisory_xact_lock_shared($1), pg_advisory_xact_lock($2)"
@@ -487,7 +488,7 @@ def _record(lay: Layout, plan: list[tuple[str, bool, Callable[[Any], tuple[Any, 
             if not exact:
                 inexact = [*(inexact or ()), name]
         out.append(v)
-    out += [key[0], key[1], encode_row(row), inexact, instant(rv.expires_at), stamp]
+    out += [key[0], key[1], encode_row(row), inexact, instant(rv.expires_at), stamp, token(key[0])]
     return tuple(out)
 
 

@@ -147,6 +147,10 @@ async def test_mirror_equals_cassandra_select(session: Session, settings: Settin
               f"{time.monotonic() - written:.1f}s after the last write")
         assert got == expected
         assert len(expected) >= 5
+        # every mirrored row carries its partition's token as Cassandra computes it
+        tokens = {r[1]: r[0] for r in session.execute(f"SELECT token(k), k FROM {ks}.t")}
+        stored = {r["k"]: r["_cdc_token"] for r in await pool.fetch(f"SELECT DISTINCT k, _cdc_token FROM {target}")}
+        assert stored and all(stored[k] == tokens[k] for k in stored), (stored, tokens)
     finally:
         apply.kill()
         cap.kill()

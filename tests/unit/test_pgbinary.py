@@ -18,6 +18,7 @@ from cdcpipe.apply.pgbinary import NULL, instant_field, raw_writer, record_write
 from cdcpipe.apply.tables import instant, layout
 from cdcpipe.cql import CqlType
 from cdcpipe.schema_source import parse_cql_schema
+from cdcpipe.tokens import token
 from cdcpipe.typemap import converter, deserializer, pg_type
 from tests.support.eventkit import DAY_NS, DAYS_MIN, MS_MAX, MS_MIN, raw_value
 
@@ -172,6 +173,7 @@ def test_record_layout() -> None:
     out = bytearray()
     w.write(out, b"\x00\x00\x00\x07", clustering, {"v": v}, b"\x02meta", None, instant_field(0))
     assert bytes(out) == (
-        struct.pack(">h", 9) + field(b"\x00\x00\x00\x07") + field(b"cc") + NULL
+        struct.pack(">h", 10) + field(b"\x00\x00\x00\x07") + field(b"cc") + NULL
         + field(b"\x00\x00\x00\x07") + field(clustering) + field(b"\x02meta")
-        + field(struct.pack(">iiiii", 1, 0, 25, 1, 1) + field(b"v")) + NULL + instant_field(0))
+        + field(struct.pack(">iiiii", 1, 0, 25, 1, 1) + field(b"v")) + NULL + instant_field(0)
+        + field(struct.pack(">q", token(b"\x00\x00\x00\x07"))))
