@@ -242,8 +242,10 @@ class Apply:
             return
         lay = await self.writer.prepare(table)
         try:
-            if await migrate.fill_tokens(self.pool, lay) == 0:
-                self._tokens_filled.add(table.name)
+            for _ in range(20):  # up to 100,000 partitions a round: the rest next round
+                if await migrate.fill_tokens(self.pool, lay) == 0:
+                    self._tokens_filled.add(table.name)
+                    return
         except Exception as exc:
             raise postgres_error(exc, table=table.name) from exc
 
