@@ -111,6 +111,21 @@ def _add_snapshot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     parser.set_defaults(func=run)
 
 
+def _add_reconcile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser("reconcile", help="compare PostgreSQL with Cassandra by token range, record the drift, "
+                            "and with --repair fix it through the pipeline (exit 0 equal, 1 drift, 2 could not run)")
+
+    def run(args: argparse.Namespace, settings: Settings) -> int:
+        from cdcpipe.reconcile import pipeline
+
+        return pipeline.main(settings, args)
+
+    from cdcpipe.reconcile.pipeline import add_arguments
+
+    add_arguments(parser)
+    parser.set_defaults(func=run)
+
+
 def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from cdcpipe import demo, status
 
@@ -138,6 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_processes(sub)
     _add_migrate_state(sub)
     _add_snapshot(sub)
+    _add_reconcile(sub)
     _add_demo(sub)
 
     return parser
