@@ -126,17 +126,15 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
                 if not r.differences:
                     continue
                 table = next(t for t in tables if t.name == r.table)
+                edited = [d.key for d in r.differences if d.kind == DATA_MISMATCH and d.key[1] is not None]
+                if edited:  # a merge state equal to Cassandra's with columns edited by hand: viewed again from it
+                    await _review(settings, table, edited)
                 emitted, deleted, left = await asyncio.to_thread(repair, settings, table, r.differences,
                                                                  args.consistency)
-                log.info("repair produced", table=r.table, events=emitted, deletions=deleted, left_to_operator=left)
+                log.info("repair produced", table=r.table, events=emitted, deletions=deleted, viewed_again=len(edited),
+                         left_to_operator=left)
                 await settle(session, conn, table, r, schema_prefix=prefix, consistency=consistency,
                              settle_s=args.repair_wait_s)
-                edited = [d.key for d in r.differences if d.kind == DATA_MISMATCH and d.key[1] is not None]
-                if edited:  # merge state equal to Cassandra's, columns edited by hand: view the rows again
-                    await _review(settings, table, edited)
-                    log.info("rows viewed again from their merge state", table=r.table, rows=len(edited))
-                    await settle(session, conn, table, r, schema_prefix=prefix, consistency=consistency,
-                                 settle_s=args.settle_s)
         drift = any(r.differences for r in results)
         status = ("drift" if drift else "repaired") if repaired else ("drift" if drift else "equal")
         await store.record(conn, run_id, started, results, status, repaired)
@@ -169,7 +167,10 @@ async def _review(settings: Settings, table: TableSchema, keys: list[tuple[bytes
 
 
 def main(settings: Settings, args: Any, out: IO[str] | None = None) -> int:
-    """The ``cdcpipe reconcile`` command (see the module for the exit codes)."""
+    """The ``cdcpipe reconcile`` command (see the module for the exit codes); logs go to stderr."""
+    from cdcpipe.observability import configure_logging
+
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
     try:
         return asyncio.run(run(settings, args, out or sys.stdout))
     except Exception as exc:  # cannot connect, a table that does not exist, a server refusing: could not run
