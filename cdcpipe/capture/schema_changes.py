@@ -103,8 +103,8 @@ class SchemaChangeWatch:
         try:
             row = self._session.execute("SELECT schema_version FROM system.local WHERE key = 'local'",
                                         timeout=10).one()
-            version = getattr(row, "schema_version", None)
-            if version is not None and version == self._schema_version:
+            node_version = getattr(row, "schema_version", None)
+            if node_version is not None and node_version == self._schema_version:
                 return 0  # no DDL on this node since the last look: nothing to compare
             loaded = self._load()
             tables = {t.name: t for t in loaded if self._captured.patterns_match(t)}
@@ -147,7 +147,7 @@ class SchemaChangeWatch:
         if out:
             self._publish(out)
         self._polled_us = now_us
-        self._schema_version = version
+        self._schema_version = node_version
         return len(out)
 
     def truncated(self, table: TableSchema, truncated_at_ms: int) -> None:
