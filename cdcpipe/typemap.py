@@ -332,6 +332,10 @@ def render_doc() -> str:
         "| `_cdc_inexact` | text[] | columns whose PostgreSQL value is not the exact Cassandra value |",
         "| `_cdc_expires_at` | timestamptz | when the row's content next changes by TTL expiry (NULL: never) |",
         "| `_cdc_updated_at` | timestamptz | when apply last wrote the row |",
+        "| `_cdc_token` | bigint | the partition's token as Cassandra computes it (Murmur3Partitioner, "
+        "`cdcpipe/tokens.py`), indexed: token-range comparisons (`cdcpipe reconcile`). Mirrors made before it was "
+        "kept get the column when apply next prepares the table, and their rows get the value in chunks from apply's "
+        "maintenance pass (`migrate.fill_tokens`) |",
         "",
     ]
     return "\n".join(lines)

@@ -1,6 +1,8 @@
 """The package's layers: capture and apply depend only on the core, never on each other; the product never
-depends on the demo.  Read from the source (every ``import``, also those inside functions), so a lazy import
-cannot slip through, and checked once more on ``sys.modules`` of a fresh interpreter."""
+depends on the demo; ``reconcile`` (a tool over a running pipeline) may use apply's storage format and the
+snapshot, never capture, and no side uses it.  Read from the source (every ``import``, also those inside
+functions), so a lazy import cannot slip through, and checked once more on ``sys.modules`` of a fresh
+interpreter."""
 
 from __future__ import annotations
 
@@ -39,26 +41,30 @@ def imports(root: Path, path: Path) -> set[str]:
     return {m for m in out if m == root.name or m.startswith(root.name + ".")}
 
 
+TOOLS = {"reconcile": ("apply", "snapshot")}  # a tool over the sides: the sides it may use
+
+
 def layer(module: str) -> str:
-    """``core``, a side (``capture``, ``apply``), ``demo`` or ``entry``."""
+    """``core``, a side (``capture``, ``apply``, ``snapshot``), a tool (``reconcile``), ``demo`` or ``entry``."""
     if module in ENTRY_POINTS:
         return "entry"
     parts = module.split(".")
-    if len(parts) >= 2 and parts[1] in (*SIDES, "demo"):
+    if len(parts) >= 2 and parts[1] in (*SIDES, *TOOLS, "demo"):
         return parts[1]
     return "core"
 
 
 def violations(root: Path) -> list[str]:
     """Each import that breaks a rule: the core imports no side and no demo; a side imports only the core and
-    itself; only the demo itself and the entry points import the demo."""
+    itself; a tool only the core, itself and its sides; only the demo itself and the entry points import the demo
+    (or a tool)."""
     found = []
     for path in sorted(root.rglob("*.py")):
         src = module_name(root, path).replace(root.name, "cdcpipe", 1)
         for target in sorted(imports(root, path)):
             target = target.replace(root.name, "cdcpipe", 1)
             have, want = layer(src), layer(target)
-            if want in ("core", have) or have in ("entry", "demo"):
+            if want in ("core", have) or have in ("entry", "demo") or want in TOOLS.get(have, ()):
                 continue
             found.append(f"{src} ({have}) imports {target} ({want})")
     return found
@@ -80,6 +86,8 @@ def write(root: Path, rel: str, text: str = "") -> None:
     ("capture/batches.py", "import cdcpipe.apply.merge\n", "cdcpipe.capture.batches (capture) imports"),
     ("typemap.py", "from cdcpipe.capture import rows\n", "cdcpipe.typemap (core) imports"),
     ("apply/view.py", "from cdcpipe.demo import fidelity\n", "cdcpipe.apply.view (apply) imports"),
+    ("reconcile/compare.py", "from cdcpipe.capture import segment\n", "cdcpipe.reconcile.compare (reconcile) imports"),
+    ("apply/writer.py", "from cdcpipe.reconcile import compare\n", "cdcpipe.apply.writer (apply) imports"),
 ])
 def test_the_check_catches_a_wrong_import(tmp_path: Path, rel: str, text: str, expected: str) -> None:
     root = tmp_path / "cdcpipe"
