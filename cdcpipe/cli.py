@@ -7,6 +7,7 @@ into one line on stderr and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from collections.abc import Callable
@@ -96,33 +97,17 @@ def _add_migrate_state(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.set_defaults(func=run)
 
 
-def _add_snapshot(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("snapshot", help="load the rows tables already hold, with their write times, into the "
-                            "event topics (run it while capture and apply run)")
+def _add_tool(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str) -> None:
+    """``cdcpipe <name>``: a one-shot command whose ``cdcpipe.<name>.pipeline`` module has ``add_arguments`` and
+    ``main(settings, args)``."""
+    parser = sub.add_parser(name, help=help_text)
+    module = importlib.import_module(f"cdcpipe.{name}.pipeline")
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
-        from cdcpipe.snapshot import pipeline
+        code: int = module.main(settings, args)
+        return code
 
-        return pipeline.main(settings, args)
-
-    from cdcpipe.snapshot.pipeline import add_arguments
-
-    add_arguments(parser)
-    parser.set_defaults(func=run)
-
-
-def _add_reconcile(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = sub.add_parser("reconcile", help="compare PostgreSQL with Cassandra by token range, record the drift, "
-                            "and with --repair fix it through the pipeline (exit 0 equal, 1 drift, 2 could not run)")
-
-    def run(args: argparse.Namespace, settings: Settings) -> int:
-        from cdcpipe.reconcile import pipeline
-
-        return pipeline.main(settings, args)
-
-    from cdcpipe.reconcile.pipeline import add_arguments
-
-    add_arguments(parser)
+    module.add_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -152,8 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     # (subcommands of the capture and apply processes are added below this line)
     _add_processes(sub)
     _add_migrate_state(sub)
-    _add_snapshot(sub)
-    _add_reconcile(sub)
+    _add_tool(sub, "snapshot", "load the rows tables already hold, with their write times, into the event topics "
+              "(run it while capture and apply run)")
+    _add_tool(sub, "reconcile", "compare PostgreSQL with Cassandra by token range, record the drift, and with "
+              "--repair fix it through the pipeline (exit 0 equal, 1 drift, 2 could not run)")
     _add_demo(sub)
 
     return parser

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -24,25 +25,21 @@ def read_checkpoint(kafka: KafkaSettings, topic: str, node: str, timeout_s: floa
     return read_checkpoint_record(kafka, topic, node, timeout_s)[0]
 
 
-def read_checkpoint_record(kafka: KafkaSettings, topic: str, node: str,
-                           timeout_s: float = 30.0) -> tuple[Position | None, dict[str, Any] | None]:
-    """The last committed position of ``node`` and what the log said of its tables' cdc flags there
-    (:mod:`cdcpipe.capture.cdc_switch`; None in a record written before it was kept)."""
+def read_to_end(config: dict[str, Any], topic: str, timeout_s: float = 30.0) -> Iterator[Any]:
+    """Every record of every partition of ``topic``, from the beginning to its end as of the first read, with
+    ``isolation.level=read_committed`` (blocking; nothing when the topic does not exist).  Raises
+    :class:`CheckpointError`: retriable when the end is not reached within ``timeout_s`` or the broker fails
+    retriably."""
     consumer = Consumer({
-        **kafka.client_config(), "group.id": f"cdcpipe-checkpoint-{uuid.uuid4()}", "enable.auto.commit": False,
+        **config, "group.id": f"cdcpipe-read-{uuid.uuid4()}", "enable.auto.commit": False,
         "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
-        if meta is None or meta.error is not None:
-            return None, None
-        parts = [TopicPartition(topic, p, -2) for p in meta.partitions]  # -2: OFFSET_BEGINNING
-        if not parts:
-            return None, None
-        consumer.assign(parts)
-        pending = {p.partition for p in parts}
-        found: Position | None = None
-        switches: dict[str, Any] | None = None
+        if meta is None or meta.error is not None or not meta.partitions:
+            return
+        consumer.assign([TopicPartition(topic, p, -2) for p in meta.partitions])  # -2: OFFSET_BEGINNING
+        pending = set(meta.partitions)
         deadline = time.monotonic() + timeout_s
         while pending:
             if time.monotonic() > deadline:
@@ -56,17 +53,27 @@ def read_checkpoint_record(kafka: KafkaSettings, topic: str, node: str,
                     pending.discard(msg.partition())
                     continue
                 raise CheckpointError(topic, err.str(), partition=msg.partition() or 0, retriable=err.retriable())
-            if msg.key() != node.encode():
-                continue
-            try:
-                value = json.loads(msg.value() or b"")
-                found = Position(int(value["segment_id"]), int(value["offset"]))
-                switches = value.get("cdc_log")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise CheckpointError(topic, f"malformed position record: {exc}", partition=msg.partition() or 0,
-                                      offset=msg.offset() or -1, retriable=False) from exc
-        return found, switches
+            yield msg
     except KafkaException as exc:
         raise CheckpointError(topic, str(exc), retriable=True) from exc
     finally:
         consumer.close()
+
+
+def read_checkpoint_record(kafka: KafkaSettings, topic: str, node: str,
+                           timeout_s: float = 30.0) -> tuple[Position | None, dict[str, Any] | None]:
+    """The last committed position of ``node`` and what the log said of its tables' cdc flags there
+    (:mod:`cdcpipe.capture.cdc_switch`; None in a record written before it was kept)."""
+    found: Position | None = None
+    switches: dict[str, Any] | None = None
+    for msg in read_to_end(kafka.client_config(), topic, timeout_s):
+        if msg.key() != node.encode():
+            continue
+        try:
+            value = json.loads(msg.value() or b"")
+            found = Position(int(value["segment_id"]), int(value["offset"]))
+            switches = value.get("cdc_log")
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(topic, f"malformed position record: {exc}", partition=msg.partition() or 0,
+                                  offset=msg.offset() or -1, retriable=False) from exc
+    return found, switches

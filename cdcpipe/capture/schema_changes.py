@@ -14,17 +14,17 @@ publishes only what changed while it was down; until that read succeeds it publi
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from cdcpipe import avro
 from cdcpipe.capture import metrics
 from cdcpipe.capture.batches import TableFilter
-from cdcpipe.errors import CassandraReadError, KafkaProduceError
+from cdcpipe.capture.checkpoint import read_to_end
+from cdcpipe.errors import CassandraReadError, CheckpointError, KafkaProduceError
 from cdcpipe.schema import TableSchema
 from cdcpipe.schema_changes import SchemaChange, SchemaChangeRecord, Shape, diff, shape_of
 from cdcpipe.topics import schema_changes_topic, schemas_topic
@@ -57,38 +57,16 @@ class SchemaChangeWatch:
     def restore(self, timeout_s: float = 30.0) -> None:
         """Read back what this node published (blocking); raises KafkaProduceError (retriable) on failure."""
         last: dict[str, SchemaChangeRecord] = {}
-        c = Consumer({**self._kafka, "group.id": f"cdcpipe-schema-changes-{uuid.uuid4()}", "enable.auto.commit": False,
-                      "enable.partition.eof": True, "auto.offset.reset": "earliest"})
         try:
-            meta = c.list_topics(self._topic, timeout=timeout_s).topics.get(self._topic)
-            if meta is not None and meta.error is None and meta.partitions:
-                c.assign([TopicPartition(self._topic, p, -2) for p in meta.partitions])
-                pending, deadline = set(meta.partitions), time.monotonic() + timeout_s
-                while pending:
-                    if time.monotonic() > deadline:
-                        raise KafkaProduceError(f"{self._topic} not read to its end within {timeout_s:.0f} s",
-                                                topic=self._topic, retriable=True)
-                    msg = c.poll(0.5)
-                    if msg is None:
-                        continue
-                    err = msg.error()
-                    if err is not None:
-                        if err.code() == KafkaError._PARTITION_EOF:
-                            pending.discard(msg.partition())
-                            continue
-                        raise KafkaProduceError(err.str(), topic=self._topic, retriable=True)
-                    rec = SchemaChangeRecord.from_value(msg.value() or b"")
-                    if rec is None or rec.node != self._node:
-                        continue
-                    if any(ch.change == "truncated" for ch in rec.changes) and rec.changed_at_us is not None:
-                        self._truncated[rec.table] = max(self._truncated.get(rec.table, 0), rec.changed_at_us)
-                    last[rec.table] = rec
-        except KafkaProduceError:
-            raise
-        except Exception as exc:  # librdkafka errors of every kind: read again at the next round
+            for msg in read_to_end(self._kafka, self._topic, timeout_s):
+                rec = SchemaChangeRecord.from_value(msg.value() or b"")
+                if rec is None or rec.node != self._node:
+                    continue
+                if any(ch.change == "truncated" for ch in rec.changes) and rec.changed_at_us is not None:
+                    self._truncated[rec.table] = max(self._truncated.get(rec.table, 0), rec.changed_at_us)
+                last[rec.table] = rec
+        except CheckpointError as exc:  # read again at the next round
             raise KafkaProduceError(f"reading {self._topic}: {exc}", topic=self._topic, retriable=True) from exc
-        finally:
-            c.close()
         self._last = last
         for rec in last.values():
             metrics.SCHEMA_VERSION.labels(rec.table).set(rec.ordinal)

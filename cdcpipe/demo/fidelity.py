@@ -29,7 +29,7 @@ from cdcpipe.apply.tables import ident
 from cdcpipe.reconcile.canonical import (
     Mismatch,
     RawColumns,
-    _columns,
+    all_columns,
     canon,
     clustering_bytes,
     diff,
@@ -97,7 +97,7 @@ async def compare(cass_session: Any, pg_conn: Any, tables: Iterable[TableSchema]
     started = time.monotonic()
     reports = []
     for table in tables:
-        counters = [c.name for c in _columns(table) if c.type.name == "counter"]
+        counters = [c.name for c in all_columns(table) if c.type.name == "counter"]
         if counters:
             reports.append(TableReport(table.name, 0, 0, 0, "", "", (), refused=(
                 f"counter columns {counters}: apply refuses counter tables (ADR 0002)")))

@@ -138,14 +138,14 @@ def clustering_bytes(values: Sequence[bytes]) -> bytes:
 
 
 @dataclass
-class _Side:
+class Side:
     rows: dict[tuple[bytes, bytes | None], dict[str, str]] = field(default_factory=dict)
     keys: dict[tuple[bytes, bytes | None], tuple[Any, ...]] = field(default_factory=dict)
     inexact: dict[tuple[bytes, bytes | None], set[str]] = field(default_factory=dict)
     raw: dict[tuple[bytes, bytes | None], dict[str, bytes]] = field(default_factory=dict)
     meta: dict[tuple[bytes, bytes | None], RowState] = field(default_factory=dict)
 
-    def update(self, other: _Side) -> None:
+    def update(self, other: Side) -> None:
         self.rows.update(other.rows)
         self.keys.update(other.keys)
         self.inexact.update(other.inexact)
@@ -161,18 +161,18 @@ class _Side:
         return h.hexdigest()[:16]
 
 
-def _columns(table: TableSchema) -> tuple[Column, ...]:
+def all_columns(table: TableSchema) -> tuple[Column, ...]:
     return (*table.partition_key, *table.clustering, *table.static, *table.regular)
 
 
 def read_cassandra(session: Any, table: TableSchema, consistency: int | None = None, *,
                    tokens: tuple[int, int] | None = None, partitions: frozenset[bytes] | None = None,
-                   pace: Any = None) -> _Side:
+                   pace: Any = None) -> Side:
     """Every row of ``SELECT *`` as canonical mapped values (``session`` from :func:`raw_session`); only those of
     partitions with a token in ``tokens`` (``(lo, hi]``) and/or in ``partitions``; ``pace(n)`` is called per page
     of ``n`` rows (a rate limit)."""
     if partitions is not None:  # one read per token: the partitions of a token are few
-        side = _Side()
+        side = Side()
         for t in sorted({token(p) for p in partitions}):
             if tokens is None or tokens[0] < t <= tokens[1]:
                 part = read_cassandra(session, table, consistency, tokens=(t - 1, t), pace=pace)
@@ -183,7 +183,7 @@ def read_cassandra(session: Any, table: TableSchema, consistency: int | None = N
         return side
     from cassandra.query import SimpleStatement
 
-    side = _Side()
+    side = Side()
     query = f"SELECT * FROM {ident(table.keyspace)}.{ident(table.table)}"
     if tokens is not None:
         names_pk = ", ".join(ident(c.name) for c in table.partition_key)
@@ -193,7 +193,7 @@ def read_cassandra(session: Any, table: TableSchema, consistency: int | None = N
         stmt.consistency_level = consistency
     result = session.execute(stmt)
     names = list(result.column_names)
-    types = {c.name: c for c in _columns(table)}
+    types = {c.name: c for c in all_columns(table)}
     for n, row in enumerate(result):
         if pace is not None and n % 2000 == 0:
             pace(2000)
@@ -221,16 +221,16 @@ def read_cassandra(session: Any, table: TableSchema, consistency: int | None = N
 
 
 async def read_postgres(conn: Any, table: TableSchema, schema_prefix: str = "", now: int | None = None, *,
-                        tokens: tuple[int, int] | None = None, partitions: frozenset[bytes] | None = None) -> _Side:
+                        tokens: tuple[int, int] | None = None, partitions: frozenset[bytes] | None = None) -> Side:
     """Every mirrored row, plus partitions whose only live data is static (from ``<t>$partition``); only those of
     partitions with a token in ``tokens`` (``(lo, hi]``, by ``_cdc_token``) and/or in ``partitions``."""
-    side = _Side()
+    side = Side()
     schema = ident(schema_prefix + table.keyspace)
     target = f"{schema}.{ident(table.table)}"
     exists = await conn.fetchval("SELECT to_regclass($1)", target)
     if exists is None:
         return side
-    cols = _columns(table)
+    cols = all_columns(table)
     select = ", ".join(ident(c.name) for c in cols)
     with_rows: set[bytes] = set()
     where, args = _where(tokens, partitions)
@@ -288,7 +288,7 @@ def _where(tokens: tuple[int, int] | None, partitions: frozenset[bytes] | None) 
     return (" WHERE " + " AND ".join(conds) if conds else ""), args
 
 
-def diff(table: TableSchema, cass: _Side, pg: _Side) -> list[Mismatch]:
+def diff(table: TableSchema, cass: Side, pg: Side) -> list[Mismatch]:
     out: list[Mismatch] = []
     for key in sorted(set(cass.rows) | set(pg.rows), key=lambda k: (k[0], k[1] or b"")):
         shown = cass.keys.get(key) or pg.keys.get(key) or ()

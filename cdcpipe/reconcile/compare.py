@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcpipe.apply.merge import RowState
-from cdcpipe.reconcile.canonical import Key, _Side, read_cassandra, read_postgres
+from cdcpipe.reconcile.canonical import Key, Side, read_cassandra, read_postgres
 from cdcpipe.schema import TableSchema
 from cdcpipe.tokens import MAX_TOKEN, MIN_TOKEN
 
@@ -78,7 +78,7 @@ def token_ranges(splits: int) -> list[tuple[int, int]]:
     return list(itertools.pairwise(bounds))
 
 
-def classify(table: TableSchema, cass: _Side, pg: _Side) -> list[Difference]:
+def classify(table: TableSchema, cass: Side, pg: Side) -> list[Difference]:
     """The rows that differ between the two sides of the same partitions, one :class:`Difference` per row."""
     by_key: dict[Key, list[str]] = {}
     for key in set(cass.rows) | set(pg.rows):

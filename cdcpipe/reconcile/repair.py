@@ -37,7 +37,7 @@ def repair(settings: Settings, table: TableSchema, differences: Sequence[Differe
         gone = [d for d in differences if d.kind == MISSING_IN_CASSANDRA]
         deletable = [d for d in gone if d.key[1] is not None and d.newest is not None]
         if deletable:
-            _, schema, topic, _ = snap._prepare(table)
+            schema, topic = snap.output(table)
             source = source_of(table, snap.cluster_name, snap.datacenter)
             batch = Batch()
             now_s = int(time.time())

@@ -227,6 +227,11 @@ class Snapshot:
         metrics.EVENTS.labels(name).inc(events)
         return rows, events
 
+    def output(self, table: TableSchema) -> tuple[EventSchema, str]:
+        """The event schema (published) and topic that events of ``table`` are produced with."""
+        _, schema, topic, _ = self._prepare(table)
+        return schema, topic
+
     def emit_partitions(self, table: TableSchema, keys: Iterable[bytes]) -> int:
         """Produce the current Cassandra state of the partitions with these stored keys (as capture's Kafka keys)
         of ``table``; returns the events produced, all acknowledged.  A partition that no longer exists produces

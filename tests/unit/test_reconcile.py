@@ -7,7 +7,7 @@ import itertools
 
 from cdcpipe.apply.merge import ComplexState, RowState, Version
 from cdcpipe.model import Deletion
-from cdcpipe.reconcile.canonical import _Side
+from cdcpipe.reconcile.canonical import Side
 from cdcpipe.reconcile.compare import (
     DATA_MISMATCH,
     MISSING_IN_CASSANDRA,
@@ -31,8 +31,8 @@ def test_token_ranges_cover_the_ring_once() -> None:
         assert all(lo < hi for lo, hi in ranges)
 
 
-def side(rows: dict[tuple[bytes, bytes | None], dict[str, str]]) -> _Side:
-    s = _Side()
+def side(rows: dict[tuple[bytes, bytes | None], dict[str, str]]) -> Side:
+    s = Side()
     for key, values in rows.items():
         s.rows[key] = values
         s.keys[key] = (key[0], key[1])
