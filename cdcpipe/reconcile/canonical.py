@@ -34,7 +34,7 @@ from cdcpipe.apply.tables import ident
 from cdcpipe.apply.view import static_view
 from cdcpipe.schema import Column, TableSchema
 from cdcpipe.tokens import token
-from cdcpipe.typemap import deserialize, pg_type, to_pg
+from cdcpipe.typemap import converter, deserialize, deserializer, pg_type, to_pg
 
 _GRACE = 10**9  # statics: only liveness matters here, not when tombstones may be forgotten
 Key = tuple[bytes, bytes | None]  # (partition, clustering; None: a partition with only static data)
@@ -109,7 +109,10 @@ def canon(pg: str, value: Any) -> str:
         return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     if pg.endswith("[]"):
         return "[" + ",".join(canon(pg[:-2], v) for v in value) + "]"
-    if isinstance(value, float):
+    kind = type(value)
+    if kind is int or kind is str:
+        return str(value)
+    if kind is float:
         return "NaN" if math.isnan(value) else repr(value)
     if isinstance(value, decimal.Decimal):
         return format(value, "f")
@@ -144,8 +147,10 @@ class Side:
     inexact: dict[tuple[bytes, bytes | None], set[str]] = field(default_factory=dict)
     raw: dict[tuple[bytes, bytes | None], dict[str, bytes]] = field(default_factory=dict)
     meta: dict[tuple[bytes, bytes | None], RowState] = field(default_factory=dict)
+    size: int = 0  # the characters of the canonical values read (what a comparison transferred)
 
     def update(self, other: Side) -> None:
+        self.size += other.size
         self.rows.update(other.rows)
         self.keys.update(other.keys)
         self.inexact.update(other.inexact)
@@ -163,6 +168,60 @@ class Side:
 
 def all_columns(table: TableSchema) -> tuple[Column, ...]:
     return (*table.partition_key, *table.clustering, *table.static, *table.regular)
+
+
+class Columns:
+    """A table's columns in the canonical order with their conversions, the type dispatch done once: Cassandra's
+    serialized bytes → typed value (:func:`cdcpipe.typemap.deserializer`) → the value PostgreSQL holds
+    (:func:`cdcpipe.typemap.converter`) → its canonical text (:func:`canon`)."""
+
+    def __init__(self, table: TableSchema) -> None:
+        self.table = table
+        self.columns = all_columns(table)
+        self.names = tuple(c.name for c in self.columns)
+        self.pg_types = tuple(pg_type(c.type) for c in self.columns)
+        self._decode = tuple(deserializer(c.type) for c in self.columns)
+        self._convert = tuple(converter(c.type) for c in self.columns)
+        self.n_pk, self.n_ck = len(table.partition_key), len(table.clustering)
+
+    def select(self, tokens: tuple[int, int] | None = None) -> str:
+        """``SELECT token(pk), <columns in canonical order> FROM ks.t`` (of partitions in ``tokens``)."""
+        pk = ", ".join(ident(c.name) for c in self.table.partition_key)
+        query = (f"SELECT token({pk}), {', '.join(ident(n) for n in self.names)} FROM "
+                 f"{ident(self.table.keyspace)}.{ident(self.table.table)}")
+        if tokens is not None:
+            query += f" WHERE token({pk}) > {int(tokens[0])} AND token({pk}) <= {int(tokens[1])}"
+        return query
+
+    def cassandra(self, raw: Sequence[Any]) -> tuple[Key, list[str], set[str], dict[str, bytes]]:
+        """One row of :meth:`select` (without its token; serialized values in canonical column order): its key,
+        canonical values, the columns PostgreSQL cannot hold exactly, and those columns' exact bytes."""
+        n_pk, n_ck = self.n_pk, self.n_ck
+        pk, ck = raw[:n_pk], raw[n_pk:n_pk + n_ck]
+        static_only = n_ck > 0 and all(v is None for v in ck)
+        key = (partition_bytes(pk), None if static_only else clustering_bytes(ck))
+        values: list[str] = []
+        inexact: set[str] = set()
+        exact_raw: dict[str, bytes] = {}
+        for i, data in enumerate(raw):
+            if data is None:
+                values.append("null")
+                continue
+            typed = self._decode[i](data)
+            conv = self._convert[i]
+            if conv is None:
+                values.append(canon(self.pg_types[i], typed))
+                continue
+            mapped, exact = conv(typed) if typed is not None else (None, True)
+            values.append(canon(self.pg_types[i], mapped))
+            if not exact:
+                inexact.add(self.names[i])
+                exact_raw[self.names[i]] = bytes(data)
+        return key, values, inexact, exact_raw
+
+    def shown(self, raw: Sequence[Any]) -> tuple[Any, ...]:
+        """The typed primary-key values of a row of :meth:`select` (without its token)."""
+        return tuple(None if v is None else self._decode[i](v) for i, v in enumerate(raw[:self.n_pk + self.n_ck]))
 
 
 def read_cassandra(session: Any, table: TableSchema, consistency: int | None = None, *,
@@ -184,46 +243,28 @@ def read_cassandra(session: Any, table: TableSchema, consistency: int | None = N
     from cassandra.query import SimpleStatement
 
     side = Side()
-    query = f"SELECT * FROM {ident(table.keyspace)}.{ident(table.table)}"
-    if tokens is not None:
-        names_pk = ", ".join(ident(c.name) for c in table.partition_key)
-        query += f" WHERE token({names_pk}) > {int(tokens[0])} AND token({names_pk}) <= {int(tokens[1])}"
-    stmt = SimpleStatement(query, fetch_size=2000)
+    cols = Columns(table)
+    stmt = SimpleStatement(cols.select(tokens), fetch_size=2000)
     if consistency is not None:
         stmt.consistency_level = consistency
-    result = session.execute(stmt)
-    names = list(result.column_names)
-    types = {c.name: c for c in all_columns(table)}
-    for n, row in enumerate(result):
+    for n, row in enumerate(session.execute(stmt)):
         if pace is not None and n % 2000 == 0:
             pace(2000)
-        raw = dict(zip(names, row, strict=True))
-        pk = [raw[c.name] for c in table.partition_key]
-        ck = [raw[c.name] for c in table.clustering]
-        static_only = bool(table.clustering) and all(v is None for v in ck)
-        key = (partition_bytes(pk), None if static_only else clustering_bytes(ck))
-        values, inexact, exact_raw = {}, set(), {}
-        for name, col in types.items():
-            data = raw.get(name)
-            typed = None if data is None else deserialize(col.type, data)
-            mapped, exact = to_pg(col.type, typed)
-            values[name] = canon(pg_type(col.type), mapped)
-            if not exact:
-                inexact.add(name)
-                if data is not None:
-                    exact_raw[name] = bytes(data)
-        side.rows[key] = values
+        key, values, inexact, exact_raw = cols.cassandra(row[1:])
+        side.rows[key] = dict(zip(cols.names, values, strict=True))
         side.inexact[key] = inexact
         side.raw[key] = exact_raw
-        side.keys[key] = tuple(None if raw[c.name] is None else deserialize(c.type, raw[c.name])
-                               for c in (*table.partition_key, *table.clustering))
+        side.keys[key] = cols.shown(row[1:])
+        side.size += sum(map(len, values))
     return side
 
 
 async def read_postgres(conn: Any, table: TableSchema, schema_prefix: str = "", now: int | None = None, *,
-                        tokens: tuple[int, int] | None = None, partitions: frozenset[bytes] | None = None) -> Side:
+                        tokens: tuple[int, int] | None = None, partitions: frozenset[bytes] | None = None,
+                        statics: frozenset[bytes] | None = None) -> Side:
     """Every mirrored row, plus partitions whose only live data is static (from ``<t>$partition``); only those of
-    partitions with a token in ``tokens`` (``(lo, hi]``, by ``_cdc_token``) and/or in ``partitions``."""
+    partitions with a token in ``tokens`` (``(lo, hi]``, by ``_cdc_token``) and/or in ``partitions``.  ``statics``:
+    the only partitions whose static data to look at (known from :func:`static_only`; default: every one)."""
     side = Side()
     schema = ident(schema_prefix + table.keyspace)
     target = f"{schema}.{ident(table.table)}"
@@ -239,41 +280,59 @@ async def read_postgres(conn: Any, table: TableSchema, schema_prefix: str = "", 
         key = (bytes(r["_cdc_partition"]), bytes(r["_cdc_clustering"]))
         with_rows.add(key[0])
         side.rows[key] = {c.name: canon(pg_type(c.type), r[c.name]) for c in cols}
+        side.size += sum(map(len, side.rows[key].values()))
         side.inexact[key] = set(r["_cdc_inexact"] or [])
         side.meta[key] = decode_row(r["meta"])
         side.keys[key] = tuple(r[c.name] for c in (*table.partition_key, *table.clustering))
     if not table.clustering:
         return side
     now = int(time.time()) if now is None else now
+    only = partitions if statics is None else statics if partitions is None else partitions & statics
+    if only is not None and not only:
+        return side
     for r in await conn.fetch(f"SELECT _cdc_partition, _cdc_meta AS meta FROM "
                               f"{schema}.{ident(table.table + '$partition')}"
-                              + (" WHERE _cdc_partition = ANY($1::bytea[])" if partitions is not None else ""),
-                              *([list(partitions)] if partitions is not None else [])):
+                              + (" WHERE _cdc_partition = ANY($1::bytea[])" if only is not None else ""),
+                              *([list(only)] if only is not None else [])):
         p = bytes(r["_cdc_partition"])
         if tokens is not None and not tokens[0] < token(p) <= tokens[1]:
             continue
-        view = static_view(table, decode_partition(r["meta"]), now, _GRACE)
-        if p in with_rows or not view.live:
+        if p in with_rows:
             continue
-        key_values = [deserialize(c.type, v) for c, v in zip(table.partition_key,
-                                                             table.partition_key_values(p), strict=True)]
-        values: dict[str, str] = {}
-        inexact: set[str] = set()
-        for c in cols:
-            if c.kind == "partition_key":
-                typed = key_values[c.position if c.position >= 0 else 0]
-            elif c.kind == "static":
-                typed = view.values.get(c.name)
-            else:
-                typed = None
-            mapped, exact = to_pg(c.type, typed)
-            values[c.name] = canon(pg_type(c.type), mapped)
-            if not exact:
-                inexact.add(c.name)
+        found = static_row(table, p, bytes(r["meta"]), now)
+        if found is None:
+            continue
+        values, inexact, shown = found
         side.rows[(p, None)] = values
         side.inexact[(p, None)] = inexact
-        side.keys[(p, None)] = (*key_values, *(None for _ in table.clustering))
+        side.keys[(p, None)] = shown
+        side.size += sum(map(len, values.values()))
     return side
+
+
+def static_row(table: TableSchema, partition: bytes, meta: bytes,
+               now: int) -> tuple[dict[str, str], set[str], tuple[Any, ...]] | None:
+    """The row Cassandra's ``SELECT *`` shows for a partition with only static data, from its ``<t>$partition``
+    state (None: no live static data): canonical values, inexact columns, typed key values."""
+    view = static_view(table, decode_partition(meta), now, _GRACE)
+    if not view.live:
+        return None
+    key_values = [deserialize(c.type, v) for c, v in zip(table.partition_key,
+                                                         table.partition_key_values(partition), strict=True)]
+    values: dict[str, str] = {}
+    inexact: set[str] = set()
+    for c in all_columns(table):
+        if c.kind == "partition_key":
+            typed = key_values[c.position if c.position >= 0 else 0]
+        elif c.kind == "static":
+            typed = view.values.get(c.name)
+        else:
+            typed = None
+        mapped, exact = to_pg(c.type, typed)
+        values[c.name] = canon(pg_type(c.type), mapped)
+        if not exact:
+            inexact.add(c.name)
+    return values, inexact, (*key_values, *(None for _ in table.clustering))
 
 
 def _where(tokens: tuple[int, int] | None, partitions: frozenset[bytes] | None) -> tuple[str, list[Any]]:

@@ -1,10 +1,9 @@
 """One table compared, token range by token range, and its differences classified.
 
-Each range ``(lo, hi]`` is read from both sides in the canonical form (:mod:`cdcpipe.reconcile.canonical`):
-Cassandra with ``token(pk) > lo AND token(pk) <= hi`` (paged, rate-limited, at the chosen consistency),
-PostgreSQL by the indexed ``_cdc_token``, and the rows are compared one by one in memory (:func:`classify`): a
-range's rows are held at once, so ``--splits`` bounds the memory.  (Hashing each range on the server side and
-splitting only the ranges whose hashes differ — transferring only their rows — is not built yet: issue 17.)
+Each range ``(lo, hi]`` is hashed on both sides into leaves (:mod:`cdcpipe.reconcile.digest`: Cassandra with
+``token(pk) > lo AND token(pk) <= hi``, paged, rate-limited, at the chosen consistency; PostgreSQL by the indexed
+``_cdc_token``); only the leaves whose hashes differ are read again from both sides in the canonical form
+(:mod:`cdcpipe.reconcile.canonical`) and their rows compared one by one (:func:`classify`).
 A change still on its way (written to Cassandra, not yet applied) looks like drift at first: :func:`settle` reads
 the differing partitions again, both sides, until they agree or ``settle_s`` passes — only what still differs then
 is drift.
@@ -20,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cdcpipe.apply.merge import RowState
-from cdcpipe.reconcile.canonical import Key, Side, read_cassandra, read_postgres
+from cdcpipe.reconcile.canonical import Columns, Key, Side, read_cassandra, read_postgres
+from cdcpipe.reconcile.digest import Tree, hash_cassandra, hash_postgres, hash_statics
 from cdcpipe.schema import TableSchema
 from cdcpipe.tokens import MAX_TOKEN, MIN_TOKEN
 
@@ -50,13 +50,21 @@ class TableResult:
     cassandra_rows: int = 0
     postgres_rows: int = 0
     ranges: int = 0
-    differing_ranges: int = 0
+    leaves: int = 0
+    differing_leaves: int = 0  # leaves whose hashes differed: their rows were read again and compared
+    hashed: int = 0  # characters of canonical values hashed, both sides
+    transferred: int = 0  # characters of canonical values read again to compare rows, both sides
     differences: list[Difference] = field(default_factory=list)
     settled: int = 0  # differences that went away while settling (changes on their way)
 
     @property
     def drift_ratio(self) -> float:
         return len(self.differences) / max(self.cassandra_rows, self.postgres_rows, 1)
+
+    @property
+    def transferred_ratio(self) -> float:
+        """What was read again to compare rows, of what was hashed."""
+        return self.transferred / max(self.hashed, 1)
 
 
 def newest_timestamp(row: RowState) -> int:
@@ -108,22 +116,36 @@ def classify(table: TableSchema, cass: Side, pg: Side) -> list[Difference]:
 
 
 async def compare_table(session: Any, conn: Any, table: TableSchema, *, schema_prefix: str, splits: int,
-                        consistency: int | None, pace: Callable[[int], None] | None = None,
+                        consistency: int | None, leaves: int = 256, pace: Callable[[int], None] | None = None,
                         progress: Callable[[str, int, int], None] | None = None) -> TableResult:
+    """Hash ``splits`` token ranges of ``leaves`` leaves each on both sides (:mod:`cdcpipe.reconcile.digest`,
+    the two sides of a range at once), then read and compare the rows of the leaves that differ."""
     result = TableResult(table.name)
+    cols = Columns(table)
     ranges = token_ranges(splits)
-    for i, r in enumerate(ranges):
-        cass = await asyncio.to_thread(read_cassandra, session, table, consistency, tokens=r, pace=pace)
-        pg = await read_postgres(conn, table, schema_prefix, tokens=r)
-        result.ranges += 1
-        result.cassandra_rows += len(cass.rows)
-        result.postgres_rows += len(pg.rows)
-        found = classify(table, cass, pg)
-        if found:
-            result.differing_ranges += 1
-            result.differences += found
+    trees: list[tuple[Tree, Tree]] = []
+    for i, (lo, hi) in enumerate(ranges):
+        cass, pg = Tree(lo, hi, leaves), Tree(lo, hi, leaves)
+        await asyncio.gather(asyncio.to_thread(hash_cassandra, session, table, cass, consistency, pace, cols),
+                             hash_postgres(conn, table, schema_prefix, pg, cols))
+        trees.append((cass, pg))
         if progress is not None:
             progress(table.name, i + 1, len(ranges))
+    statics = await hash_statics(conn, table, schema_prefix, [pg for _, pg in trees], int(time.time()))
+    for t, (cass, pg) in enumerate(trees):
+        result.ranges += 1
+        result.leaves += cass.n
+        result.cassandra_rows += cass.rows
+        result.postgres_rows += pg.rows
+        result.hashed += cass.size + pg.size
+        for leaf in cass.differing(pg):
+            bounds = cass.bounds(leaf)
+            a = await asyncio.to_thread(read_cassandra, session, table, consistency, tokens=bounds, pace=pace)
+            b = await read_postgres(conn, table, schema_prefix, tokens=bounds,
+                                    statics=frozenset(statics.get((t, leaf), ())))
+            result.differing_leaves += 1
+            result.transferred += a.size + b.size
+            result.differences += classify(table, a, b)
     return result
 
 
@@ -137,6 +159,7 @@ async def settle(session: Any, conn: Any, table: TableSchema, result: TableResul
         parts = frozenset(d.key[0] for d in result.differences)
         cass = await asyncio.to_thread(read_cassandra, session, table, consistency, partitions=parts)
         pg = await read_postgres(conn, table, schema_prefix, partitions=parts)
+        result.transferred += cass.size + pg.size
         now = classify(table, cass, pg)
         result.settled += max(0, len(result.differences) - len(now))
         result.differences = now

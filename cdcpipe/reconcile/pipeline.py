@@ -83,7 +83,8 @@ class _Out:
             self.out.write(json.dumps({"table": r.table, "cassandra_rows": r.cassandra_rows,
                                        "postgres_rows": r.postgres_rows, "differences": len(r.differences),
                                        "drift_ratio": r.drift_ratio, "kinds": kinds, "settled": r.settled,
-                                       "ranges": r.ranges, "differing_ranges": r.differing_ranges,
+                                       "ranges": r.ranges, "leaves": r.leaves, "differing_leaves": r.differing_leaves,
+                                       "transferred_ratio": round(r.transferred_ratio, 6),
                                        "repaired": repaired}) + "\n")
         self.out.flush()
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import itertools
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from cdcpipe.apply.merge import ComplexState, RowState, Version
 from cdcpipe.model import Deletion
 from cdcpipe.reconcile.canonical import Side
@@ -16,8 +19,9 @@ from cdcpipe.reconcile.compare import (
     newest_timestamp,
     token_ranges,
 )
+from cdcpipe.reconcile.digest import Tree, row_digest
 from cdcpipe.schema_source import parse_cql_schema
-from cdcpipe.tokens import MAX_TOKEN, MIN_TOKEN
+from cdcpipe.tokens import MAX_TOKEN, MIN_TOKEN, token
 
 (T,) = parse_cql_schema("CREATE TABLE ks.t (k int, c int, v text, PRIMARY KEY (k, c)) "
                         "WITH id = 00000000-0000-0000-0000-000000000071;")
@@ -56,3 +60,41 @@ def test_newest_timestamp() -> None:
     assert newest_timestamp(row) == 12
     assert newest_timestamp(RowState(None, Deletion(30, 0))) == 30
     assert newest_timestamp(RowState()) == 0
+
+
+@given(st.integers(MIN_TOKEN, MAX_TOKEN - 1), st.integers(1, 2**64 - 1), st.integers(1, 5000),
+       st.lists(st.integers(0, 2**64), max_size=20))
+def test_leaves_cover_a_range_once(lo: int, width: int, leaves: int, offsets: list[int]) -> None:
+    hi = min(MAX_TOKEN, lo + width)
+    tree = Tree(lo, hi, leaves)
+    assert tree.bounds(0)[0] == lo and tree.bounds(tree.n - 1)[1] == hi
+    assert all(tree.bounds(i)[1] == tree.bounds(i + 1)[0] for i in range(min(tree.n - 1, 50)))
+    for off in offsets:
+        tok = lo + 1 + off % (hi - lo)
+        a, b = tree.bounds(tree.leaf(tok))
+        assert a < tok <= b
+
+
+def test_trees_agree_whatever_the_order_and_find_the_differing_leaf() -> None:
+    rows = [((bytes([i]), b"c%d" % j), [str(i), str(j), f"v{i}.{j}"]) for i in range(50) for j in range(3)]
+    a, b = Tree(MIN_TOKEN, MAX_TOKEN, 16), Tree(MIN_TOKEN, MAX_TOKEN, 16)
+    for key, values in rows:
+        a.add(token(key[0]), row_digest(key, values, (), {}), 1)
+    for key, values in reversed(rows):
+        b.add(token(key[0]), row_digest(key, values, (), {}), 1)
+    assert a.differing(b) == [] and a.rows == b.rows == 150
+    key, values = rows[7]
+    c = Tree(MIN_TOKEN, MAX_TOKEN, 16)
+    for k, v in rows:
+        c.add(token(k[0]), row_digest(k, v if k != key else [*v[:2], "edited"], (), {}), 1)
+    assert c.differing(a) == [a.leaf(token(key[0]))]
+
+
+def test_row_digest_separates_its_parts() -> None:
+    key = (b"k", b"c")
+    base = row_digest(key, ["a", "b"], (), {})
+    assert base != row_digest(key, ["ab", ""], (), {})
+    assert base != row_digest((b"k", None), ["a", "b"], (), {})
+    assert base != row_digest((b"kc", b""), ["a", "b"], (), {})
+    assert row_digest(key, ["a", "b"], {"v"}, {"v": b"1"}) != row_digest(key, ["a", "b"], {"v"}, {"v": b"2"})
+    assert row_digest(key, ["a", "b"], ["v", "w"], {}) == row_digest(key, ["a", "b"], ["w", "v"], {})
