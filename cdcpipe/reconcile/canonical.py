@@ -97,6 +97,22 @@ def raw_session(hosts: Sequence[str], port: int = 9042, **options: Any) -> tuple
     return cluster, session
 
 
+def typed_session(hosts: Sequence[str], port: int = 9042, **options: Any) -> tuple[Any, Any]:
+    """A plain cassandra-driver (cluster, session) returning tuple rows of typed values (its own, compiled row
+    parsing: what reconcile hashes with).  ``options`` as for :func:`raw_session`."""
+    from cassandra.cluster import Cluster
+    from cassandra.query import tuple_factory
+
+    cluster = Cluster(**{"contact_points": list(hosts), "port": port, "protocol_version": 5,
+                         "connect_timeout": 20, **options})
+    for profile in (options.get("execution_profiles") or {}).values():
+        profile.row_factory = tuple_factory
+    session = cluster.connect()
+    if not options.get("execution_profiles"):
+        session.row_factory = tuple_factory
+    return cluster, session
+
+
 # ---------------------------------------------------------------------------------------------- canonical form
 
 
@@ -218,6 +234,10 @@ class Columns:
                 inexact.add(self.names[i])
                 exact_raw[self.names[i]] = bytes(data)
         return key, values, inexact, exact_raw
+
+    def typed(self, raw: Sequence[Any]) -> list[Any]:
+        """The typed values of a row of :meth:`select` (without its token), decoded here."""
+        return [None if v is None else self._decode[i](v) for i, v in enumerate(raw)]
 
     def shown(self, raw: Sequence[Any]) -> tuple[Any, ...]:
         """The typed primary-key values of a row of :meth:`select` (without its token)."""

@@ -116,17 +116,21 @@ def classify(table: TableSchema, cass: Side, pg: Side) -> list[Difference]:
 
 
 async def compare_table(session: Any, conn: Any, table: TableSchema, *, schema_prefix: str, splits: int,
-                        consistency: int | None, leaves: int = 256, pace: Callable[[int], None] | None = None,
+                        consistency: int | None, typed: Any = None, leaves: int = 256,
+                        pace: Callable[[int], None] | None = None,
                         progress: Callable[[str, int, int], None] | None = None) -> TableResult:
     """Hash ``splits`` token ranges of ``leaves`` leaves each on both sides (:mod:`cdcpipe.reconcile.digest`,
-    the two sides of a range at once), then read and compare the rows of the leaves that differ."""
+    the two sides of a range at once), then read and compare the rows of the leaves that differ.  ``session``:
+    a :func:`canonical.raw_session`; ``typed``: a plain session with tuple rows, for hashing (default:
+    ``session``)."""
     result = TableResult(table.name)
     cols = Columns(table)
     ranges = token_ranges(splits)
     trees: list[tuple[Tree, Tree]] = []
     for i, (lo, hi) in enumerate(ranges):
         cass, pg = Tree(lo, hi, leaves), Tree(lo, hi, leaves)
-        await asyncio.gather(asyncio.to_thread(hash_cassandra, session, table, cass, consistency, pace, cols),
+        await asyncio.gather(asyncio.to_thread(hash_cassandra, typed or session, table, cass, consistency, pace,
+                                               cols, session if typed is not None else None),
                              hash_postgres(conn, table, schema_prefix, pg, cols))
         trees.append((cass, pg))
         if progress is not None:

@@ -16,32 +16,134 @@ whose only live data is static from ``<t>$partition`` (:func:`hash_statics`: one
 from __future__ import annotations
 
 import bisect
+import datetime
 import hashlib
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from cdcpipe.apply.state import decode_row
 from cdcpipe.apply.tables import ident
-from cdcpipe.reconcile.canonical import Columns, Key, canon, static_row
-from cdcpipe.schema import TableSchema
+from cdcpipe.reconcile.canonical import Columns, canon, static_row
+from cdcpipe.schema import Column, TableSchema
 from cdcpipe.tokens import token
+from cdcpipe.typemap import converter
 
 _MASK = (1 << 128) - 1
 FETCH = 5000
 
 
-def row_digest(key: Key, values: Sequence[str], inexact: Iterable[str], exact: Mapping[str, bytes]) -> int:
-    """A row's 128-bit digest of its canonical form (every part length-prefixed, so no two rows share a text)."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(len(key[0]).to_bytes(4, "big") + key[0])
-    h.update(b"\xff\xff\xff\xff" if key[1] is None else len(key[1]).to_bytes(4, "big") + key[1])
-    h.update("".join(f"{len(v)}:{v}" for v in values).encode("utf-8", "surrogatepass"))
-    for name in sorted(inexact):
-        raw = exact.get(name)
-        h.update(f"|{len(name)}:{name}".encode())
-        if raw is not None:
-            h.update(len(raw).to_bytes(4, "big") + raw)
-    return int.from_bytes(h.digest(), "big")
+_DIRTY = object()  # a value whose row is compared row by row, never by its digest
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_US = datetime.timedelta(microseconds=1)
+_SAME = ("tinyint", "smallint", "int", "bigint", "counter", "float", "double", "boolean")
+
+
+def _cass_text(value: Any) -> Any:
+    return _DIRTY if "\x00" in value else value  # PostgreSQL text cannot hold NUL (ADR 0002)
+
+
+def _cass_timestamp(value: Any) -> Any:
+    if not isinstance(value, datetime.datetime):
+        return _DIRTY  # milliseconds beyond Python's datetime range: held inexactly
+    return ((value if value.tzinfo else value.replace(tzinfo=datetime.UTC)) - _EPOCH) // _US
+
+
+def _pg_timestamp(value: Any) -> Any:
+    return (value - _EPOCH) // _US if value.tzinfo else (value.replace(tzinfo=datetime.UTC) - _EPOCH) // _US
+
+
+def _cass_texts(value: Any) -> Any:
+    return _DIRTY if "\x00" in "".join(value) else list(value)
+
+
+def _cass_sorted_texts(value: Any) -> Any:
+    return _DIRTY if "\x00" in "".join(value) else sorted(value)
+
+
+def _collection(col: Column) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | None:
+    """Lists and sets of integers, floats, booleans or text, as lists (a set's in order; PostgreSQL keeps
+    the order :func:`cdcpipe.typemap.to_pg` gave it, which a hand edit may break: then the lists differ)."""
+    if col.type.name not in ("list", "set"):
+        return None
+    elem = col.type.params[0].name
+    if elem in ("ascii", "text", "varchar"):
+        return (_cass_sorted_texts if col.type.name == "set" else _cass_texts), list
+    if elem in _SAME and elem not in ("float", "double"):  # NaN does not sort
+        return (sorted if col.type.name == "set" else list), list
+    return None
+
+
+def _fallback(col: Column, pg: str) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
+    convert = converter(col.type)
+
+    def cass(value: Any) -> Any:
+        if convert is None:
+            return canon(pg, value)
+        mapped, exact = convert(value)
+        return canon(pg, mapped) if exact else _DIRTY
+
+    return cass, lambda value: canon(pg, value)
+
+
+class DigestForm:
+    """A row's values in the form both sides hash: a table's typed values (cassandra-driver's on one side,
+    asyncpg's on the other) made equal exactly when their canonical texts (:func:`canonical.canon` of
+    :func:`cdcpipe.typemap.to_pg`) are — integers, floats, booleans and text as they are, uuids as text,
+    timestamps as microseconds since the epoch, blobs as bytes, every other type as its canonical text.  A value
+    PostgreSQL cannot hold exactly makes its row *dirty*: compared row by row, never by digest."""
+
+    def __init__(self, cols: Columns) -> None:
+        self.width = len(cols.columns)
+        cass: list[tuple[int, Callable[[Any], Any]]] = []
+        pg: list[tuple[int, Callable[[Any], Any]]] = []
+        for i, (col, pg_name) in enumerate(zip(cols.columns, cols.pg_types, strict=True)):
+            name = col.type.name
+            if name in _SAME:
+                continue
+            if name in ("ascii", "text", "varchar"):
+                cass.append((i, _cass_text))
+            elif name in ("uuid", "timeuuid"):
+                cass.append((i, str))
+                pg.append((i, str))
+            elif name == "timestamp":
+                cass.append((i, _cass_timestamp))
+                pg.append((i, _pg_timestamp))
+            elif name in ("blob", "custom"):
+                cass.append((i, bytes))
+                pg.append((i, bytes))
+            else:
+                c, p = _collection(col) or _fallback(col, pg_name)
+                cass.append((i, c))
+                pg.append((i, p))
+        self._cass, self._pg = tuple(cass), tuple(pg)
+        self._static_only = tuple(range(cols.n_pk, cols.n_pk + cols.n_ck)) if cols.n_ck else ()
+
+    def cassandra(self, row: Sequence[Any]) -> list[Any] | None:
+        """A row of typed values (cassandra-driver's, in canonical column order), or None: dirty."""
+        out = list(row)
+        if self._static_only and all(out[i] is None for i in self._static_only):
+            return None  # a partition with only static data: PostgreSQL keeps it apart (``<t>$partition``)
+        for i, fn in self._cass:
+            v = out[i]
+            if v is not None:
+                v = fn(v)
+                if v is _DIRTY:
+                    return None
+                out[i] = v
+        return out
+
+    def postgres(self, row: Sequence[Any]) -> list[Any]:
+        out = list(row)
+        for i, fn in self._pg:
+            v = out[i]
+            if v is not None:
+                out[i] = fn(v)
+        return out
+
+
+def row_digest(values: Sequence[Any]) -> tuple[int, int]:
+    """A row's 128-bit digest of ``repr`` of its digest form (:class:`DigestForm`), and that text's length."""
+    text = repr(values).encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big"), len(text)
 
 
 class Tree:
@@ -52,8 +154,9 @@ class Tree:
         self.lo, self.hi, self.n = lo, hi, max(1, min(leaves, hi - lo))
         self.counts = [0] * self.n
         self.sums = [0] * self.n
+        self.dirty: set[int] = set()  # leaves with a row to compare row by row whatever the digests say
         self.rows = 0
-        self.size = 0  # characters of canonical values hashed
+        self.size = 0  # characters of the rows' text forms hashed
 
     def leaf(self, tok: int) -> int:
         return ((tok - self.lo) * self.n - 1) // (self.hi - self.lo)
@@ -69,62 +172,93 @@ class Tree:
         self.rows += 1
         self.size += size
 
+    def reset(self) -> None:
+        self.counts, self.sums, self.dirty = [0] * self.n, [0] * self.n, set()
+        self.rows = self.size = 0
+
+    def taint(self, tok: int) -> None:
+        """A dirty row (see :class:`DigestForm`): its leaf is compared row by row."""
+        self.dirty.add(((tok - self.lo) * self.n - 1) // (self.hi - self.lo))
+        self.rows += 1
+
     def differing(self, other: Tree) -> list[int]:
-        """The leaves whose rows differ from ``other``'s (a tree of the same range and leaves)."""
-        return [i for i in range(self.n) if self.counts[i] != other.counts[i] or self.sums[i] != other.sums[i]]
+        """The leaves to compare row by row: those whose digests differ from ``other``'s (a tree of the same
+        range and leaves), and the dirty ones of either."""
+        dirty = self.dirty | other.dirty
+        return [i for i in range(self.n) if self.counts[i] != other.counts[i] or self.sums[i] != other.sums[i]
+                or i in dirty]
 
 
 def hash_cassandra(session: Any, table: TableSchema, tree: Tree, consistency: int | None = None,
-                   pace: Callable[[int], None] | None = None, cols: Columns | None = None) -> None:
-    """Add every row Cassandra holds in ``tree``'s range (``session`` from :func:`canonical.raw_session`)."""
-    from cassandra.query import SimpleStatement
+                   pace: Callable[[int], None] | None = None, cols: Columns | None = None,
+                   raw: Any = None) -> None:
+    """Add every row Cassandra holds in ``tree``'s range, read with cassandra-driver's own row parsing
+    (``session``: tuple rows).  A range holding a value the driver cannot decode (a timestamp beyond year 9999:
+    the driver fails the page, and may drop its connection) is read again from ``raw`` (a
+    :func:`canonical.raw_session`: serialized bytes, decoded here) when given."""
+    from cassandra import DriverException
+    from cassandra.cluster import NoHostAvailable
 
     cols = cols or Columns(table)
+    try:
+        _hash_rows(session, cols, tree, consistency, pace, serialized=False)
+    except (DriverException, NoHostAvailable):
+        if raw is None:
+            raise
+        tree.reset()
+        _hash_rows(raw, cols, tree, consistency, pace, serialized=True)
+
+
+def _hash_rows(session: Any, cols: Columns, tree: Tree, consistency: int | None,
+               pace: Callable[[int], None] | None, serialized: bool) -> None:
+    from cassandra.query import SimpleStatement
+
+    form = DigestForm(cols)
     stmt = SimpleStatement(cols.select((tree.lo, tree.hi)), fetch_size=FETCH)
     if consistency is not None:
         stmt.consistency_level = consistency
-    convert, add = cols.cassandra, tree.add
+    add, taint, cassandra, typed = tree.add, tree.taint, form.cassandra, cols.typed
     for n, row in enumerate(session.execute(stmt)):
         if pace is not None and n % FETCH == 0:
             pace(FETCH)
-        key, values, inexact, exact = convert(row[1:])
-        add(int.from_bytes(row[0], "big", signed=True), row_digest(key, values, inexact, exact),
-            sum(map(len, values)))
+        if serialized:
+            tok, values = int.from_bytes(row[0], "big", signed=True), cassandra(typed(row[1:]))
+        else:
+            tok, values = row[0], cassandra(row[1:])
+        if values is None:
+            taint(tok)
+        else:
+            digest, size = row_digest(values)
+            add(tok, digest, size)
 
 
 async def hash_postgres(conn: Any, table: TableSchema, schema_prefix: str, tree: Tree,
                         cols: Columns | None = None) -> None:
-    """Add every mirrored row in ``tree``'s range (by the indexed ``_cdc_token``); a row's merge state is decoded
-    only when it has columns PostgreSQL cannot hold exactly."""
+    """Add every mirrored row in ``tree``'s range (by the indexed ``_cdc_token``); a row with a column
+    PostgreSQL cannot hold exactly (``_cdc_inexact``) is dirty."""
     cols = cols or Columns(table)
     target = f"{ident(schema_prefix + table.keyspace)}.{ident(table.table)}"
     if await conn.fetchval("SELECT to_regclass($1)", target) is None:
         return
     names = ", ".join(ident(n) for n in cols.names)
-    query = (f"SELECT _cdc_token, _cdc_partition, _cdc_clustering, _cdc_inexact, CASE WHEN "
-             f"cardinality(_cdc_inexact) > 0 THEN _cdc_meta END, {names} FROM {target} "
+    query = (f"SELECT _cdc_token, coalesce(cardinality(_cdc_inexact), 0) > 0, {names} FROM {target} "
              "WHERE _cdc_token > $1 AND _cdc_token <= $2")
-    types = cols.pg_types
-    width = len(types)
-    add = tree.add
+    postgres = DigestForm(cols).postgres
+    add, taint = tree.add, tree.taint
     async with conn.transaction():
         async for r in conn.cursor(query, tree.lo, tree.hi, prefetch=FETCH):
-            values = [canon(types[i], r[5 + i]) for i in range(width)]
-            inexact = r[3] or ()
-            exact: dict[str, bytes] = {}
-            if inexact and r[4] is not None:
-                cells = decode_row(r[4]).cells
-                for name in inexact:
-                    cell = cells.get(name)
-                    if cell is not None and cell.value is not None:
-                        exact[name] = cell.value
-            add(r[0], row_digest((bytes(r[1]), bytes(r[2])), values, inexact, exact), sum(map(len, values)))
+            if r[1]:
+                taint(r[0])
+                continue
+            digest, size = row_digest(postgres(r[2:]))
+            add(r[0], digest, size)
 
 
 async def hash_statics(conn: Any, table: TableSchema, schema_prefix: str, trees: Sequence[Tree],
                        now: int) -> dict[tuple[int, int], set[bytes]]:
-    """Add to ``trees`` (sorted, covering the ring) the partitions PostgreSQL holds with only live static data
-    (Cassandra's ``SELECT *`` shows each as a row); returns them by (tree, leaf), for reading those leaves again."""
+    """Mark dirty in ``trees`` (sorted, covering the ring) the partitions PostgreSQL holds with only live static
+    data (Cassandra's ``SELECT *`` shows each as a row, a dirty one: :class:`DigestForm`); returns them by (tree,
+    leaf), for reading those leaves again."""
     found: dict[tuple[int, int], set[bytes]] = {}
     if not table.clustering:
         return found
@@ -138,13 +272,10 @@ async def hash_statics(conn: Any, table: TableSchema, schema_prefix: str, trees:
                                    f"(SELECT 1 FROM {target} m WHERE m._cdc_partition = p._cdc_partition)",
                                    prefetch=FETCH):
             p = bytes(r[0])
-            row = static_row(table, p, bytes(r[1]), now)
-            if row is None:
+            if static_row(table, p, bytes(r[1]), now) is None:
                 continue
-            values, inexact, _ = row
             tok = token(p)
             t = max(0, bisect.bisect_left(los, tok) - 1)
-            tree = trees[t]
-            tree.add(tok, row_digest((p, None), list(values.values()), inexact, {}), sum(map(len, values.values())))
-            found.setdefault((t, tree.leaf(tok)), set()).add(p)
+            trees[t].taint(tok)
+            found.setdefault((t, trees[t].leaf(tok)), set()).add(p)
     return found

