@@ -97,11 +97,12 @@ def _add_migrate_state(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     parser.set_defaults(func=run)
 
 
-def _add_tool(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str) -> None:
-    """``cdcpipe <name>``: a one-shot command whose ``cdcpipe.<name>.pipeline`` module has ``add_arguments`` and
-    ``main(settings, args)``."""
+def _add_tool(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str,
+              module_name: str | None = None) -> None:
+    """``cdcpipe <name>``: a one-shot command whose module (default ``cdcpipe.<name>.pipeline``) has
+    ``add_arguments`` and ``main(settings, args)``."""
     parser = sub.add_parser(name, help=help_text)
-    module = importlib.import_module(f"cdcpipe.{name}.pipeline")
+    module = importlib.import_module(module_name or f"cdcpipe.{name}.pipeline")
 
     def run(args: argparse.Namespace, settings: Settings) -> int:
         code: int = module.main(settings, args)
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
               "(run it while capture and apply run)")
     _add_tool(sub, "reconcile", "compare PostgreSQL with Cassandra by token range, record the drift, and with "
               "--repair fix it through the pipeline (exit 0 equal, 1 drift, 2 could not run)")
+    _add_tool(sub, "erase", "GDPR erasure: delete keys in Cassandra, wait until apply removed them from PostgreSQL, "
+              "remove their dead letters, confirm, audit (exit 0 erased, 1 not confirmed, 2 could not run)",
+              "cdcpipe.reconcile.erase")
     _add_demo(sub)
 
     return parser

@@ -324,3 +324,16 @@ class SnapshotError(CdcpipeError):
         super().__init__(f"{where}: {message}" if where else message, retriable=retriable)
         self.table = table
         self.token_range = token_range
+
+
+class EraseKeyError(CdcpipeError):
+    """A KEY given to ``cdcpipe erase`` does not name one partition or one row of ``table``: not a JSON object,
+    a missing partition-key column, a prefix of the clustering columns, a value its column's type cannot hold
+    (``column``).  ``key`` is the text as given.  Not retriable: the key must be corrected."""
+
+    def __init__(self, table: str, key: str, reason: str, *, column: str = "") -> None:
+        super().__init__(f"{table} key {key}: {reason}", retriable=False)
+        self.table = table
+        self.key = key
+        self.column = column
+        self.reason = reason
