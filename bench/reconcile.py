@@ -163,13 +163,12 @@ def main() -> int:
             raise SystemExit("reconcile of an equal mirror did not report it equal")
         c_ratio = (h_rows / h_s) / (c_rows / c_s)
         p_ratio = (pg["hashed_rows"] / pg["hashed_s"]) / (pg["ceiling_rows"] / pg["ceiling_s"])
-        print(f"RESULT rows={args.rows} seconds={secs:.1f} rows_per_s={args.rows / secs:.0f} "
+        result = (f"RESULT rows={args.rows} seconds={secs:.1f} rows_per_s={args.rows / secs:.0f} "
               f"transferred_ratio={table['transferred_ratio']:.6f} ceiling_ratio={min(c_ratio, p_ratio):.3f} "
               f"cassandra_ratio={c_ratio:.3f} postgres_ratio={p_ratio:.3f} "
               f"cassandra_hashed_per_s={h_rows / h_s:.0f} cassandra_ceiling_per_s={c_rows / c_s:.0f} "
               f"postgres_hashed_per_s={pg['hashed_rows'] / pg['hashed_s']:.0f} "
-              f"postgres_ceiling_per_s={pg['ceiling_rows'] / pg['ceiling_s']:.0f}", flush=True)
-        return 0
+              f"postgres_ceiling_per_s={pg['ceiling_rows'] / pg['ceiling_s']:.0f}")
     finally:
         if args.keep:
             print(f"kept keyspace {run}, topics {run}.*, PostgreSQL schema {run}; apply log {log}", flush=True)
@@ -183,6 +182,8 @@ def main() -> int:
             except Exception as exc:  # never hide the run's own error behind a cleanup failure
                 print(f"cleanup failed: {exc}", flush=True)
             cluster.shutdown()
+    print(result, flush=True)
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,8 +26,8 @@ NESTED = "__"
 HIDDEN = "**********"
 
 # The long-lived processes and their default HTTP ports (observability.http_port unset).
-Process = Literal["capture", "apply"]
-DEFAULT_HTTP_PORTS: dict[Process, int] = {"capture": 9400, "apply": 9401}
+Process = Literal["capture", "apply", "reconcile"]
+DEFAULT_HTTP_PORTS: dict[Process, int] = {"capture": 9400, "apply": 9401, "reconcile": 9402}
 
 MIB = 1024 * 1024
 # Cassandra's default commitlog_segment_size; the largest mutation it logs is half a segment (max_mutation_size).
@@ -251,7 +251,7 @@ class ApplySettings(_Section):
 
 class ObservabilitySettings(_Section):
     http_host: str = "0.0.0.0"
-    http_port: int | None = Field(default=None, ge=0, le=65535)  # None: 9400 for capture, 9401 for apply
+    http_port: int | None = Field(default=None, ge=0, le=65535)  # None: 9400 capture, 9401 apply, 9402 reconcile
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
     liveness_timeout_s: float = Field(default=30.0, gt=0)  # /livez fails when the event loop stalls this long

@@ -11,6 +11,7 @@ comparison could not run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import fnmatch
 import json
@@ -24,15 +25,17 @@ import structlog
 from cdcpipe.apply import migrate
 from cdcpipe.apply.tables import layout
 from cdcpipe.config import Settings
-from cdcpipe.reconcile import store
+from cdcpipe.reconcile import metrics, store
 from cdcpipe.reconcile.canonical import raw_session, typed_session
 from cdcpipe.reconcile.compare import DATA_MISMATCH, TableResult, compare_table, settle
+from cdcpipe.runtime import Health
 from cdcpipe.schema import TableSchema
 from cdcpipe.schema_source import cluster_options, connect_system_schema
 from cdcpipe.snapshot.reader import RateLimit, consistency_level
 
 log = structlog.get_logger(__name__)
 EQUAL, DRIFT, FAILED = 0, 1, 2
+CONDITION = "reconcile"  # the readiness condition of --every
 
 
 def choose(all_tables: list[TableSchema], settings: Settings, patterns: tuple[str, ...]) -> list[TableSchema]:
@@ -108,7 +111,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
     prefix = settings.postgres.schema_prefix
     consistency = consistency_level(args.consistency)
     limit = RateLimit(args.rate)
-    run_id, started = uuid.uuid4(), datetime.datetime.now(datetime.UTC)
+    run_id, started, began = uuid.uuid4(), datetime.datetime.now(datetime.UTC), time.monotonic()
     results: list[TableResult] = []
     repaired = False
     try:
@@ -142,6 +145,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
         drift = any(r.differences for r in results)
         status = ("drift" if drift else "repaired") if repaired else ("drift" if drift else "equal")
         await store.record(conn, run_id, started, results, status, repaired)
+        metrics.observe(results, time.monotonic() - began, status)
         for r in results:
             show.table(r, repaired)
         if show.tty:
@@ -171,10 +175,37 @@ async def _review(settings: Settings, table: TableSchema, keys: list[tuple[bytes
         await pool.close()
 
 
+async def scheduled(settings: Settings, health: Health, stop: asyncio.Event, args: Any, out: IO[str]) -> int:
+    """``--every S``: a run every ``S`` seconds (from the end of the last) until ``stop``.  A run that cannot
+    run is counted (``cdcpipe_reconcile_runs_total{status="failed"}``), reported in ``/readyz`` and tried again
+    at the next one; drift is reported by the metrics, not by readiness."""
+    health.fail(CONDITION, "no run finished yet")
+    while not stop.is_set():
+        began = time.monotonic()
+        try:
+            code = await run(settings, args, out)
+            health.ok(CONDITION) if code in (EQUAL, DRIFT) else health.fail(CONDITION, f"last run exited {code}")
+        except Exception as exc:  # a server down, a table gone: counted, shown, tried again next time
+            metrics.failed(time.monotonic() - began)
+            log.error("reconcile run failed", error=f"{type(exc).__name__}: {exc}")
+            health.fail(CONDITION, f"last run failed: {type(exc).__name__}: {exc}"[:300])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=args.every)
+    return 0
+
+
 def main(settings: Settings, args: Any, out: IO[str] | None = None) -> int:
-    """The ``cdcpipe reconcile`` command (see the module for the exit codes); logs go to stderr."""
+    """The ``cdcpipe reconcile`` command (see the module for the exit codes); logs go to stderr.  With ``--every``
+    it runs until SIGTERM, serving ``/metrics`` and ``/readyz`` on ``observability.http_port`` (default 9402)."""
     from cdcpipe.observability import configure_logging
 
+    if args.every:
+        from cdcpipe.runtime import serve
+
+        def scheduled_run(s: Settings, health: Health, stop: asyncio.Event) -> Any:
+            return scheduled(s, health, stop, args, out or sys.stdout)
+
+        return serve(settings, scheduled_run, process="reconcile")
     configure_logging(settings.observability.log_level, settings.observability.log_format)
     try:
         return asyncio.run(run(settings, args, out or sys.stdout))
@@ -196,5 +227,8 @@ def add_arguments(parser: Any) -> None:
                         "(a change on its way to PostgreSQL) before it counts as drift")
     parser.add_argument("--repair-wait-s", type=float, default=120.0, help="how long to wait for apply to apply "
                         "the repairs")
+    parser.add_argument("--every", type=float, default=None, metavar="SECONDS", help="run again every SECONDS "
+                        "(from the end of the last run) until stopped, serving /metrics and /readyz on "
+                        "observability.http_port (default 9402)")
     parser.add_argument("--progress", choices=["auto", "tty", "json"], default="auto",
                         help="lines for a person (tty) or JSON lines (json); auto: tty on a terminal")

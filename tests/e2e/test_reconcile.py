@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ import pytest
 
 from tests.e2e.test_schema_changes import running
 from tests.support.harness import Pipeline, wait_for, wait_until_equal
+from tests.support.processes import free_port
 from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.timeout(600)
@@ -129,3 +131,39 @@ def test_statics_and_inexact_values(stack_env: dict[str, str], tmp_path: Path) -
         asyncio.run(_pg(stack.dsn, f"DELETE FROM {target} WHERE _cdc_partition = int4send(8)"))
         rc, out = reconcile(pipeline, "--settle-s", "3")
         assert rc == 1 and out[0]["kinds"] == {"MISSING_IN_POSTGRES": 1}, out
+
+        # scheduled: a run every 2 s, its metrics and readiness served; SIGTERM stops it cleanly
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "cdcpipe", "reconcile", "--tables", f"{keyspace}.*",
+                                 "--splits", "4", "--settle-s", "1", "--every", "2", "--progress", "json"],
+                                env={**pipeline.env, "CDCPIPE_OBSERVABILITY__HTTP_PORT": str(port)}, cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            def scraped() -> str | None:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                        text: str = r.read().decode()
+                except OSError:
+                    return None
+                return text if 'cdcpipe_reconcile_runs_total{status="drift"} 2.0' in text else None
+            wait_for("two scheduled runs", lambda: scraped() is not None, 90, pipeline)
+            text = scraped() or ""
+            assert f'cdcpipe_reconcile_drift_ratio{{table="{keyspace}.s"}} 0.01' in text, text
+            assert f'cdcpipe_reconcile_mismatches_total{{kind="MISSING_IN_POSTGRES",table="{keyspace}.s"}}' in text
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as r:
+                assert r.status == 200
+        finally:
+            proc.terminate()
+            _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err[-2000:]
+
+
+def test_bench_small() -> None:
+    """``bench/reconcile.py`` at CI size: an equal mirror of 5,000 rows reconciles equal, transferring nothing."""
+    done = subprocess.run([sys.executable, "bench/reconcile.py", "--rows", "5000", "--splits", "8"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=500)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("RESULT "), done.stdout
+    result = dict(kv.split("=") for kv in last.split()[1:])
+    assert int(result["rows"]) == 5000 and float(result["transferred_ratio"]) < 0.01, done.stdout
