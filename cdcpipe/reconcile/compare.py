@@ -52,7 +52,7 @@ class TableResult:
     ranges: int = 0
     leaves: int = 0
     differing_leaves: int = 0  # leaves whose hashes differed: their rows were read again and compared
-    hashed: int = 0  # characters of canonical values hashed, both sides
+    hashed: int = 0  # bytes of the rows' texts Cassandra's side hashed (PostgreSQL's side hashes on its server)
     transferred: int = 0  # characters of canonical values read again to compare rows, both sides
     differences: list[Difference] = field(default_factory=list)
     settled: int = 0  # differences that went away while settling (changes on their way)
@@ -63,8 +63,9 @@ class TableResult:
 
     @property
     def transferred_ratio(self) -> float:
-        """What was read again to compare rows, of what was hashed."""
-        return self.transferred / max(self.hashed, 1)
+        """What was read again to compare rows (both sides), of what the rows hold (both sides: twice what
+        Cassandra's side hashed)."""
+        return self.transferred / max(2 * self.hashed, 1)
 
 
 def newest_timestamp(row: RowState) -> int:
@@ -141,7 +142,7 @@ async def compare_table(session: Any, conn: Any, table: TableSchema, *, schema_p
         result.leaves += cass.n
         result.cassandra_rows += cass.rows
         result.postgres_rows += pg.rows
-        result.hashed += cass.size + pg.size
+        result.hashed += cass.size
         for leaf in cass.differing(pg):
             bounds = cass.bounds(leaf)
             a = await asyncio.to_thread(read_cassandra, session, table, consistency, tokens=bounds, pace=pace)

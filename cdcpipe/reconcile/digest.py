@@ -1,149 +1,42 @@
 """Token-range hashing: the Merkle-tree step of a comparison, in the style of Cassandra's own repair.
 
-Each side reads the rows of a token range ``(lo, hi]`` as a stream and reduces them to a :class:`Tree` of
-``leaves`` equal sub-ranges: per leaf, the count of rows and the sum (mod 2^128) of each row's 128-bit digest of
-its canonical form (:func:`row_digest`: key bytes, canonical values in column order, the columns PostgreSQL
-cannot hold exactly and their exact bytes).  The sum does not depend on the order the rows come in (Cassandra
-returns a partition's rows in clustering order, PostgreSQL by key bytes), and no row is kept: a side's memory is
-its trees.  Two sides whose leaf agrees hold the same rows there; only the rows of leaves that differ are read
-again, both sides, and compared row by row (:func:`cdcpipe.reconcile.compare.classify`).
+Each side reduces the rows of a token range ``(lo, hi]`` to a :class:`Tree` of ``leaves`` equal sub-ranges: per
+leaf, the count of rows and the exact sum of each row's digest (the first 64 bits of the MD5 of its text,
+:mod:`cdcpipe.reconcile.rowtext`, as a signed integer).  The sums do not depend on the order rows come in,
+and no row is kept.  Leaves that agree hold the same rows; only the rows of leaves that differ — or that hold a
+*dirty* row, one PostgreSQL cannot hold exactly, compared row by row always — are read again from both sides and
+compared (:func:`cdcpipe.reconcile.compare.classify`).
 
-Cassandra's rows come from a paged ``SELECT token(pk), <columns>`` (:meth:`Columns.select`) at the chosen
-consistency and rate; PostgreSQL's from a server-side cursor over the ``_cdc_token`` index, and the partitions
-whose only live data is static from ``<t>$partition`` (:func:`hash_statics`: one anti-join per table).
+- PostgreSQL hashes on the server (:func:`hash_postgres`): one query per range computes every row's text and
+  digest and returns one line per leaf.  Its partitions with only static data (``<t>$partition``) are dirty
+  (:func:`hash_statics`, one anti-join per table).
+- Cassandra has no hash it can compute over a row's values (user-defined functions are off by default), so the
+  reconciler pages through ``SELECT token(pk), <columns>`` at the chosen consistency and rate, with the driver's
+  own row parsing, and hashes each row as it comes (:func:`hash_cassandra`): Cassandra's rows are read, as a
+  validation compaction reads them, but none is kept or sent anywhere.
 """
 
 from __future__ import annotations
 
 import bisect
-import datetime
 import hashlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from cdcpipe.apply.tables import ident
-from cdcpipe.reconcile.canonical import Columns, canon, static_row
-from cdcpipe.schema import Column, TableSchema
+from cdcpipe.reconcile.canonical import Columns, static_row
+from cdcpipe.reconcile.rowtext import RowText
+from cdcpipe.schema import TableSchema
 from cdcpipe.tokens import token
-from cdcpipe.typemap import converter
 
-_MASK = (1 << 128) - 1
 FETCH = 5000
 
 
-_DIRTY = object()  # a value whose row is compared row by row, never by its digest
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
-_US = datetime.timedelta(microseconds=1)
-_SAME = ("tinyint", "smallint", "int", "bigint", "counter", "float", "double", "boolean")
-
-
-def _cass_text(value: Any) -> Any:
-    return _DIRTY if "\x00" in value else value  # PostgreSQL text cannot hold NUL (ADR 0002)
-
-
-def _cass_timestamp(value: Any) -> Any:
-    if not isinstance(value, datetime.datetime):
-        return _DIRTY  # milliseconds beyond Python's datetime range: held inexactly
-    return ((value if value.tzinfo else value.replace(tzinfo=datetime.UTC)) - _EPOCH) // _US
-
-
-def _pg_timestamp(value: Any) -> Any:
-    return (value - _EPOCH) // _US if value.tzinfo else (value.replace(tzinfo=datetime.UTC) - _EPOCH) // _US
-
-
-def _cass_texts(value: Any) -> Any:
-    return _DIRTY if "\x00" in "".join(value) else list(value)
-
-
-def _cass_sorted_texts(value: Any) -> Any:
-    return _DIRTY if "\x00" in "".join(value) else sorted(value)
-
-
-def _collection(col: Column) -> tuple[Callable[[Any], Any], Callable[[Any], Any]] | None:
-    """Lists and sets of integers, floats, booleans or text, as lists (a set's in order; PostgreSQL keeps
-    the order :func:`cdcpipe.typemap.to_pg` gave it, which a hand edit may break: then the lists differ)."""
-    if col.type.name not in ("list", "set"):
-        return None
-    elem = col.type.params[0].name
-    if elem in ("ascii", "text", "varchar"):
-        return (_cass_sorted_texts if col.type.name == "set" else _cass_texts), list
-    if elem in _SAME and elem not in ("float", "double"):  # NaN does not sort
-        return (sorted if col.type.name == "set" else list), list
-    return None
-
-
-def _fallback(col: Column, pg: str) -> tuple[Callable[[Any], Any], Callable[[Any], Any]]:
-    convert = converter(col.type)
-
-    def cass(value: Any) -> Any:
-        if convert is None:
-            return canon(pg, value)
-        mapped, exact = convert(value)
-        return canon(pg, mapped) if exact else _DIRTY
-
-    return cass, lambda value: canon(pg, value)
-
-
-class DigestForm:
-    """A row's values in the form both sides hash: a table's typed values (cassandra-driver's on one side,
-    asyncpg's on the other) made equal exactly when their canonical texts (:func:`canonical.canon` of
-    :func:`cdcpipe.typemap.to_pg`) are — integers, floats, booleans and text as they are, uuids as text,
-    timestamps as microseconds since the epoch, blobs as bytes, every other type as its canonical text.  A value
-    PostgreSQL cannot hold exactly makes its row *dirty*: compared row by row, never by digest."""
-
-    def __init__(self, cols: Columns) -> None:
-        self.width = len(cols.columns)
-        cass: list[tuple[int, Callable[[Any], Any]]] = []
-        pg: list[tuple[int, Callable[[Any], Any]]] = []
-        for i, (col, pg_name) in enumerate(zip(cols.columns, cols.pg_types, strict=True)):
-            name = col.type.name
-            if name in _SAME:
-                continue
-            if name in ("ascii", "text", "varchar"):
-                cass.append((i, _cass_text))
-            elif name in ("uuid", "timeuuid"):
-                cass.append((i, str))
-                pg.append((i, str))
-            elif name == "timestamp":
-                cass.append((i, _cass_timestamp))
-                pg.append((i, _pg_timestamp))
-            elif name in ("blob", "custom"):
-                cass.append((i, bytes))
-                pg.append((i, bytes))
-            else:
-                c, p = _collection(col) or _fallback(col, pg_name)
-                cass.append((i, c))
-                pg.append((i, p))
-        self._cass, self._pg = tuple(cass), tuple(pg)
-        self._static_only = tuple(range(cols.n_pk, cols.n_pk + cols.n_ck)) if cols.n_ck else ()
-
-    def cassandra(self, row: Sequence[Any]) -> list[Any] | None:
-        """A row of typed values (cassandra-driver's, in canonical column order), or None: dirty."""
-        out = list(row)
-        if self._static_only and all(out[i] is None for i in self._static_only):
-            return None  # a partition with only static data: PostgreSQL keeps it apart (``<t>$partition``)
-        for i, fn in self._cass:
-            v = out[i]
-            if v is not None:
-                v = fn(v)
-                if v is _DIRTY:
-                    return None
-                out[i] = v
-        return out
-
-    def postgres(self, row: Sequence[Any]) -> list[Any]:
-        out = list(row)
-        for i, fn in self._pg:
-            v = out[i]
-            if v is not None:
-                out[i] = fn(v)
-        return out
-
-
-def row_digest(values: Sequence[Any]) -> tuple[int, int]:
-    """A row's 128-bit digest of ``repr`` of its digest form (:class:`DigestForm`), and that text's length."""
-    text = repr(values).encode("utf-8", "surrogatepass")
-    return int.from_bytes(hashlib.blake2b(text, digest_size=16).digest(), "big"), len(text)
+def row_digest(text: str) -> tuple[int, int]:
+    """A row text's digest as PostgreSQL computes it (:func:`hash_postgres`): the first 64 bits of its MD5 as a
+    signed integer; and the text's length in bytes."""
+    data = text.encode()
+    return int.from_bytes(hashlib.md5(data, usedforsecurity=False).digest()[:8], "big", signed=True), len(data)
 
 
 class Tree:
@@ -156,7 +49,7 @@ class Tree:
         self.sums = [0] * self.n
         self.dirty: set[int] = set()  # leaves with a row to compare row by row whatever the digests say
         self.rows = 0
-        self.size = 0  # characters of the rows' text forms hashed
+        self.size = 0  # bytes of the rows' texts hashed here (PostgreSQL's side: not counted)
 
     def leaf(self, tok: int) -> int:
         return ((tok - self.lo) * self.n - 1) // (self.hi - self.lo)
@@ -168,16 +61,24 @@ class Tree:
     def add(self, tok: int, digest: int, size: int) -> None:
         i = ((tok - self.lo) * self.n - 1) // (self.hi - self.lo)
         self.counts[i] += 1
-        self.sums[i] = (self.sums[i] + digest) & _MASK
+        self.sums[i] += digest
         self.rows += 1
         self.size += size
+
+    def merge(self, i: int, count: int, digests: int, rows: int, dirty: bool) -> None:
+        """A leaf's line as PostgreSQL computed it (:func:`hash_postgres`)."""
+        self.counts[i] += count
+        self.sums[i] += digests
+        self.rows += rows
+        if dirty:
+            self.dirty.add(i)
 
     def reset(self) -> None:
         self.counts, self.sums, self.dirty = [0] * self.n, [0] * self.n, set()
         self.rows = self.size = 0
 
     def taint(self, tok: int) -> None:
-        """A dirty row (see :class:`DigestForm`): its leaf is compared row by row."""
+        """A dirty row (see :mod:`cdcpipe.reconcile.rowtext`): its leaf is compared row by row."""
         self.dirty.add(((tok - self.lo) * self.n - 1) // (self.hi - self.lo))
         self.rows += 1
 
@@ -213,51 +114,44 @@ def _hash_rows(session: Any, cols: Columns, tree: Tree, consistency: int | None,
                pace: Callable[[int], None] | None, serialized: bool) -> None:
     from cassandra.query import SimpleStatement
 
-    form = DigestForm(cols)
     stmt = SimpleStatement(cols.select((tree.lo, tree.hi)), fetch_size=FETCH)
     if consistency is not None:
         stmt.consistency_level = consistency
-    add, taint, cassandra, typed = tree.add, tree.taint, form.cassandra, cols.typed
+    add, taint, text_of, typed = tree.add, tree.taint, RowText(cols).cassandra, cols.typed
     for n, row in enumerate(session.execute(stmt)):
         if pace is not None and n % FETCH == 0:
             pace(FETCH)
         if serialized:
-            tok, values = int.from_bytes(row[0], "big", signed=True), cassandra(typed(row[1:]))
+            tok, text = int.from_bytes(row[0], "big", signed=True), text_of(typed(row[1:]))
         else:
-            tok, values = row[0], cassandra(row[1:])
-        if values is None:
+            tok, text = row[0], text_of(row[1:])
+        if text is None:
             taint(tok)
         else:
-            digest, size = row_digest(values)
-            add(tok, digest, size)
+            add(tok, *row_digest(text))
 
 
 async def hash_postgres(conn: Any, table: TableSchema, schema_prefix: str, tree: Tree,
                         cols: Columns | None = None) -> None:
-    """Add every mirrored row in ``tree``'s range (by the indexed ``_cdc_token``); a row with a column
-    PostgreSQL cannot hold exactly (``_cdc_inexact``) is dirty."""
+    """Add every mirrored row in ``tree``'s range (by the indexed ``_cdc_token``), hashed by PostgreSQL: one line
+    per leaf comes back (count, digest sums, rows, dirty, bytes).  A row with ``_cdc_inexact`` is dirty."""
     cols = cols or Columns(table)
     target = f"{ident(schema_prefix + table.keyspace)}.{ident(table.table)}"
     if await conn.fetchval("SELECT to_regclass($1)", target) is None:
         return
-    names = ", ".join(ident(n) for n in cols.names)
-    query = (f"SELECT _cdc_token, coalesce(cardinality(_cdc_inexact), 0) > 0, {names} FROM {target} "
-             "WHERE _cdc_token > $1 AND _cdc_token <= $2")
-    postgres = DigestForm(cols).postgres
-    add, taint = tree.add, tree.taint
-    async with conn.transaction():
-        async for r in conn.cursor(query, tree.lo, tree.hi, prefetch=FETCH):
-            if r[1]:
-                taint(r[0])
-                continue
-            digest, size = row_digest(postgres(r[2:]))
-            add(r[0], digest, size)
+    query = ("SELECT leaf, count(*) FILTER (WHERE NOT d), coalesce(sum(h) FILTER (WHERE NOT d), 0), count(*), "
+             "bool_or(d) FROM (SELECT width_bucket(_cdc_token, $3::bigint[]) AS leaf, coalesce(cardinality("
+             f"_cdc_inexact), 0) > 0 AS d, ('x' || left(md5({RowText(cols).sql}), 16))::bit(64)::bigint AS h "
+             f"FROM {target} WHERE _cdc_token > $1 AND _cdc_token <= $2) AS r GROUP BY leaf")
+    thresholds = [tree.bounds(i)[0] + 1 for i in range(1, tree.n)]  # leaf i: bounds(i)[0] < token <= bounds(i)[1]
+    for leaf, count, h, rows, dirty in await conn.fetch(query, tree.lo, tree.hi, thresholds):
+        tree.merge(int(leaf), count, int(h), rows, bool(dirty))
 
 
 async def hash_statics(conn: Any, table: TableSchema, schema_prefix: str, trees: Sequence[Tree],
                        now: int) -> dict[tuple[int, int], set[bytes]]:
     """Mark dirty in ``trees`` (sorted, covering the ring) the partitions PostgreSQL holds with only live static
-    data (Cassandra's ``SELECT *`` shows each as a row, a dirty one: :class:`DigestForm`); returns them by (tree,
+    data (Cassandra's ``SELECT *`` shows each as a row, a dirty one); returns them by (tree,
     leaf), for reading those leaves again."""
     found: dict[tuple[int, int], set[bytes]] = {}
     if not table.clustering:
