@@ -240,21 +240,24 @@ def _general(convert: Callable[[Any], Any] | None, text: Callable[[Any], str]) -
 class RowText:
     """A table's row text (see the module): in SQL over the mirror's columns, and from Cassandra's values."""
 
-    def __init__(self, cols: Columns) -> None:
+    def __init__(self, cols: Columns, offset: int = 0) -> None:
         parts = [_column(pg) for pg in cols.pg_types]
-        self._pieces = tuple(_fast(c, pg) or _general(converter(c.type), text)
-                             for c, pg, (text, _) in zip(cols.columns, cols.pg_types, parts, strict=True))
+        pieces = [_fast(c, pg) or _general(converter(c.type), text)
+                  for c, pg, (text, _) in zip(cols.columns, cols.pg_types, parts, strict=True)]
+        self._pieces = tuple(enumerate(pieces, offset))
         names = [ident(n) for n in cols.names]
         self.sql = " || ".join(_piece_sql(sql.replace("{}", name)) for (_, sql), name in zip(parts, names,
                                                                                                   strict=True))
-        self._static_only = tuple(range(cols.n_pk, cols.n_pk + cols.n_ck)) if cols.n_ck else ()
+        self._clustering = tuple(range(offset + cols.n_pk, offset + cols.n_pk + cols.n_ck))
 
     def cassandra(self, row: Sequence[Any]) -> str | None:
-        """The text of a row of cassandra-driver's typed values (canonical column order), or None: dirty."""
-        if self._static_only and all(row[i] is None for i in self._static_only):
+        """The text of a row of cassandra-driver's typed values (canonical column order, from the ``offset``
+        given), or None: dirty."""
+        if self._clustering and all(row[i] is None for i in self._clustering):
             return None  # a partition with only static data: PostgreSQL keeps it apart (``<t>$partition``)
         out: list[str] = []
-        for v, piece in zip(row, self._pieces, strict=True):
+        for i, piece in self._pieces:
+            v = row[i]
             if v is None:
                 out.append(NULL)
                 continue
