@@ -142,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
               "(run it while capture and apply run)")
     _add_tool(sub, "reconcile", "compare PostgreSQL with Cassandra by token range, record the drift, and with "
               "--repair fix it through the pipeline (exit 0 equal, 1 drift, 2 could not run)")
+    _add_tool(sub, "dlq", "apply's dead letters: list, show, replay through apply's path (the merge decides), "
+              "resolve")
     _add_tool(sub, "erase", "GDPR erasure: delete keys in Cassandra, wait until apply removed them from PostgreSQL, "
               "remove their dead letters, confirm, audit (exit 0 erased, 1 not confirmed, 2 could not run)",
               "cdcpipe.reconcile.erase")

@@ -22,6 +22,24 @@ DDL = (
     "message text NOT NULL, retry_count integer NOT NULL, key bytea, value bytea, "
     "created_at timestamptz NOT NULL DEFAULT now(), UNIQUE (group_id, topic, partition, kafka_offset))"
 )
+# What an operator did with a dead letter (``cdcpipe dlq``): added to tables made before 0.3 too.
+DDL_RESOLUTION = (
+    "ALTER TABLE cdcpipe_dlq ADD COLUMN IF NOT EXISTS status text NOT NULL DEFAULT 'pending', "
+    "ADD COLUMN IF NOT EXISTS resolved_at timestamptz, ADD COLUMN IF NOT EXISTS resolved_by text, "
+    "ADD COLUMN IF NOT EXISTS note text, ADD COLUMN IF NOT EXISTS result text, "
+    "ADD COLUMN IF NOT EXISTS replays integer NOT NULL DEFAULT 0"
+)
+
+
+async def ensure_table(pool: Any) -> None:
+    """Create ``cdcpipe_dlq``, or add the resolution columns to one made before them (one at a time: a lock)."""
+    async with pool.acquire() as conn, conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('cdcpipe_dlq ddl'))")
+        await conn.execute(DDL)
+        exists = await conn.fetchval("SELECT 1 FROM information_schema.columns WHERE table_name = 'cdcpipe_dlq' "
+                                     "AND column_name = 'replays' AND table_schema = current_schema()")
+        if not exists:
+            await conn.execute(DDL_RESOLUTION)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +73,7 @@ class DeadLetterer:
         self._group = group
 
     async def ensure(self) -> None:
-        await self._pool.execute(DDL)
+        await ensure_table(self._pool)
 
     def ensure_topic_blocking(self, admin: Any, timeout_s: float = 30.0, *, kafka: KafkaSettings | None = None,
                               replication: int | None = None) -> None:

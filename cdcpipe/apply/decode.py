@@ -115,6 +115,10 @@ class SchemaReader:
         with contextlib.suppress(EventDecodeError):  # not ours: a schema record of another format version
             self.cache.add(value)
 
+    def close(self) -> None:
+        """Close its consumer (blocking)."""
+        self._consumer.close()
+
     def lookup(self, fingerprint: bytes) -> EventSchema | None:
         return self.cache.get(fingerprint)
 

@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_APPLIED = Counter("cdcpipe_apply_events_applied_total", "Change events applied to PostgreSQL",
                          ["table", "op"])
 DLQ_EVENTS = Counter("cdcpipe_apply_dlq_events_total", "Events sent to the dead-letter topic and table", ["table"])
+DLQ_RECORDS = Gauge("cdcpipe_dlq_records", "Dead letters in cdcpipe_dlq by status (pending, failed: a replay failed "
+                    "too; replayed, resolved), counted every apply.purge_interval_s", ["table", "error_type", "status"])
 DUPLICATES = Counter("cdcpipe_apply_duplicates_total",
                      "Duplicates and stale events ignored: kind=in_batch (events that changed nothing on top of "
                      "earlier events of their batch), unchanged_row (rows a batch left unchanged), already_applied "

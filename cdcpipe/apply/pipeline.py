@@ -224,6 +224,7 @@ class Apply:
             try:
                 await self._schema_changes()
                 await self._truncations()
+                await self._count_dead_letters()
                 for table in list(self.applier.tables.values()):
                     if table.table_id in self.applier.gone:
                         continue  # its mirror was dropped (apply.on_table_drop = drop)
@@ -235,6 +236,18 @@ class Apply:
                 if not exc.retriable:
                     raise
                 log.warning("maintenance failed, retrying next round", error=str(exc))
+
+    async def _count_dead_letters(self) -> None:
+        """``cdcpipe_dlq_records``: every dead letter, of every group (the table is shared), by status."""
+        try:
+            rows = await self.pool.fetch("SELECT coalesce(table_name, ''), error_type, status, count(*) FROM "
+                                         "cdcpipe_dlq GROUP BY 1, 2, 3")
+        except Exception as exc:  # a gauge is never worth stopping apply for: the next round counts again
+            log.warning("dead letters not counted", error=f"{type(exc).__name__}: {exc}")
+            return
+        metrics.DLQ_RECORDS.clear()
+        for table, error_type, status, n in rows:
+            metrics.DLQ_RECORDS.labels(table, error_type, status).set(n)
 
     async def _fill_tokens(self, table: TableSchema) -> None:
         """Rows mirrored before ``_cdc_token`` was kept get their partition token, a chunk per round."""

@@ -41,7 +41,7 @@ def imports(root: Path, path: Path) -> set[str]:
     return {m for m in out if m == root.name or m.startswith(root.name + ".")}
 
 
-TOOLS = {"reconcile": ("apply", "snapshot")}  # a tool over the sides: the sides it may use
+TOOLS = {"reconcile": ("apply", "snapshot"), "dlq": ("apply",)}  # a tool over the sides: the sides it may use
 
 
 def layer(module: str) -> str:

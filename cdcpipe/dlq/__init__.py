@@ -1,0 +1,1 @@
+"""``cdcpipe dlq``: apply's dead letters for an operator (a tool over apply)."""

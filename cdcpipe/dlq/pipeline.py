@@ -1,0 +1,173 @@
+"""``cdcpipe dlq``: apply's dead letters listed, shown, replayed and resolved by an operator.
+
+- ``list [--table T] [--error-type E] [--status S] [--since T] [--until T] [--after ID] [--limit N]``: one line
+  per dead letter (its coordinates, table, error and status; JSON lines when not a terminal); the last line gives
+  the cursor (``--after``) of the next page.
+- ``show ID``: everything about one, with its key and event bytes (hex).
+- ``replay (ID...|--table/--error-type/--status/--since/--until) [--note TEXT]``: each open one (``pending`` or
+  ``failed``) through apply's own path (:mod:`cdcpipe.dlq.replay`: the merge decides, so an old event never
+  overwrites newer data); ``replayed`` ones are left alone (a second replay is a no-op); one that fails again
+  stays, ``failed``, its retry count increased.
+- ``resolve ID --note TEXT``: mark handled without a replay.
+
+Who acted is ``--actor`` (default: the OS user); every action is kept on the dead letter (status, who, when,
+note, result).  Exit code: 0 — done; 1 — a replay failed (the dead letter stays); 2 — could not run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import getpass
+import json
+import sys
+from typing import IO, Any
+
+from cdcpipe.apply.deadletter import ensure_table
+from cdcpipe.config import Settings
+from cdcpipe.dlq import store
+from cdcpipe.dlq.metrics import REPLAYS
+from cdcpipe.dlq.replay import APPLIED, FAILED, Outcome, Replayer
+from cdcpipe.dlq.store import Filter
+from cdcpipe.topics import schemas_topic
+
+OK, REPLAY_FAILED, COULD_NOT_RUN = 0, 1, 2
+
+
+def _time(text: str) -> datetime.datetime:
+    value = datetime.datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"{text!r}: give a time zone (e.g. 2026-12-05T10:00:00+00:00)")
+    return value
+
+
+def _filter(args: Any, after: int = 0) -> Filter:
+    return Filter(table=args.table, error_type=args.error_type, status=args.status,
+                  since=None if args.since is None else _time(args.since),
+                  until=None if args.until is None else _time(args.until),
+                  ids=tuple(getattr(args, "ids", ()) or ()), after=after)
+
+
+class _Out:
+    def __init__(self, out: IO[str], mode: str) -> None:
+        self.out = out
+        self.tty = mode == "tty" or (mode == "auto" and out.isatty())
+
+    def line(self, record: dict[str, Any], text: str) -> None:
+        self.out.write((text if self.tty else json.dumps(record, default=str)) + "\n")
+
+
+async def run(settings: Settings, args: Any, out: IO[str]) -> int:
+    import asyncpg
+
+    show = _Out(out, args.output)
+    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
+    try:
+        await ensure_table(pool)
+        if args.dlq_command == "list":
+            async with pool.acquire() as conn:
+                letters = await store.find(conn, _filter(args, args.after), args.limit)
+            for letter in letters:
+                show.line(letter.summary(), f"{letter.id:>8} {letter.status:<8} {letter.table or '-'} "
+                          f"{letter.topic}[{letter.partition}]@{letter.offset} {letter.error_type}: "
+                          f"{letter.message[:100]}")
+            cursor = letters[-1].id if len(letters) == args.limit else None
+            show.line({"listed": len(letters), "next_after": cursor},
+                      f"{len(letters)} dead letters" + (f"; next page: --after {cursor}" if cursor else ""))
+            return OK
+        if args.dlq_command == "show":
+            async with pool.acquire() as conn:
+                found = await store.get(conn, args.id)
+            if found is None:
+                print(f"cdcpipe dlq: no dead letter {args.id}", file=sys.stderr)
+                return COULD_NOT_RUN
+            show.line(found.detail(), "\n".join(f"{k}: {v}" for k, v in found.detail().items()))
+            return OK
+        if args.dlq_command == "resolve":
+            async with pool.acquire() as conn, conn.transaction():
+                held = await store.get(conn, args.id, lock=True)
+                if held is None:
+                    print(f"cdcpipe dlq: no dead letter {args.id}", file=sys.stderr)
+                    return COULD_NOT_RUN
+                if held.status not in store.OPEN:
+                    show.line({"id": held.id, "result": "not_open", "status": held.status},
+                              f"{held.id}: already {held.status}, left as it is")
+                    return OK
+                await store.settle(conn, held.id, store.RESOLVED, args.actor, args.note, "resolved")
+            show.line({"id": args.id, "result": "resolved"}, f"{args.id}: resolved")
+            return OK
+        return await _replay(settings, pool, args, show)
+    finally:
+        await pool.close()
+
+
+async def _replay(settings: Settings, pool: Any, args: Any, show: _Out) -> int:
+    from cdcpipe.apply.decode import SchemaReader
+    from cdcpipe.apply.writer import BatchWriter
+
+    which = _filter(args)
+    if not which.ids and not any((which.table, which.error_type, which.status, which.since, which.until)):
+        print("cdcpipe dlq replay: give dead letter ids or a filter (--table, --error-type, --status, --since, "
+              "--until)", file=sys.stderr)
+        return COULD_NOT_RUN
+    async with pool.acquire() as conn:
+        letters = await store.find(conn, which, limit=1_000_000)
+    reader = SchemaReader.open(settings.kafka.client_config(), schemas_topic(settings.kafka.topic_prefix))
+    try:
+        await asyncio.to_thread(reader.catch_up, 30.0)
+        writer = BatchWriter(pool, grace_s=settings.apply.tombstone_grace_s,
+                             schema_prefix=settings.postgres.schema_prefix)
+        replayer = Replayer(pool, reader, writer, args.actor)
+        outcomes: list[Outcome] = []
+        for letter in letters:
+            outcome = await replayer.replay(letter.id, args.note)
+            REPLAYS.labels(outcome.result).inc()
+            outcomes.append(outcome)
+            show.line({"id": outcome.id, "table": outcome.table, "result": outcome.result, "error": outcome.error},
+                      f"{outcome.id}: {outcome.result}" + (f" ({outcome.error})" if outcome.error else ""))
+    finally:
+        await asyncio.to_thread(reader.close)
+    counted = {r: sum(o.result == r for o in outcomes) for r in {o.result for o in outcomes}}
+    show.line({"replayed": counted.get(APPLIED, 0), "outcomes": counted},
+              f"{len(outcomes)} dead letters: {counted or 'none matched'}")
+    return REPLAY_FAILED if counted.get(FAILED) else OK
+
+
+def main(settings: Settings, args: Any, out: IO[str] | None = None) -> int:
+    """The ``cdcpipe dlq`` command (see the module for the exit codes); logs go to stderr."""
+    from cdcpipe.observability import configure_logging
+
+    configure_logging(settings.observability.log_level, settings.observability.log_format)
+    try:
+        return asyncio.run(run(settings, args, out or sys.stdout))
+    except Exception as exc:  # cannot connect, a bad time, a server refusing: could not run
+        print(f"cdcpipe dlq: could not run: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return COULD_NOT_RUN
+
+
+def _filters(parser: Any) -> None:
+    parser.add_argument("--table", help="keyspace.table")
+    parser.add_argument("--error-type", help="e.g. SCHEMA_MISMATCH, ApplyError")
+    parser.add_argument("--status", choices=store.STATUSES)
+    parser.add_argument("--since", help="dead-lettered at or after this time (ISO 8601 with a time zone)")
+    parser.add_argument("--until", help="dead-lettered before this time (ISO 8601 with a time zone)")
+
+
+def add_arguments(parser: Any) -> None:
+    parser.add_argument("--output", choices=["auto", "tty", "json"], default="auto",
+                        help="lines for a person (tty) or JSON lines (json); auto: tty on a terminal")
+    parser.add_argument("--actor", default=getpass.getuser(), help="who acts (recorded; default: the OS user)")
+    sub = parser.add_subparsers(dest="dlq_command", required=True)
+    listing = sub.add_parser("list", help="dead letters, oldest first")
+    _filters(listing)
+    listing.add_argument("--after", type=int, default=0, help="only ids above this (the cursor of a page)")
+    listing.add_argument("--limit", type=int, default=100)
+    one = sub.add_parser("show", help="one dead letter, with its key and event bytes")
+    one.add_argument("id", type=int)
+    replay = sub.add_parser("replay", help="send dead letters through apply's path again (the merge decides)")
+    replay.add_argument("ids", type=int, nargs="*")
+    _filters(replay)
+    replay.add_argument("--note", help="why (recorded)")
+    resolve = sub.add_parser("resolve", help="mark a dead letter handled without a replay")
+    resolve.add_argument("id", type=int)
+    resolve.add_argument("--note", required=True, help="why (recorded)")

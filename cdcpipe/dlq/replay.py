@@ -1,0 +1,71 @@
+"""A dead letter replayed through apply's own path: its original event bytes decoded with the schemas topic
+(:class:`cdcpipe.apply.decode.SchemaReader`) and written by apply's writer (:class:`cdcpipe.apply.writer.
+BatchWriter`, under the table's lock), so the merge's rules decide: an event older than what the mirror holds
+changes nothing.  The outcome is recorded on the dead letter in the same breath: ``replayed``, or ``failed`` with
+its retry count increased — a failing event stays where it is and is never sent round again by itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cdcpipe.apply.decode import SchemaReader, decode_delta
+from cdcpipe.apply.writer import BatchWriter, Positioned
+from cdcpipe.dlq import store
+from cdcpipe.dlq.store import Letter
+from cdcpipe.errors import EventDecodeError
+
+APPLIED, ALREADY, FAILED, NOT_OPEN = "applied", "already_replayed", "failed", "not_open"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one replay did: ``result`` is ``applied``, ``already_replayed`` (a no-op), ``not_open`` (resolved
+    without a replay: replay refused) or ``failed`` (``error`` says why; the dead letter stays)."""
+
+    id: int
+    result: str
+    table: str | None
+    error: str | None = None
+
+
+class Replayer:
+    """Replays with one schema reader and one writer: ``pool`` an asyncpg pool, ``reader`` caught up."""
+
+    def __init__(self, pool: Any, reader: SchemaReader, writer: BatchWriter, actor: str) -> None:
+        self._pool = pool
+        self._reader = reader
+        self._writer = writer
+        self._actor = actor
+
+    async def replay(self, letter_id: int, note: str | None = None) -> Outcome:
+        async with self._pool.acquire() as conn:
+            letter = await store.get(conn, letter_id)
+        if letter is None:
+            raise LookupError(f"no dead letter {letter_id}")
+        if letter.status == store.REPLAYED:
+            return Outcome(letter.id, ALREADY, letter.table)
+        if letter.status not in store.OPEN:
+            return Outcome(letter.id, NOT_OPEN, letter.table, f"status {letter.status}")
+        try:
+            await self._apply(letter)
+        except Exception as exc:  # the event fails again: it stays, with its retry counted
+            error = f"{type(exc).__name__}: {exc}"
+            async with self._pool.acquire() as conn:
+                await store.settle(conn, letter.id, store.FAILED, self._actor, note, error[:2000])
+            return Outcome(letter.id, FAILED, letter.table, error)
+        async with self._pool.acquire() as conn:
+            await store.settle(conn, letter.id, store.REPLAYED, self._actor, note, APPLIED)
+        return Outcome(letter.id, APPLIED, letter.table)
+
+    async def _apply(self, letter: Letter) -> None:
+        if letter.value is None:
+            raise ValueError("the dead letter kept no event bytes")
+        try:
+            delta, table = decode_delta(letter.value, self._reader)
+        except EventDecodeError as exc:
+            if not exc.retriable:
+                raise
+            self._reader.catch_up()  # a schema written after the reader caught up
+            delta, table = decode_delta(letter.value, self._reader)
+        await self._writer.write(table, [Positioned(delta, letter.offset)], None)
