@@ -201,13 +201,14 @@ def test_cdcpipe_services(name: str, port: int, monkeypatch: pytest.MonkeyPatch)
 
 
 def test_processes_default_to_the_ports_the_deploy_files_use() -> None:
-    """capture and apply started side by side with default settings do not collide, and every deploy file uses
-    those defaults."""
+    """capture, apply and a scheduled reconcile started side by side with default settings do not collide, and
+    every deploy file uses those defaults."""
     from cdcpipe.config import DEFAULT_HTTP_PORTS, ObservabilitySettings
 
     obs = ObservabilitySettings()
     assert obs.http_port is None
-    assert {p: obs.port_for(p) for p in ("capture", "apply")} == DEFAULT_HTTP_PORTS == {"capture": 9400, "apply": 9401}
+    assert {p: obs.port_for(p) for p in DEFAULT_HTTP_PORTS} == DEFAULT_HTTP_PORTS == {
+        "capture": 9400, "apply": 9401, "reconcile": 9402}
     # one shared setting would give both the same port: it is never in the shared ConfigMap nor the shared env
     configmap = yaml.safe_load((DEPLOY / "k8s" / "configmap.yaml").read_text())
     assert "CDCPIPE_OBSERVABILITY__HTTP_PORT" not in configmap["data"]
