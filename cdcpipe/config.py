@@ -261,6 +261,31 @@ class ObservabilitySettings(_Section):
         return DEFAULT_HTTP_PORTS[process] if self.http_port is None else self.http_port
 
 
+class AdminSettings(_Section):
+    """The admin HTTP API apply serves (dead letters, status; docs/operations.md).  Off by default; when on, it
+    needs at least one token: ``token`` (read and write), ``read_token`` (read only) or ``tokens_file`` (lines
+    ``read <token>`` / ``write <token>``, re-read when the file changes: rotation without a restart).  Tokens have
+    at least 16 characters."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=9411, ge=0, le=65535)
+    token: SecretStr | None = None
+    read_token: SecretStr | None = None
+    tokens_file: Path | None = None
+    max_auth_failures: int = Field(default=10, gt=0)  # per client and minute; then 429 for the rest of the minute
+
+    @model_validator(mode="after")
+    def _tokens(self) -> AdminSettings:
+        for name in ("token", "read_token"):
+            value = getattr(self, name)
+            if value is not None and len(value.get_secret_value()) < 16:
+                raise ValueError(f"admin.{name} must have at least 16 characters")
+        if self.enabled and self.token is None and self.read_token is None and self.tokens_file is None:
+            raise ValueError("admin.enabled needs admin.token, admin.read_token or admin.tokens_file")
+        return self
+
+
 class VaultSettings(_Section):
     """Where credentials would come from in HashiCorp Vault.  This version does not read them from Vault, so
     ``url`` and ``token`` are refused when set (a process started with them would otherwise run without the
@@ -296,6 +321,7 @@ class Settings(BaseSettings):
     apply: ApplySettings = Field(default_factory=ApplySettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
     vault: VaultSettings = Field(default_factory=VaultSettings)
+    admin: AdminSettings = Field(default_factory=AdminSettings)
 
     @classmethod
     def settings_customise_sources(

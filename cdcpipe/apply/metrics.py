@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 EVENTS_APPLIED = Counter("cdcpipe_apply_events_applied_total", "Change events applied to PostgreSQL",
                          ["table", "op"])
 DLQ_EVENTS = Counter("cdcpipe_apply_dlq_events_total", "Events sent to the dead-letter topic and table", ["table"])
+DLQ_REPLAYS = Counter("cdcpipe_dlq_replays_total", "Dead-letter replays by result (applied, already_replayed, "
+                      "not_open, failed)", ["result"])
 DLQ_RECORDS = Gauge("cdcpipe_dlq_records", "Dead letters in cdcpipe_dlq by status (pending, failed: a replay failed "
                     "too; replayed, resolved), counted every apply.purge_interval_s", ["table", "error_type", "status"])
 DUPLICATES = Counter("cdcpipe_apply_duplicates_total",

@@ -153,6 +153,10 @@ class Apply:
                 tasks.create_task(self._maintain(stop), name="maintain")
                 tasks.create_task(self._watch(stop), name="watch")
                 tasks.create_task(self._deadline(stop, draining), name="deadline")
+                if self.settings.admin.enabled:
+                    from cdcpipe.apply.admin import serve
+
+                    tasks.create_task(serve(self.settings, self.pool, self.health.report, stop), name="admin")
         finally:
             await asyncio.to_thread(self.consumer.close)
             await self.pool.close()

@@ -5,7 +5,7 @@
   the cursor (``--after``) of the next page.
 - ``show ID``: everything about one, with its key and event bytes (hex).
 - ``replay (ID...|--table/--error-type/--status/--since/--until) [--note TEXT]``: each open one (``pending`` or
-  ``failed``) through apply's own path (:mod:`cdcpipe.dlq.replay`: the merge decides, so an old event never
+  ``failed``) through apply's own path (:mod:`cdcpipe.apply.replay`: the merge decides, so an old event never
   overwrites newer data); ``replayed`` ones are left alone (a second replay is a no-op); one that fails again
   stays, ``failed``, its retry count increased.
 - ``resolve ID --note TEXT``: mark handled without a replay.
@@ -23,12 +23,11 @@ import json
 import sys
 from typing import IO, Any
 
+from cdcpipe.apply import dlqstore as store
 from cdcpipe.apply.deadletter import ensure_table
+from cdcpipe.apply.dlqstore import Filter
+from cdcpipe.apply.replay import APPLIED, FAILED, Outcome, Replayer
 from cdcpipe.config import Settings
-from cdcpipe.dlq import store
-from cdcpipe.dlq.metrics import REPLAYS
-from cdcpipe.dlq.replay import APPLIED, FAILED, Outcome, Replayer
-from cdcpipe.dlq.store import Filter
 from cdcpipe.topics import schemas_topic
 
 OK, REPLAY_FAILED, COULD_NOT_RUN = 0, 1, 2
@@ -121,7 +120,6 @@ async def _replay(settings: Settings, pool: Any, args: Any, show: _Out) -> int:
         outcomes: list[Outcome] = []
         for letter in letters:
             outcome = await replayer.replay(letter.id, args.note)
-            REPLAYS.labels(outcome.result).inc()
             outcomes.append(outcome)
             show.line({"id": outcome.id, "table": outcome.table, "result": outcome.result, "error": outcome.error},
                       f"{outcome.id}: {outcome.result}" + (f" ({outcome.error})" if outcome.error else ""))

@@ -9,8 +9,8 @@ import io
 
 import pytest
 
+from cdcpipe.apply.dlqstore import Filter
 from cdcpipe.dlq import pipeline
-from cdcpipe.dlq.store import Filter
 
 
 def test_filter_where() -> None:

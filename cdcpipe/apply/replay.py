@@ -6,13 +6,15 @@ its retry count increased — a failing event stays where it is and is never sen
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 
+from cdcpipe.apply import dlqstore as store
+from cdcpipe.apply import metrics
 from cdcpipe.apply.decode import SchemaReader, decode_delta
+from cdcpipe.apply.dlqstore import Letter
 from cdcpipe.apply.writer import BatchWriter, Positioned
-from cdcpipe.dlq import store
-from cdcpipe.dlq.store import Letter
 from cdcpipe.errors import EventDecodeError
 
 APPLIED, ALREADY, FAILED, NOT_OPEN = "applied", "already_replayed", "failed", "not_open"
@@ -32,7 +34,7 @@ class Outcome:
 class Replayer:
     """Replays with one schema reader and one writer: ``pool`` an asyncpg pool, ``reader`` caught up."""
 
-    def __init__(self, pool: Any, reader: SchemaReader, writer: BatchWriter, actor: str) -> None:
+    def __init__(self, pool: Any, reader: SchemaReader, writer: BatchWriter, actor: str = "") -> None:
         self._pool = pool
         self._reader = reader
         self._writer = writer
@@ -43,6 +45,11 @@ class Replayer:
             letter = await store.get(conn, letter_id)
         if letter is None:
             raise LookupError(f"no dead letter {letter_id}")
+        outcome = await self._replay(letter, note)
+        metrics.DLQ_REPLAYS.labels(outcome.result).inc()
+        return outcome
+
+    async def _replay(self, letter: Letter, note: str | None) -> Outcome:
         if letter.status == store.REPLAYED:
             return Outcome(letter.id, ALREADY, letter.table)
         if letter.status not in store.OPEN:
@@ -66,6 +73,6 @@ class Replayer:
         except EventDecodeError as exc:
             if not exc.retriable:
                 raise
-            self._reader.catch_up()  # a schema written after the reader caught up
+            await asyncio.to_thread(self._reader.catch_up)  # a schema written after the reader caught up
             delta, table = decode_delta(letter.value, self._reader)
         await self._writer.write(table, [Positioned(delta, letter.offset)], None)
