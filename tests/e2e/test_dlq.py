@@ -12,11 +12,13 @@ import subprocess
 import sys
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.test_erase import pg
 from tests.e2e.test_schema_changes import running
 from tests.support.harness import Pipeline, wait_for
+from tests.support.processes import free_port
 from tests.support.stack import ROOT
 
 pytestmark = pytest.mark.timeout(300)
@@ -30,8 +32,13 @@ def dlq(pipeline: Pipeline, *args: str) -> tuple[int, list[dict[str, Any]]]:
     return done.returncode, [json.loads(x) for x in done.stdout.splitlines() if x.startswith("{")]
 
 
+TOKEN = "e2e-admin-token-" + "z" * 16
+
+
 def test_dead_letters_listed_replayed_and_resolved(stack_env: dict[str, str], tmp_path: Any) -> None:
-    with running(stack_env, tmp_path, "e2edl", "t (k int PRIMARY KEY, v text, n int)") as (
+    port = free_port()
+    admin = {"CDCPIPE_ADMIN__ENABLED": "true", "CDCPIPE_ADMIN__TOKEN": TOKEN, "CDCPIPE_ADMIN__PORT": str(port)}
+    with running(stack_env, tmp_path, "e2edl", "t (k int PRIMARY KEY, v text, n int)", extra=admin) as (
             stack, ks, session, pipeline):
         target = f'"{ks}"."t"'
         session.execute(f"INSERT INTO {ks}.t (k, v, n) VALUES (1, 'ok', 1)")
@@ -99,3 +106,16 @@ def test_dead_letters_listed_replayed_and_resolved(stack_env: dict[str, str], tm
         # the mirror equals Cassandra for what Cassandra holds (k=4 was refused; Cassandra holds it)
         cass = {r.k: (r.v, r.n) for r in session.execute(f"SELECT k, v, n FROM {ks}.t")}
         assert {k: v for k, v in cass.items() if k != 4} == rows
+
+        # the same through apply's admin API
+        api = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {TOKEN}"})
+        listed = api.get("/dlq/records", params={"table": f"{ks}.t"}).json()["records"]
+        assert {x["id"]: x["status"] for x in listed} == {by_key[2]: "replayed", by_key[3]: "replayed",
+                                                          by_key[4]: "resolved"}
+        assert api.post("/dlq/replay", json={"ids": [by_key[2]]}).json()["outcomes"][0]["result"] == \
+            "already_replayed"
+        assert api.get("/status").json()["ready"] is True
+        assert httpx.get(f"http://127.0.0.1:{port}/dlq/records").status_code == 401
+        codes = pipeline.stop()
+        assert codes[pipeline.apply.name] == 0, codes
+        assert TOKEN not in (pipeline.workdir / "apply.log").read_text()

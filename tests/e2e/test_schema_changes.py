@@ -117,13 +117,13 @@ class Writer(threading.Thread):
 
 @contextlib.contextmanager
 def running(stack_env: dict[str, str], tmp_path: Path, name: str, *tables: str, types: tuple[str, ...] = (),
-            rf: int = 1) -> Iterator[tuple[StackEnv, str, Any, Pipeline]]:
+            rf: int = 1, extra: dict[str, str] | None = None) -> Iterator[tuple[StackEnv, str, Any, Pipeline]]:
     """A keyspace of its own with ``types`` and ``tables`` (``CREATE TYPE``/``CREATE TABLE`` bodies after
     ``<keyspace>.``), capture and apply started on it; afterwards everything stopped and dropped."""
     stack = StackEnv(stack_env)
     keyspace = unique(name, 8)
     cluster, session = connect(stack)
-    pipeline = Pipeline(stack, keyspace, tmp_path)
+    pipeline = Pipeline(stack, keyspace, tmp_path, extra=extra)
     try:
         session.execute(f"CREATE KEYSPACE {keyspace} WITH replication = {{'class': 'SimpleStrategy', "
                         f"'replication_factor': {rf}}}", timeout=60)
