@@ -12,9 +12,10 @@ import datetime
 import json
 import socket
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 
 from cdcpipe.apply import dlqstore as store
@@ -25,6 +26,9 @@ from cdcpipe.config import Settings, env_name
 from cdcpipe.errors import ConfigError
 
 MAX_PAGE = 1000
+TEXT = r"^[^\x00]*$"  # PostgreSQL text holds no NUL
+BIGINT = 2**63 - 1
+Id = Annotated[int, Field(ge=1, le=BIGINT)]
 
 
 class DeadLetter(BaseModel):
@@ -63,13 +67,13 @@ class Page(BaseModel):
 class ReplayRequest(BaseModel):
     """Dead letters to replay: ``ids``, or a filter (at least one condition)."""
 
-    ids: list[int] = Field(default_factory=list, max_length=MAX_PAGE)
-    table: str | None = None
-    error_type: str | None = None
+    ids: list[Id] = Field(default_factory=list, max_length=MAX_PAGE)
+    table: str | None = Field(default=None, pattern=TEXT, max_length=500)
+    error_type: str | None = Field(default=None, pattern=TEXT, max_length=500)
     status: str | None = Field(default=None, pattern="^(pending|failed|replayed|resolved)$")
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
-    note: str | None = Field(default=None, max_length=2000)
+    note: str | None = Field(default=None, max_length=2000, pattern=TEXT)
 
 
 class ReplayOutcome(BaseModel):
@@ -84,7 +88,7 @@ class ReplayResponse(BaseModel):
 
 
 class ResolveRequest(BaseModel):
-    note: str = Field(min_length=1, max_length=2000)
+    note: str = Field(min_length=1, max_length=2000, pattern=TEXT)
 
 
 class ResolveResponse(BaseModel):
@@ -97,6 +101,18 @@ class ApplyStatus(BaseModel):
     ready: bool
     conditions: dict[str, str]
     dead_letters: dict[str, int] = Field(description="dead letters by status, every table")
+
+
+def _utc(moment: datetime.datetime | None) -> datetime.datetime | None:
+    """A time as UTC (a naive one is taken as UTC); one PostgreSQL cannot hold is refused (422)."""
+    if moment is None:
+        return None
+    try:
+        moment = (moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)).astimezone(datetime.UTC)
+    except OverflowError:
+        raise RequestValidationError([{"loc": ("query",), "msg": "a time beyond the representable range",
+                                       "type": "value_error"}]) from None
+    return moment
 
 
 def _model(letter: Letter) -> DeadLetter:
@@ -126,21 +142,23 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
     writes: dict[int | str, dict[str, Any]] = {**refused, 403: {"description": "a read-only token"}}
 
     @app.get("/dlq/records", response_model=Page, responses=refused)
-    async def records(table: str | None = None, error_type: str | None = None,
+    async def records(table: str | None = Query(default=None, pattern=TEXT, max_length=500),
+                      error_type: str | None = Query(default=None, pattern=TEXT, max_length=500),
                       status_: str | None = Query(default=None, alias="status",
                                                   pattern="^(pending|failed|replayed|resolved)$"),
                       since: datetime.datetime | None = None, until: datetime.datetime | None = None,
-                      after: int = Query(default=0, ge=0, le=2**63 - 1),
+                      after: int = Query(default=0, ge=0, le=BIGINT),
                       limit: int = Query(default=100, ge=1, le=MAX_PAGE),
                       _: str = Depends(guard(READ))) -> Page:
-        which = Filter(table=table, error_type=error_type, status=status_, since=since, until=until, after=after)
+        which = Filter(table=table, error_type=error_type, status=status_, since=_utc(since), until=_utc(until),
+                       after=after)
         async with pool.acquire() as conn:
             found = await store.find(conn, which, limit)
         return Page(records=[_model(x) for x in found], next_after=found[-1].id if len(found) == limit else None)
 
     @app.get("/dlq/records/{letter_id}", response_model=DeadLetterDetail,
              responses={**refused, 404: {"description": "no such dead letter"}})
-    async def record(letter_id: int = Path(ge=1, le=2**63 - 1), _: str = Depends(guard(READ))) -> DeadLetterDetail:
+    async def record(letter_id: int = Path(ge=1, le=BIGINT), _: str = Depends(guard(READ))) -> DeadLetterDetail:
         async with pool.acquire() as conn:
             found = await store.get(conn, letter_id)
         if found is None:
@@ -150,8 +168,8 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
     @app.post("/dlq/replay", response_model=ReplayResponse,
               responses={**writes, 400: {"description": "neither ids nor a filter"}})
     async def replay_(body: ReplayRequest, actor: str = Depends(guard(WRITE))) -> ReplayResponse:
-        which = Filter(table=body.table, error_type=body.error_type, status=body.status, since=body.since,
-                       until=body.until, ids=tuple(body.ids))
+        which = Filter(table=body.table, error_type=body.error_type, status=body.status, since=_utc(body.since),
+                       until=_utc(body.until), ids=tuple(body.ids))
         if not which.ids and not any((which.table, which.error_type, which.status, which.since, which.until)):
             raise HTTPException(400, "give ids or a filter (table, error_type, status, since, until)")
         async with pool.acquire() as conn:
@@ -162,7 +180,7 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
 
     @app.post("/dlq/records/{letter_id}/resolve", response_model=ResolveResponse,
               responses={**writes, 404: {"description": "no such dead letter"}})
-    async def resolve(body: ResolveRequest, letter_id: int = Path(ge=1, le=2**63 - 1),
+    async def resolve(body: ResolveRequest, letter_id: int = Path(ge=1, le=BIGINT),
                       actor: str = Depends(guard(WRITE))) -> ResolveResponse:
         async with pool.acquire() as conn, conn.transaction():
             held = await store.get(conn, letter_id, lock=True)
