@@ -18,6 +18,7 @@ import asyncpg
 import httpx
 import pytest
 import schemathesis
+import schemathesis.openapi
 
 from cdcpipe.apply import admin
 from cdcpipe.apply.adminauth import READ, WRITE, Tokens
@@ -135,17 +136,25 @@ def test_docs_copy_is_the_served_document(served: Served) -> None:
     assert json.loads((ROOT / "docs" / "openapi.json").read_text()) == served_doc == admin.openapi_document()
 
 
-schema = schemathesis.pytest.from_fixture("api_schema")
+def test_property_based_against_the_document(served: Served, caplog: pytest.LogCaptureFixture) -> None:
+    """schemathesis generates requests from the served document, every operation; each response must be no 5xx
+    and within the document (status, content type, body schema).  Its check that every schema-valid request is
+    accepted is left out: a replay with neither ids nor a filter is valid JSON for the document and refused with
+    the documented 400 (the document cannot say "one of them")."""
+    from hypothesis import HealthCheck, Phase, given, settings
+    from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-
-@pytest.fixture(scope="module")
-def api_schema(served: Served) -> Any:
-    return schemathesis.openapi.from_url(f"{served.url}/openapi.json")
-
-
-@schema.parametrize()
-def test_property_based_against_the_document(case: Any, served: Served, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
-    case.call_and_validate(headers={"Authorization": f"Bearer {W}"})
+    schema = schemathesis.openapi.from_url(f"{served.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 5
+    for operation in operations:
+        @given(case=operation.as_strategy())
+        @settings(max_examples=60, deadline=None, database=None, phases=[Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        def check(case: Any) -> None:
+            case.call_and_validate(headers={"Authorization": f"Bearer {W}"},
+                                   excluded_checks=[positive_data_acceptance])
+        check()
     for record in caplog.records:
         assert W not in record.getMessage() and R not in record.getMessage()
