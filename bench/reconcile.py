@@ -27,11 +27,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +45,8 @@ from cdcpipe.config import load_settings  # noqa: E402
 from cdcpipe.reconcile.canonical import Columns, raw_session, typed_session  # noqa: E402
 from cdcpipe.reconcile.compare import token_ranges  # noqa: E402
 from cdcpipe.reconcile.digest import Tree, hash_cassandra, hash_postgres  # noqa: E402
+from cdcpipe.schema import TableSchema  # noqa: E402
 from cdcpipe.schema_source import cluster_options, connect_system_schema  # noqa: E402
-from tests.support.topics import delete_topics, topics_with_prefix  # noqa: E402
 
 LEAVES = 256
 
@@ -63,12 +61,15 @@ def cassandra_ceiling(session: Any, ks: str, ranges: list[tuple[int, int]]) -> t
     return n, time.perf_counter() - t0
 
 
-def cassandra_hashed(settings: Any, ks: str, ranges: list[tuple[int, int]]) -> tuple[int, float]:
+def table_of(settings: Any, ks: str) -> TableSchema:
     source = connect_system_schema(settings.cassandra)
     try:
-        table = next(t for t in source.load() if t.name == f"{ks}.t")
+        return next(t for t in source.load() if t.name == f"{ks}.t")
     finally:
         source.session.cluster.shutdown()
+
+
+def cassandra_hashed(settings: Any, table: TableSchema, ranges: list[tuple[int, int]]) -> tuple[int, float]:
     options = cluster_options(settings.cassandra)
     cluster, session = raw_session(options.pop("contact_points"), options.pop("port"), **options)
     options = cluster_options(settings.cassandra)
@@ -85,12 +86,8 @@ def cassandra_hashed(settings: Any, ks: str, ranges: list[tuple[int, int]]) -> t
         typed_cluster.shutdown()
 
 
-async def postgres_side(dsn: str, settings: Any, ks: str, ranges: list[tuple[int, int]]) -> dict[str, float]:
-    source = connect_system_schema(settings.cassandra)
-    try:
-        table = next(t for t in source.load() if t.name == f"{ks}.t")
-    finally:
-        source.session.cluster.shutdown()
+async def postgres_side(dsn: str, table: TableSchema, ranges: list[tuple[int, int]]) -> dict[str, float]:
+    ks = table.keyspace
     conn = await asyncpg.connect(dsn)
     try:
         n, t0 = 0, time.perf_counter()
@@ -135,10 +132,7 @@ def main() -> int:
     settings = load_settings()
     dsn = settings.require("postgres.dsn").get_secret_value()
     kafka = settings.kafka.client_config()
-    run = f"benchrc_{uuid.uuid4().hex[:8]}"  # keyspace, topic prefix, consumer group and mirror schema
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{run}-apply.log"
-    env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": run, "CDCPIPE_APPLY__GROUP_ID": run,
-           "CDCPIPE_POSTGRES__SCHEMA_PREFIX": "", "CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"}
+    run, log, env = snapbench.run_of("benchrc")
     cluster = Cluster(**cluster_options(settings.cassandra))
     session = cluster.connect()
     session.row_factory = tuple_factory
@@ -150,9 +144,10 @@ def main() -> int:
         ranges = token_ranges(args.splits)
         c_rows, c_s = cassandra_ceiling(session, run, ranges)
         print(f"cassandra ceiling: {c_rows} rows in {c_s:.2f} s ({c_rows / c_s:.0f} rows/s)", flush=True)
-        h_rows, h_s = cassandra_hashed(settings, run, ranges)
+        table = table_of(settings, run)
+        h_rows, h_s = cassandra_hashed(settings, table, ranges)
         print(f"cassandra hashed: {h_rows} rows in {h_s:.2f} s ({h_rows / h_s:.0f} rows/s)", flush=True)
-        pg = asyncio.run(postgres_side(dsn, settings, run, ranges))
+        pg = asyncio.run(postgres_side(dsn, table, ranges))
         print(f"postgres ceiling: {pg['ceiling_rows']:.0f} rows in {pg['ceiling_s']:.2f} s; hashed: "
               f"{pg['hashed_rows']:.0f} rows in {pg['hashed_s']:.2f} s", flush=True)
         if not c_rows == h_rows == pg["ceiling_rows"] == pg["hashed_rows"] == args.rows:
@@ -170,18 +165,8 @@ def main() -> int:
               f"postgres_hashed_per_s={pg['hashed_rows'] / pg['hashed_s']:.0f} "
               f"postgres_ceiling_per_s={pg['ceiling_rows'] / pg['ceiling_s']:.0f}")
     finally:
-        if args.keep:
-            print(f"kept keyspace {run}, topics {run}.*, PostgreSQL schema {run}; apply log {log}", flush=True)
-        else:
-            try:
-                session.execute(f"DROP KEYSPACE IF EXISTS {run}", timeout=120)
-                deleted = delete_topics(kafka, topics_with_prefix(kafka, [f"{run}."]))
-                asyncio.run(snapbench.cleanup_pg(dsn, run, run))
-                log.unlink(missing_ok=True)
-                print(f"cleaned up: keyspace, {deleted} topics, PostgreSQL schema {run}", flush=True)
-            except Exception as exc:  # never hide the run's own error behind a cleanup failure
-                print(f"cleanup failed: {exc}", flush=True)
-            cluster.shutdown()
+        snapbench.finish(session, kafka, dsn, run, log, args.keep)
+        cluster.shutdown()
     print(result, flush=True)
     return 0
 

@@ -216,6 +216,32 @@ async def cleanup_pg(dsn: str, ks: str, group: str) -> None:
         await conn.close()
 
 
+def run_of(kind: str) -> tuple[str, Path, dict[str, str]]:
+    """A bench run's name (its keyspace, topic prefix, consumer group and mirror schema), apply's log file, and
+    the environment of its cdcpipe children."""
+    run = f"{kind}_{uuid.uuid4().hex[:8]}"
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{run}-apply.log"
+    env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": run, "CDCPIPE_APPLY__GROUP_ID": run,
+           "CDCPIPE_POSTGRES__SCHEMA_PREFIX": "", "CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"}
+    return run, log, env
+
+
+def finish(session: Session, kafka: dict[str, Any], dsn: str, run: str, log: Path, keep: bool) -> None:
+    """Drop the run's keyspace, topics, mirror schema and log, unless ``keep``; a cleanup failure is printed,
+    never raised over the run's own error."""
+    if keep:
+        print(f"kept keyspace {run}, topics {run}.*, PostgreSQL schema {run}; apply log {log}", flush=True)
+        return
+    try:
+        session.execute(f"DROP KEYSPACE IF EXISTS {run}", timeout=120)
+        deleted = delete_topics(kafka, topics_with_prefix(kafka, [f"{run}."]))
+        asyncio.run(cleanup_pg(dsn, run, run))
+        log.unlink(missing_ok=True)
+        print(f"cleaned up: keyspace, {deleted} topics, PostgreSQL schema {run}", flush=True)
+    except Exception as exc:  # never hide the run's own error behind a cleanup failure
+        print(f"cleanup failed: {exc}", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=200_000)
@@ -227,10 +253,7 @@ def main() -> int:
     settings = load_settings()
     dsn = settings.require("postgres.dsn").get_secret_value()
     kafka = settings.kafka.client_config()
-    run = f"benchsnap_{uuid.uuid4().hex[:8]}"  # keyspace, topic prefix, consumer group and mirror schema
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"{run}-apply.log"
-    env = {**os.environ, "CDCPIPE_KAFKA__TOPIC_PREFIX": run, "CDCPIPE_APPLY__GROUP_ID": run,
-           "CDCPIPE_POSTGRES__SCHEMA_PREFIX": "", "CDCPIPE_OBSERVABILITY__LOG_LEVEL": "WARNING"}
+    run, log, env = run_of("benchsnap")
     cluster = Cluster(**cluster_options(settings.cassandra))
     session = cluster.connect()
     session.row_factory = tuple_factory
@@ -247,17 +270,7 @@ def main() -> int:
         if r["rows"] != args.rows:
             raise SystemExit(f"the snapshot read {r['rows']} rows of {args.rows}")
     finally:
-        if args.keep:
-            print(f"kept keyspace {run}, topics {run}.*, PostgreSQL schema {run}; apply log {log}", flush=True)
-        else:
-            try:
-                session.execute(f"DROP KEYSPACE IF EXISTS {run}", timeout=120)
-                deleted = delete_topics(kafka, topics_with_prefix(kafka, [f"{run}."]))
-                asyncio.run(cleanup_pg(dsn, run, run))
-                log.unlink(missing_ok=True)
-                print(f"cleaned up: keyspace, {deleted} topics, PostgreSQL schema {run}", flush=True)
-            except Exception as exc:  # never hide the run's own error behind a cleanup failure
-                print(f"cleanup failed: {exc}", flush=True)
+        finish(session, kafka, dsn, run, log, args.keep)
         cluster.shutdown()
     e2e, read = args.rows / r["e2e_s"], args.rows / r["snap_s"]
     rss = r["rss"] / 2**20

@@ -1,4 +1,4 @@
-"""Operator commands that talk to the real services: connectivity checks.
+"""Operator commands that talk to the real services: connectivity checks; and who an operator is.
 
 ``check`` answers "can cdcpipe, with these settings, reach everything it needs?" before any capture or apply
 process is started.  Each probe returns a :class:`Probe`; none raises for an unreachable service.
@@ -7,6 +7,8 @@ process is started.  Each probe returns a :class:`Probe`; none raises for an unr
 from __future__ import annotations
 
 import asyncio
+import getpass
+import os
 import time
 from dataclasses import dataclass
 
@@ -90,3 +92,12 @@ def check(settings: Settings, services: list[str]) -> list[Probe]:
     """Probe each named service (all when empty), in a fixed order."""
     names = services or list(PROBES)
     return [PROBES[name](settings) for name in names]
+
+
+def operator_name() -> str:
+    """Who runs an operator command (recorded by ``erase`` and ``dlq``): the OS user, or the uid where the
+    environment has no login name (a container's user without a passwd entry)."""
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name here
+        return f"uid {os.getuid()}"

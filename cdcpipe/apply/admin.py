@@ -20,7 +20,7 @@ from pydantic import BaseModel, Field
 
 from cdcpipe.apply import dlqstore as store
 from cdcpipe.apply.adminauth import READ, WRITE, Tokens
-from cdcpipe.apply.dlqstore import Filter, Letter
+from cdcpipe.apply.dlqstore import Filter
 from cdcpipe.apply.replay import FAILED, Outcome
 from cdcpipe.config import Settings, env_name
 from cdcpipe.errors import ConfigError
@@ -115,11 +115,6 @@ def _utc(moment: datetime.datetime | None) -> datetime.datetime | None:
     return moment
 
 
-def _model(letter: Letter) -> DeadLetter:
-    return DeadLetter(**{k: v for k, v in letter.summary().items() if k in DeadLetter.model_fields}
-                      | {"created_at": letter.created_at, "resolved_at": letter.resolved_at})
-
-
 def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Awaitable[Outcome]],
           status: Callable[[], tuple[bool, dict[str, str]]]) -> FastAPI:
     """The app: ``replay(id, note, actor)`` replays one dead letter; ``status()`` is apply's readiness."""
@@ -154,7 +149,8 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
                        after=after)
         async with pool.acquire() as conn:
             found = await store.find(conn, which, limit)
-        return Page(records=[_model(x) for x in found], next_after=found[-1].id if len(found) == limit else None)
+        return Page(records=[DeadLetter(**x.summary()) for x in found],
+                    next_after=found[-1].id if len(found) == limit else None)
 
     @app.get("/dlq/records/{letter_id}", response_model=DeadLetterDetail,
              responses={**refused, 404: {"description": "no such dead letter"}})
@@ -163,14 +159,14 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
             found = await store.get(conn, letter_id)
         if found is None:
             raise HTTPException(404, f"no dead letter {letter_id}")
-        return DeadLetterDetail(**_model(found).model_dump(), key=found.detail()["key"], value=found.detail()["value"])
+        return DeadLetterDetail(**found.detail())
 
     @app.post("/dlq/replay", response_model=ReplayResponse,
               responses={**writes, 400: {"description": "neither ids nor a filter"}})
     async def replay_(body: ReplayRequest, actor: str = Depends(guard(WRITE))) -> ReplayResponse:
         which = Filter(table=body.table, error_type=body.error_type, status=body.status, since=_utc(body.since),
                        until=_utc(body.until), ids=tuple(body.ids))
-        if not which.ids and not any((which.table, which.error_type, which.status, which.since, which.until)):
+        if not which.chooses:
             raise HTTPException(400, "give ids or a filter (table, error_type, status, since, until)")
         async with pool.acquire() as conn:
             letters = await store.find(conn, which, MAX_PAGE)
@@ -182,14 +178,12 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
               responses={**writes, 404: {"description": "no such dead letter"}})
     async def resolve(body: ResolveRequest, letter_id: int = Path(ge=1, le=BIGINT),
                       actor: str = Depends(guard(WRITE))) -> ResolveResponse:
-        async with pool.acquire() as conn, conn.transaction():
-            held = await store.get(conn, letter_id, lock=True)
-            if held is None:
-                raise HTTPException(404, f"no dead letter {letter_id}")
-            if held.status not in store.OPEN:
-                return ResolveResponse(id=letter_id, result="not_open", status=held.status)
-            await store.settle(conn, letter_id, store.RESOLVED, actor, body.note, "resolved")
-        return ResolveResponse(id=letter_id, result="resolved", status=store.RESOLVED)
+        async with pool.acquire() as conn:
+            status = await store.resolve(conn, letter_id, actor, body.note)
+        if status is None:
+            raise HTTPException(404, f"no dead letter {letter_id}")
+        return ResolveResponse(id=letter_id, result="resolved" if status == store.RESOLVED else "not_open",
+                               status=status)
 
     @app.get("/status", response_model=ApplyStatus, responses=refused)
     async def status_view(_: str = Depends(guard(READ))) -> ApplyStatus:
@@ -207,13 +201,11 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
 async def serve(settings: Settings, pool: Any, report: Callable[[], tuple[bool, dict[str, str]]],
                 stop: asyncio.Event) -> None:
     """Serve the admin API on ``admin.host:admin.port`` until ``stop`` (a port in use raises ConfigError).  Replays
-    run one at a time, with a schema reader and a writer of their own (apply's batches are not disturbed)."""
+    run one at a time, with a schema reader and a writer of their own (:meth:`Replayer.open`: apply's batches are
+    not disturbed)."""
     import uvicorn
 
-    from cdcpipe.apply.decode import SchemaReader
     from cdcpipe.apply.replay import Replayer
-    from cdcpipe.apply.writer import BatchWriter
-    from cdcpipe.topics import schemas_topic
 
     cfg = settings.admin
     fixed = [(WRITE, cfg.token.get_secret_value())] if cfg.token is not None else []
@@ -227,43 +219,28 @@ async def serve(settings: Settings, pool: Any, report: Callable[[], tuple[bool, 
         sock.close()
         raise ConfigError(f"cannot serve the admin API on {cfg.host}:{cfg.port}: {exc.strerror}; choose another "
                           f"with admin.port ({env_name('admin.port')})") from None
-    reader = SchemaReader.open(settings.kafka.client_config(), schemas_topic(settings.kafka.topic_prefix))
-    writer = BatchWriter(pool, grace_s=settings.apply.tombstone_grace_s,
-                         schema_prefix=settings.postgres.schema_prefix)
-    one_at_a_time = asyncio.Lock()
-
-    async def replay(letter_id: int, note: str | None, actor: str) -> Outcome:
-        async with one_at_a_time:
-            return await Replayer(pool, reader, writer, actor).replay(letter_id, note)
-
-    server = _Server(uvicorn.Config(build(pool, tokens, replay, report), log_config=None, access_log=False,
+    replayer = await Replayer.open(settings, pool)
+    server = _server(uvicorn.Config(build(pool, tokens, replayer.replay, report), log_config=None, access_log=False,
                                     lifespan="off"))
     serving = asyncio.create_task(server.serve(sockets=[sock]), name="admin-http")
     try:
-        await asyncio.to_thread(reader.catch_up, 30.0)
         await stop.wait()
     finally:
         server.should_exit = True
         await serving
         sock.close()
-        await asyncio.to_thread(reader.close)
+        await replayer.close()
 
 
-def _server_class() -> Any:
+def _server(config: Any) -> Any:
+    """A uvicorn server that leaves SIGTERM/SIGINT to apply (its stop event); uvicorn is imported only here."""
     import uvicorn
 
     class Server(uvicorn.Server):
-        def capture_signals(self) -> Any:  # apply owns SIGTERM/SIGINT (its stop event), not uvicorn
+        def capture_signals(self) -> Any:
             return contextlib.nullcontext()
 
-        def install_signal_handlers(self) -> None:
-            return None
-
-    return Server
-
-
-def _Server(config: Any) -> Any:
-    return _server_class()(config)
+    return Server(config)
 
 
 def openapi_document() -> dict[str, Any]:

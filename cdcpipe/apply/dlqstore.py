@@ -76,6 +76,12 @@ class Filter:
     ids: tuple[int, ...] = ()
     after: int = 0
 
+    @property
+    def chooses(self) -> bool:
+        """Whether it names dead letters (ids or a condition): a replay of "every one" is refused."""
+        return bool(self.ids) or any(v is not None for v in (self.table, self.error_type, self.status, self.since,
+                                                              self.until))
+
     def where(self) -> tuple[str, list[Any]]:
         conds: list[str] = ["id > $1"]
         args: list[Any] = [self.after]
@@ -117,6 +123,19 @@ async def settle(conn: Any, letter_id: int, status: str, actor: str, note: str |
         "UPDATE cdcpipe_dlq SET status = $2, resolved_at = now(), resolved_by = $3, note = coalesce($4, note), "
         "result = $5, replays = replays + $6, retry_count = retry_count + $7 WHERE id = $1",
         letter_id, status, actor, note, result, 0 if status == RESOLVED else 1, 1 if failed else 0)
+
+
+async def resolve(conn: Any, letter_id: int, actor: str, note: str) -> str | None:
+    """Mark an open dead letter handled without a replay; its status after (None: no such dead letter).  A
+    replayed or resolved one is left as it is."""
+    async with conn.transaction():
+        held = await get(conn, letter_id, lock=True)
+        if held is None:
+            return None
+        if held.status not in OPEN:
+            return held.status
+        await settle(conn, letter_id, RESOLVED, actor, note, "resolved")
+        return RESOLVED
 
 
 async def counts(conn: Any) -> Sequence[tuple[str, str, str, int]]:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import asyncpg
 import structlog
 
-from cdcpipe.apply import checkpoint, metrics, migrate, schema_history, truncations
+from cdcpipe.apply import checkpoint, dlqstore, metrics, migrate, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
 from cdcpipe.apply.consumer import EventConsumer
@@ -244,8 +244,7 @@ class Apply:
     async def _count_dead_letters(self) -> None:
         """``cdcpipe_dlq_records``: every dead letter, of every group (the table is shared), by status."""
         try:
-            rows = await self.pool.fetch("SELECT coalesce(table_name, ''), error_type, status, count(*) FROM "
-                                         "cdcpipe_dlq GROUP BY 1, 2, 3")
+            rows = await dlqstore.counts(self.pool)
         except Exception as exc:  # a gauge is never worth stopping apply for: the next round counts again
             log.warning("dead letters not counted", error=f"{type(exc).__name__}: {exc}")
             return

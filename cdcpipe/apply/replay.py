@@ -15,7 +15,9 @@ from cdcpipe.apply import metrics
 from cdcpipe.apply.decode import SchemaReader, decode_delta
 from cdcpipe.apply.dlqstore import Letter
 from cdcpipe.apply.writer import BatchWriter, Positioned
+from cdcpipe.config import Settings
 from cdcpipe.errors import EventDecodeError
+from cdcpipe.topics import schemas_topic
 
 APPLIED, ALREADY, FAILED, NOT_OPEN = "applied", "already_replayed", "failed", "not_open"
 
@@ -32,24 +34,38 @@ class Outcome:
 
 
 class Replayer:
-    """Replays with one schema reader and one writer: ``pool`` an asyncpg pool, ``reader`` caught up."""
+    """Replays, one at a time, with one schema reader and one writer: ``pool`` an asyncpg pool, ``reader``
+    caught up (:meth:`open` makes both)."""
 
-    def __init__(self, pool: Any, reader: SchemaReader, writer: BatchWriter, actor: str = "") -> None:
+    def __init__(self, pool: Any, reader: SchemaReader, writer: BatchWriter) -> None:
         self._pool = pool
         self._reader = reader
         self._writer = writer
-        self._actor = actor
+        self._one_at_a_time = asyncio.Lock()  # the reader catches up for one caller at a time
 
-    async def replay(self, letter_id: int, note: str | None = None) -> Outcome:
-        async with self._pool.acquire() as conn:
-            letter = await store.get(conn, letter_id)
-        if letter is None:
-            raise LookupError(f"no dead letter {letter_id}")
-        outcome = await self._replay(letter, note)
+    @classmethod
+    async def open(cls, settings: Settings, pool: Any) -> Replayer:
+        """A replayer for ``settings``' topics and mirror, its schema reader caught up."""
+        reader = SchemaReader.open(settings.kafka.client_config(), schemas_topic(settings.kafka.topic_prefix))
+        await asyncio.to_thread(reader.catch_up, 30.0)
+        return cls(pool, reader, BatchWriter(pool, grace_s=settings.apply.tombstone_grace_s,
+                                             schema_prefix=settings.postgres.schema_prefix))
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._reader.close)
+
+    async def replay(self, letter_id: int, note: str | None, actor: str) -> Outcome:
+        """Replay one dead letter, recording ``actor`` and ``note`` on it."""
+        async with self._one_at_a_time:
+            async with self._pool.acquire() as conn:
+                letter = await store.get(conn, letter_id)
+            if letter is None:
+                raise LookupError(f"no dead letter {letter_id}")
+            outcome = await self._replay(letter, note, actor)
         metrics.DLQ_REPLAYS.labels(outcome.result).inc()
         return outcome
 
-    async def _replay(self, letter: Letter, note: str | None) -> Outcome:
+    async def _replay(self, letter: Letter, note: str | None, actor: str) -> Outcome:
         if letter.status == store.REPLAYED:
             return Outcome(letter.id, ALREADY, letter.table)
         if letter.status not in store.OPEN:
@@ -59,10 +75,10 @@ class Replayer:
         except Exception as exc:  # the event fails again: it stays, with its retry counted
             error = f"{type(exc).__name__}: {exc}"
             async with self._pool.acquire() as conn:
-                await store.settle(conn, letter.id, store.FAILED, self._actor, note, error[:2000])
+                await store.settle(conn, letter.id, store.FAILED, actor, note, error[:2000])
             return Outcome(letter.id, FAILED, letter.table, error)
         async with self._pool.acquire() as conn:
-            await store.settle(conn, letter.id, store.REPLAYED, self._actor, note, APPLIED)
+            await store.settle(conn, letter.id, store.REPLAYED, actor, note, APPLIED)
         return Outcome(letter.id, APPLIED, letter.table)
 
     async def _apply(self, letter: Letter) -> None:

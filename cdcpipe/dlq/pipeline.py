@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import getpass
 import json
 import sys
 from typing import IO, Any
@@ -28,7 +27,7 @@ from cdcpipe.apply.deadletter import ensure_table
 from cdcpipe.apply.dlqstore import Filter
 from cdcpipe.apply.replay import APPLIED, FAILED, Outcome, Replayer
 from cdcpipe.config import Settings
-from cdcpipe.topics import schemas_topic
+from cdcpipe.ops import operator_name
 
 OK, REPLAY_FAILED, COULD_NOT_RUN = 0, 1, 2
 
@@ -83,17 +82,14 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
             show.line(found.detail(), "\n".join(f"{k}: {v}" for k, v in found.detail().items()))
             return OK
         if args.dlq_command == "resolve":
-            async with pool.acquire() as conn, conn.transaction():
-                held = await store.get(conn, args.id, lock=True)
-                if held is None:
-                    print(f"cdcpipe dlq: no dead letter {args.id}", file=sys.stderr)
-                    return COULD_NOT_RUN
-                if held.status not in store.OPEN:
-                    show.line({"id": held.id, "result": "not_open", "status": held.status},
-                              f"{held.id}: already {held.status}, left as it is")
-                    return OK
-                await store.settle(conn, held.id, store.RESOLVED, args.actor, args.note, "resolved")
-            show.line({"id": args.id, "result": "resolved"}, f"{args.id}: resolved")
+            async with pool.acquire() as conn:
+                status = await store.resolve(conn, args.id, args.actor or operator_name(), args.note)
+            if status is None:
+                print(f"cdcpipe dlq: no dead letter {args.id}", file=sys.stderr)
+                return COULD_NOT_RUN
+            result = "resolved" if status == store.RESOLVED else "not_open"
+            show.line({"id": args.id, "result": result, "status": status},
+                      f"{args.id}: resolved" if result == "resolved" else f"{args.id}: already {status}, left as it is")
             return OK
         return await _replay(settings, pool, args, show)
     finally:
@@ -101,30 +97,24 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
 
 
 async def _replay(settings: Settings, pool: Any, args: Any, show: _Out) -> int:
-    from cdcpipe.apply.decode import SchemaReader
-    from cdcpipe.apply.writer import BatchWriter
-
     which = _filter(args)
-    if not which.ids and not any((which.table, which.error_type, which.status, which.since, which.until)):
+    if not which.chooses:
         print("cdcpipe dlq replay: give dead letter ids or a filter (--table, --error-type, --status, --since, "
               "--until)", file=sys.stderr)
         return COULD_NOT_RUN
     async with pool.acquire() as conn:
         letters = await store.find(conn, which, limit=1_000_000)
-    reader = SchemaReader.open(settings.kafka.client_config(), schemas_topic(settings.kafka.topic_prefix))
+    replayer = await Replayer.open(settings, pool)
+    actor = args.actor or operator_name()
+    outcomes: list[Outcome] = []
     try:
-        await asyncio.to_thread(reader.catch_up, 30.0)
-        writer = BatchWriter(pool, grace_s=settings.apply.tombstone_grace_s,
-                             schema_prefix=settings.postgres.schema_prefix)
-        replayer = Replayer(pool, reader, writer, args.actor)
-        outcomes: list[Outcome] = []
         for letter in letters:
-            outcome = await replayer.replay(letter.id, args.note)
+            outcome = await replayer.replay(letter.id, args.note, actor)
             outcomes.append(outcome)
             show.line({"id": outcome.id, "table": outcome.table, "result": outcome.result, "error": outcome.error},
                       f"{outcome.id}: {outcome.result}" + (f" ({outcome.error})" if outcome.error else ""))
     finally:
-        await asyncio.to_thread(reader.close)
+        await replayer.close()
     counted = {r: sum(o.result == r for o in outcomes) for r in {o.result for o in outcomes}}
     show.line({"replayed": counted.get(APPLIED, 0), "outcomes": counted},
               f"{len(outcomes)} dead letters: {counted or 'none matched'}")
@@ -154,7 +144,7 @@ def _filters(parser: Any) -> None:
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--output", choices=["auto", "tty", "json"], default="auto",
                         help="lines for a person (tty) or JSON lines (json); auto: tty on a terminal")
-    parser.add_argument("--actor", default=getpass.getuser(), help="who acts (recorded; default: the OS user)")
+    parser.add_argument("--actor", help="who acts (recorded; default: the OS user)")
     sub = parser.add_subparsers(dest="dlq_command", required=True)
     listing = sub.add_parser("list", help="dead letters, oldest first")
     _filters(listing)

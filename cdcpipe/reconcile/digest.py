@@ -59,7 +59,7 @@ class Tree:
         return self.lo + i * width // self.n, self.lo + (i + 1) * width // self.n
 
     def add(self, tok: int, digest: int, size: int) -> None:
-        i = ((tok - self.lo) * self.n - 1) // (self.hi - self.lo)
+        i = ((tok - self.lo) * self.n - 1) // (self.hi - self.lo)  # leaf(), inline: once per row
         self.counts[i] += 1
         self.sums[i] += digest
         self.rows += 1
@@ -79,7 +79,7 @@ class Tree:
 
     def taint(self, tok: int) -> None:
         """A dirty row (see :mod:`cdcpipe.reconcile.rowtext`): its leaf is compared row by row."""
-        self.dirty.add(((tok - self.lo) * self.n - 1) // (self.hi - self.lo))
+        self.dirty.add(self.leaf(tok))
         self.rows += 1
 
     def differing(self, other: Tree) -> list[int]:
@@ -117,7 +117,7 @@ def _hash_rows(session: Any, cols: Columns, tree: Tree, consistency: int | None,
     stmt = SimpleStatement(cols.select((tree.lo, tree.hi)), fetch_size=FETCH)
     if consistency is not None:
         stmt.consistency_level = consistency
-    add, taint, md5, typed = tree.add, tree.taint, hashlib.md5, cols.typed
+    add, taint, typed = tree.add, tree.taint, cols.typed
     text_of = RowText(cols, offset=0 if serialized else 1).cassandra
     n = 0
     for row in session.execute(stmt):
@@ -132,8 +132,7 @@ def _hash_rows(session: Any, cols: Columns, tree: Tree, consistency: int | None,
         if text is None:
             taint(tok)
             continue
-        data = text.encode()  # row_digest, inline: once per row
-        add(tok, int.from_bytes(md5(data, usedforsecurity=False).digest()[:8], "big", signed=True), len(data))
+        add(tok, *row_digest(text))
 
 
 async def hash_postgres(conn: Any, table: TableSchema, schema_prefix: str, tree: Tree,

@@ -23,9 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import getpass
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from cdcpipe.apply.state import decode_partition, decode_row
 from cdcpipe.apply.tables import Layout, ident, layout
 from cdcpipe.config import Settings
 from cdcpipe.model import Op
+from cdcpipe.ops import operator_name
 from cdcpipe.reconcile import canonical
 from cdcpipe.reconcile.canonical import Side, raw_session, read_cassandra, read_postgres
 from cdcpipe.reconcile.compare import classify
@@ -194,18 +193,14 @@ class Eraser:
         return len(ids), unreadable
 
     def _of_row(self, key: EraseKey, letters: list[tuple[int, bytes | None]]) -> tuple[list[int], int]:
-        from confluent_kafka import Consumer
-
         from cdcpipe.apply.decode import SchemaReader, decode_record
 
-        kafka = self.settings.kafka
-        consumer = Consumer({**kafka.client_config(), **kafka.fetch_config(), "enable.auto.commit": False,
-                             "group.id": f"cdcpipe-erase-{os.getpid()}", "isolation.level": "read_uncommitted"})
+        topic = schemas_topic(self.settings.kafka.topic_prefix)
+        reader = SchemaReader.open(self.settings.kafka.client_config(), topic)
         try:
-            reader = SchemaReader(consumer, schemas_topic(kafka.topic_prefix))
             if not reader.catch_up(30.0):
                 log.warning("erase: event schemas not read to their end; dead letters not read count as the row's",
-                            topic=schemas_topic(kafka.topic_prefix))
+                            topic=topic)
             ids, unreadable = [], 0
             for letter_id, value in letters:
                 try:
@@ -219,7 +214,7 @@ class Eraser:
                     ids.append(letter_id)
             return ids, unreadable
         finally:
-            consumer.close()
+            reader.close()
 
     async def scrub_reconcile(self, key: EraseKey, *, dry_run: bool = False) -> int:
         """Remove the key's rows (they hold both sides' values) from ``cdcpipe_reconcile_mismatches``."""
@@ -247,16 +242,9 @@ def _has_values(row: Any) -> bool:
         not v.tombstone for c in row.complex.values() for v in c.elements.values())
 
 
-def actor_name() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in this environment
-        return f"uid {os.getuid()}"
-
-
 async def erase(eraser: Eraser, keys: list[EraseKey], args: Any) -> list[Outcome]:
     """Steps 1-6 of the module docstring for ``keys`` (all deleted first, then waited for together)."""
-    actor = args.actor or actor_name()
+    actor = args.actor or operator_name()
     for key in keys:
         await asyncio.to_thread(eraser.check, key)
     before = [await eraser.look(key) for key in keys]

@@ -216,9 +216,8 @@ def _fast(col: Column, pg: str) -> Callable[[Any], Any] | None:
         def timestamp(v: Any) -> Any:
             if not isinstance(v, datetime.datetime):
                 return DIRTY  # milliseconds beyond Python's datetime range
-            if v.tzinfo is not None:
-                return _piece(_timestamp)(v)
-            t = _timestamp(v) if v in _NAIVE_ENDS else str((v - _NAIVE_EPOCH) // _US)
+            naive = v.tzinfo is None and v not in _NAIVE_ENDS
+            t = str((v - _NAIVE_EPOCH) // _US) if naive else _timestamp(v)
             return f"{len(t)}:{t}"
         return timestamp
     return None

@@ -57,9 +57,7 @@ class Served:
         reader = SchemaReader.open(self.settings.kafka.client_config(), schemas_topic("admin-test"))
         writer = BatchWriter(pool, grace_s=0, schema_prefix="")
 
-        async def replay(letter_id: int, note: str | None, actor: str) -> Any:
-            return await Replayer(pool, reader, writer, actor).replay(letter_id, note)
-
+        replay = Replayer(pool, reader, writer).replay
         app = admin.build(pool, Tokens([(WRITE, W), (READ, R)], max_failures=5), replay, lambda: (True, {"x": "ok"}))
         server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
                                                access_log=False, lifespan="off"))
