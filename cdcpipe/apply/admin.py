@@ -69,6 +69,7 @@ class ReplayRequest(BaseModel):
 
     ids: list[Id] = Field(default_factory=list, max_length=MAX_PAGE)
     table: str | None = Field(default=None, pattern=TEXT, max_length=500)
+    topic: str | None = Field(default=None, pattern=TEXT, max_length=500)
     error_type: str | None = Field(default=None, pattern=TEXT, max_length=500)
     status: str | None = Field(default=None, pattern="^(pending|failed|replayed|resolved)$")
     since: datetime.datetime | None = None
@@ -78,7 +79,8 @@ class ReplayRequest(BaseModel):
 
 class ReplayOutcome(BaseModel):
     id: int
-    result: str = Field(description="applied, already_replayed (a no-op), not_open (resolved) or failed")
+    result: str = Field(description="applied, already_replayed (a no-op), not_open (resolved), failed, or "
+                              "needs_capture_code (a capture dead letter: replayed by `cdcpipe dlq replay`)")
     table: str | None
     error: str | None
 
@@ -138,6 +140,7 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
 
     @app.get("/dlq/records", response_model=Page, responses=refused)
     async def records(table: str | None = Query(default=None, pattern=TEXT, max_length=500),
+                      topic: str | None = Query(default=None, pattern=TEXT, max_length=500),
                       error_type: str | None = Query(default=None, pattern=TEXT, max_length=500),
                       status_: str | None = Query(default=None, alias="status",
                                                   pattern="^(pending|failed|replayed|resolved)$"),
@@ -145,8 +148,8 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
                       after: int = Query(default=0, ge=0, le=BIGINT),
                       limit: int = Query(default=100, ge=1, le=MAX_PAGE),
                       _: str = Depends(guard(READ))) -> Page:
-        which = Filter(table=table, error_type=error_type, status=status_, since=_utc(since), until=_utc(until),
-                       after=after)
+        which = Filter(table=table, error_type=error_type, status=status_, topic=topic, since=_utc(since),
+                       until=_utc(until), after=after)
         async with pool.acquire() as conn:
             found = await store.find(conn, which, limit)
         return Page(records=[DeadLetter(**x.summary()) for x in found],
@@ -164,10 +167,10 @@ def build(pool: Any, tokens: Tokens, replay: Callable[[int, str | None, str], Aw
     @app.post("/dlq/replay", response_model=ReplayResponse,
               responses={**writes, 400: {"description": "neither ids nor a filter"}})
     async def replay_(body: ReplayRequest, actor: str = Depends(guard(WRITE))) -> ReplayResponse:
-        which = Filter(table=body.table, error_type=body.error_type, status=body.status, since=_utc(body.since),
-                       until=_utc(body.until), ids=tuple(body.ids))
+        which = Filter(table=body.table, error_type=body.error_type, status=body.status, topic=body.topic,
+                       since=_utc(body.since), until=_utc(body.until), ids=tuple(body.ids))
         if not which.chooses:
-            raise HTTPException(400, "give ids or a filter (table, error_type, status, since, until)")
+            raise HTTPException(400, "give ids or a filter (table, topic, error_type, status, since, until)")
         async with pool.acquire() as conn:
             letters = await store.find(conn, which, MAX_PAGE)
         outcomes = [await replay(x.id, body.note, actor) for x in letters]

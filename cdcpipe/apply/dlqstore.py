@@ -65,12 +65,14 @@ def _letter(r: Any) -> Letter:
 
 @dataclass(frozen=True, slots=True)
 class Filter:
-    """Which dead letters: every given condition holds (``table`` and ``error_type`` exact; ``since``/``until``
-    on when it was dead-lettered, ``until`` exclusive); ``after``: ids above it (the cursor of the page before)."""
+    """Which dead letters: every given condition holds (``table``, ``error_type`` and ``topic`` exact;
+    ``since``/``until`` on when it was dead-lettered, ``until`` exclusive); ``after``: ids above it (the cursor of the
+    page before)."""
 
     table: str | None = None
     error_type: str | None = None
     status: str | None = None
+    topic: str | None = None
     since: datetime.datetime | None = None
     until: datetime.datetime | None = None
     ids: tuple[int, ...] = ()
@@ -79,14 +81,14 @@ class Filter:
     @property
     def chooses(self) -> bool:
         """Whether it names dead letters (ids or a condition): a replay of "every one" is refused."""
-        return bool(self.ids) or any(v is not None for v in (self.table, self.error_type, self.status, self.since,
-                                                              self.until))
+        return bool(self.ids) or any(v is not None for v in (self.table, self.error_type, self.status, self.topic,
+                                                              self.since, self.until))
 
     def where(self) -> tuple[str, list[Any]]:
         conds: list[str] = ["id > $1"]
         args: list[Any] = [self.after]
         for column, value in (("table_name", self.table), ("error_type", self.error_type),
-                              ("status", self.status)):
+                              ("status", self.status), ("topic", self.topic)):
             if value is not None:
                 args.append(value)
                 conds.append(f"{column} = ${len(args)}")

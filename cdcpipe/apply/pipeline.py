@@ -6,9 +6,10 @@
         → EventConsumer.commit (Kafka offsets, only after that transaction committed)
 
 One TaskGroup: a poller (Kafka consume in a thread), a dispatcher (ready batches into a bounded queue), writers
-(``apply.concurrency`` of them), a maintenance task (TTL expiry and grace purge every ``apply.purge_interval_s``)
-and a watcher (every ``WATCH_S``: probes Kafka and PostgreSQL for ``/health``, publishes consumer lag).  A task
-that dies stops the others and the process says why.  ``stop`` (SIGTERM, SIGINT) stops polling, applies what was
+(``apply.concurrency`` of them), a maintenance task (TTL expiry and grace purge every ``apply.purge_interval_s``),
+the copier of capture's dead letters into ``cdcpipe_dlq`` (:mod:`cdcpipe.apply.capture_letters`) and a watcher
+(every ``WATCH_S``: probes Kafka and PostgreSQL for ``/health``, publishes consumer lag).  A task that dies stops
+the others and the process says why.  ``stop`` (SIGTERM, SIGINT) stops polling, applies what was
 read, commits, and returns 0 within 10 s.
 
 ``/health`` conditions: ``kafka`` and ``postgres`` (reachable, with the error when not) and ``circuit`` (the batch
@@ -34,6 +35,7 @@ import structlog
 from cdcpipe.apply import checkpoint, dlqstore, metrics, migrate, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
+from cdcpipe.apply.capture_letters import CaptureLetters
 from cdcpipe.apply.consumer import EventConsumer
 from cdcpipe.apply.deadletter import DeadLetterer
 from cdcpipe.apply.decode import SchemaReader
@@ -152,6 +154,7 @@ class Apply:
                     draining.append(tasks.create_task(self._write(), name=f"write-{i}"))
                 tasks.create_task(self._maintain(stop), name="maintain")
                 tasks.create_task(self._watch(stop), name="watch")
+                tasks.create_task(CaptureLetters(self.settings, self.pool).run(stop), name="capture-letters")
                 tasks.create_task(self._deadline(stop, draining), name="deadline")
                 if self.settings.admin.enabled:
                     from cdcpipe.apply.admin import serve

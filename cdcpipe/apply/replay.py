@@ -12,6 +12,7 @@ from typing import Any
 
 from cdcpipe.apply import dlqstore as store
 from cdcpipe.apply import metrics
+from cdcpipe.apply.capture_letters import GROUP as CAPTURE_GROUP
 from cdcpipe.apply.decode import SchemaReader, decode_delta
 from cdcpipe.apply.dlqstore import Letter
 from cdcpipe.apply.writer import BatchWriter, Positioned
@@ -20,12 +21,14 @@ from cdcpipe.errors import EventDecodeError
 from cdcpipe.topics import schemas_topic
 
 APPLIED, ALREADY, FAILED, NOT_OPEN = "applied", "already_replayed", "failed", "not_open"
+ELSEWHERE = "needs_capture_code"  # a capture dead letter: read again by ``cdcpipe dlq replay``, not by apply
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """What one replay did: ``result`` is ``applied``, ``already_replayed`` (a no-op), ``not_open`` (resolved
-    without a replay: replay refused) or ``failed`` (``error`` says why; the dead letter stays)."""
+    without a replay: replay refused), ``failed`` (``error`` says why; the dead letter stays) or
+    ``needs_capture_code`` (a capture dead letter: only ``cdcpipe dlq replay`` reads it again; nothing changed)."""
 
     id: int
     result: str
@@ -70,6 +73,9 @@ class Replayer:
             return Outcome(letter.id, ALREADY, letter.table)
         if letter.status not in store.OPEN:
             return Outcome(letter.id, NOT_OPEN, letter.table, f"status {letter.status}")
+        if letter.group_id == CAPTURE_GROUP:
+            return Outcome(letter.id, ELSEWHERE, letter.table, "a capture dead letter: replay it with `cdcpipe dlq "
+                           "replay`, which reads the entry again with capture's code")
         try:
             await self._apply(letter)
         except Exception as exc:  # the event fails again: it stays, with its retry counted

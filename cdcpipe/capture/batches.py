@@ -430,7 +430,7 @@ class BatchBuilder:
         for path, version, entry, error in chunk.items:
             if entry is None:
                 assert error is not None
-                batch.records.append(damage_record(self.prefix, path, error))
+                batch.records.append(damage_record(self.prefix, path, error, version, self._origin_json))
                 continue
             read += 1
             pos, _, data = entry
@@ -444,7 +444,7 @@ class BatchBuilder:
                 tid = first_table_id(data)
                 batch.records.append(self._dead_letter(path, pos, data, UnknownTableError(
                     tid, segment=path, position=pos.offset) if tid is not None else ValueError("no table id"),
-                    cause="unknown_table"))
+                    cause="unknown_table", version=version))
                 continue
             if not known:
                 if raw_table_id(data) in SCHEMA_RAW_IDS:
@@ -458,7 +458,7 @@ class BatchBuilder:
                         self._reference(mutation, pos, batch)
                 except (MutationDecodeError, ValueError) as exc:
                     cause = "unknown_table" if isinstance(exc, UnknownTableError) else "undecodable"
-                    batch.records.append(self._dead_letter(path, pos, data, exc, cause=cause))
+                    batch.records.append(self._dead_letter(path, pos, data, exc, cause=cause, version=version))
             if self._backdated_hit:
                 self._backdated_hit = False
                 self._check_backdated(data, version, pos, path, batch)
@@ -484,7 +484,12 @@ class BatchBuilder:
         batch.newest_micros = max(batch.newest_micros, c.event.timestamp_micros)
         batch.counts[(c.table.keyspace, c.table.table, c.event.op.value)] += 1
 
-    def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception, *, cause: str) -> Record:
+    @property
+    def _origin_json(self) -> dict[str, str]:
+        return {"cluster": self.origin.cluster, "datacenter": self.origin.datacenter, "node": self.origin.node}
+
+    def _dead_letter(self, path: str, pos: Position, data: bytes, exc: Exception, *, cause: str,
+                     version: int) -> Record:
         metrics.DEAD_LETTERS.inc()
         metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
         table_id = getattr(exc, "table_id", None)
@@ -492,5 +497,6 @@ class BatchBuilder:
                   table_id=str(table_id) if table_id else None, error=str(exc))
         value = json.dumps({"cause": cause, "segment": path, "position": str(pos),
                             "table_id": str(table_id) if table_id else None, "error": str(exc),
-                            "entry_hex": data.hex()}).encode()
+                            "entry_hex": data.hex(), "entry_position": str(pos), "messaging_version": version,
+                            "origin": self._origin_json}).encode()
         return Record(capture_dlq_topic(self.prefix), str(pos).encode(), value)

@@ -360,10 +360,13 @@ class SegmentFollower:
         return data
 
 
-def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
+def damage_record(prefix: str, path: str, error: SegmentError, messaging_version: int | None = None,
+                  origin: dict[str, str] | None = None) -> Record:
     """The capture dead-letter record of damage met while reading a segment (its segment is kept in the
     quarantine): where (``segment``, ``segment_id``, ``position`` = segment id and logical offset, ``file_offset``),
-    why (``cause``, ``error``) and, for an entry whose data failed its CRC, its bytes (``entry_hex``)."""
+    why (``cause``, ``error``) and, for an entry whose data failed its CRC, its bytes (``entry_hex``) and the
+    position just past it (``entry_position``); what ``cdcpipe dlq replay`` needs to read it again
+    (``messaging_version`` of the segment, ``origin``: the node's cluster, datacenter and host id)."""
     cause = damage_cause(error)
     metrics.SECTION_ERRORS.inc()
     metrics.DEAD_LETTERS_BY_CAUSE.labels(cause).inc()
@@ -375,5 +378,7 @@ def damage_record(prefix: str, path: str, error: SegmentError) -> Record:
               cause=cause, segment=path, offset=error.offset, reason=error.reason)
     value = json.dumps({"cause": cause, "segment": path, "segment_id": seg, "position": f"{seg}:{at}",
                         "file_offset": error.offset, "error": error.reason, "table_id": None,
-                        "entry_hex": data.hex() if data is not None else None}).encode()
+                        "entry_hex": data.hex() if data is not None else None,
+                        "entry_position": f"{seg}:{at + 12 + len(data)}" if data is not None else None,
+                        "messaging_version": messaging_version, "origin": origin}).encode()
     return Record(capture_dlq_topic(prefix), f"{seg}:{at}".encode(), value)

@@ -70,7 +70,7 @@ def _local_address(settings: Settings) -> str:
     return settings.cassandra.hosts[0].rsplit(":", 1)[0]
 
 
-def _keys(settings: Settings) -> KeyProvider | None:
+def key_provider(settings: Settings) -> KeyProvider | None:
     c = settings.capture
     if c.encryption_key is not None:
         return StaticKeyProvider.from_hex(c.encryption_key.get_secret_value())
@@ -113,7 +113,8 @@ class Capture:
         quarantine = Quarantine.open(c.quarantine_dir, cdc_raw)
         watcher = SchemaWatcher(source.session, schemas.mark_stale)
         watcher.ensure()
-        follower = SegmentFollower(cdc_raw, start, _keys(settings), quarantine, stall_timeout_s=c.stall_timeout_s)
+        follower = SegmentFollower(cdc_raw, start, key_provider(settings), quarantine,
+                                   stall_timeout_s=c.stall_timeout_s)
         builder = BatchBuilder(follower, schemas, TableFilter(c.include_tables, c.exclude_tables), origin,
                                settings.kafka.topic_prefix, producer.ensure_topic, watcher=watcher,
                                recheck_s=c.schema_recheck_s, off_grace_s=c.schema_off_grace_s,

@@ -1,13 +1,16 @@
-"""``cdcpipe dlq``: apply's dead letters listed, shown, replayed and resolved by an operator.
+"""``cdcpipe dlq``: the dead letters of apply and capture listed, shown, replayed and resolved by an operator.
 
-- ``list [--table T] [--error-type E] [--status S] [--since T] [--until T] [--after ID] [--limit N]``: one line
-  per dead letter (its coordinates, table, error and status; JSON lines when not a terminal); the last line gives
-  the cursor (``--after``) of the next page.
+- ``list [--table T] [--topic T] [--error-type E] [--status S] [--since T] [--until T] [--after ID] [--limit N]``:
+  one line per dead letter (its coordinates, table, error and status; JSON lines when not a terminal); the last
+  line gives the cursor (``--after``) of the next page.
 - ``show ID``: everything about one, with its key and event bytes (hex).
-- ``replay (ID...|--table/--error-type/--status/--since/--until) [--note TEXT]``: each open one (``pending`` or
+- ``replay (ID...|--table/--topic/--error-type/--status/--since/--until) [--note TEXT]``: each open one (``pending`` or
   ``failed``) through apply's own path (:mod:`cdcpipe.apply.replay`: the merge decides, so an old event never
   overwrites newer data); ``replayed`` ones are left alone (a second replay is a no-op); one that fails again
-  stays, ``failed``, its retry count increased.
+  stays, ``failed``, its retry count increased.  A capture dead letter (``capture.*`` error types: copied into
+  ``cdcpipe_dlq`` by apply, :mod:`cdcpipe.apply.capture_letters`) is read again with capture's code
+  (:mod:`cdcpipe.dlq.capture`; ``--segment-dir`` where its quarantined segment is) and its events produced to
+  their table topics for apply to merge.
 - ``resolve ID --note TEXT``: mark handled without a replay.
 
 Who acted is ``--actor`` (default: the OS user); every action is kept on the dead letter (status, who, when,
@@ -20,13 +23,16 @@ import asyncio
 import datetime
 import json
 import sys
+from pathlib import Path
 from typing import IO, Any
 
 from cdcpipe.apply import dlqstore as store
+from cdcpipe.apply.capture_letters import GROUP as CAPTURE_GROUP
 from cdcpipe.apply.deadletter import ensure_table
 from cdcpipe.apply.dlqstore import Filter
 from cdcpipe.apply.replay import APPLIED, FAILED, Outcome, Replayer
 from cdcpipe.config import Settings
+from cdcpipe.dlq.capture import PRODUCED, CaptureReplayer
 from cdcpipe.ops import operator_name
 
 OK, REPLAY_FAILED, COULD_NOT_RUN = 0, 1, 2
@@ -40,7 +46,7 @@ def _time(text: str) -> datetime.datetime:
 
 
 def _filter(args: Any, after: int = 0) -> Filter:
-    return Filter(table=args.table, error_type=args.error_type, status=args.status,
+    return Filter(table=args.table, error_type=args.error_type, status=args.status, topic=args.topic,
                   since=None if args.since is None else _time(args.since),
                   until=None if args.until is None else _time(args.until),
                   ids=tuple(getattr(args, "ids", ()) or ()), after=after)
@@ -99,24 +105,29 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
 async def _replay(settings: Settings, pool: Any, args: Any, show: _Out) -> int:
     which = _filter(args)
     if not which.chooses:
-        print("cdcpipe dlq replay: give dead letter ids or a filter (--table, --error-type, --status, --since, "
-              "--until)", file=sys.stderr)
+        print("cdcpipe dlq replay: give dead letter ids or a filter (--table, --topic, --error-type, --status, "
+              "--since, --until)", file=sys.stderr)
         return COULD_NOT_RUN
     async with pool.acquire() as conn:
         letters = await store.find(conn, which, limit=1_000_000)
     replayer = await Replayer.open(settings, pool)
+    captured = CaptureReplayer(settings, pool, args.segment_dir or ())
     actor = args.actor or operator_name()
     outcomes: list[Outcome] = []
     try:
         for letter in letters:
-            outcome = await replayer.replay(letter.id, args.note, actor)
+            if letter.group_id == CAPTURE_GROUP:
+                outcome = await captured.replay(letter, args.note, actor)
+            else:
+                outcome = await replayer.replay(letter.id, args.note, actor)
             outcomes.append(outcome)
             show.line({"id": outcome.id, "table": outcome.table, "result": outcome.result, "error": outcome.error},
                       f"{outcome.id}: {outcome.result}" + (f" ({outcome.error})" if outcome.error else ""))
     finally:
         await replayer.close()
+        await captured.close()
     counted = {r: sum(o.result == r for o in outcomes) for r in {o.result for o in outcomes}}
-    show.line({"replayed": counted.get(APPLIED, 0), "outcomes": counted},
+    show.line({"replayed": counted.get(APPLIED, 0) + counted.get(PRODUCED, 0), "outcomes": counted},
               f"{len(outcomes)} dead letters: {counted or 'none matched'}")
     return REPLAY_FAILED if counted.get(FAILED) else OK
 
@@ -135,6 +146,7 @@ def main(settings: Settings, args: Any, out: IO[str] | None = None) -> int:
 
 def _filters(parser: Any) -> None:
     parser.add_argument("--table", help="keyspace.table")
+    parser.add_argument("--topic", help="the topic it was read from (a table's, or <prefix>.capture-dlq)")
     parser.add_argument("--error-type", help="e.g. SCHEMA_MISMATCH, ApplyError")
     parser.add_argument("--status", choices=store.STATUSES)
     parser.add_argument("--since", help="dead-lettered at or after this time (ISO 8601 with a time zone)")
@@ -156,6 +168,9 @@ def add_arguments(parser: Any) -> None:
     replay.add_argument("ids", type=int, nargs="*")
     _filters(replay)
     replay.add_argument("--note", help="why (recorded)")
+    replay.add_argument("--segment-dir", type=Path, action="append",
+                        help="where to look for a capture dead letter's quarantined segment (repeatable; then "
+                             "capture.quarantine_dir and its default beside capture.cdc_raw_dir)")
     resolve = sub.add_parser("resolve", help="mark a dead letter handled without a replay")
     resolve.add_argument("id", type=int)
     resolve.add_argument("--note", required=True, help="why (recorded)")

@@ -121,9 +121,13 @@ def test_a_completed_segment_that_cannot_be_read_fully_is_quarantined(
     if damage == "entry_crc":
         [err] = errors
         assert isinstance(err, DamagedEntryError) and err.data == b"b-002-payload".replace(b"b", b"B", 1)
-        record = json.loads(damage_record("p", str(raw / f"CommitLog-7-{SEG1}.log"), err).value)
+        origin = {"cluster": "c", "datacenter": "dc", "node": "n"}
+        record = json.loads(damage_record("p", str(raw / f"CommitLog-7-{SEG1}.log"), err, 13, origin).value)
         assert bytes.fromhex(record["entry_hex"]) == err.data and record["cause"] == "entry_crc"
         assert record["segment_id"] == SEG1 and record["position"] == f"{SEG1}:{err.logical_offset}"
+        # what a replay needs to read it again: the position past the entry, the encoding, the node
+        assert record["entry_position"] == f"{SEG1}:{err.logical_offset + 12 + len(err.data)}"
+        assert record["messaging_version"] == 13 and record["origin"] == origin
         assert len(got) == 14  # every other entry was read
     quarantined(raw, q, follower, SEG1)
 

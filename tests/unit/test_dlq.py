@@ -1,5 +1,6 @@
 """``cdcpipe dlq``'s pure parts: filters become one parameterised WHERE (never values in the SQL), times need a
-time zone, and a replay needs ids or a filter."""
+time zone, a replay needs ids or a filter, and a capture dead-letter record becomes a ``cdcpipe_dlq`` row with its
+cause as the error type (a record that is not JSON kept as it is)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 
 import pytest
 
+from cdcpipe.apply.capture_letters import row_of
 from cdcpipe.apply.dlqstore import Filter
 from cdcpipe.dlq import pipeline
 
@@ -46,3 +48,16 @@ def test_replay_refuses_without_ids_or_filter(capsys: pytest.CaptureFixture[str]
     args = parser.parse_args(["replay"])
     code = asyncio.run(pipeline._replay(None, None, args, pipeline._Out(io.StringIO(), "json")))  # type: ignore[arg-type]
     assert code == pipeline.COULD_NOT_RUN and "give dead letter ids" in capsys.readouterr().err
+
+
+def test_capture_records_become_rows() -> None:
+    value = (b'{"cause": "entry_crc", "segment": "/raw/CommitLog-8-5.log", "position": "5:120", '
+             b'"error": "bad entry data CRC at logical offset 120", "entry_hex": "00ff"}')
+    row = row_of(0, 41, b"5:120", value)
+    assert (row.partition, row.offset, row.error_type, row.table, row.key, row.value) == (
+        0, 41, "capture.entry_crc", None, b"5:120", value)
+    assert row.message == "bad entry data CRC at logical offset 120 (/raw/CommitLog-8-5.log at 5:120)"
+    assert row_of(0, 1, None, b'{"cause": "unknown_table", "table": "ks.t"}').table == "ks.t"
+    for bad in (b"not json", b"[1, 2]", None):
+        kept = row_of(0, 2, b"k", bad)
+        assert kept.error_type == "capture.unreadable_record" and kept.value == bad

@@ -1,6 +1,7 @@
 """The package's layers: capture and apply depend only on the core, never on each other; the product never
 depends on the demo; ``reconcile`` (a tool over a running pipeline) may use apply's storage format and the
-snapshot, never capture, and no side uses it.  Read from the source (every ``import``, also those inside
+snapshot, never capture; ``dlq`` may use apply and capture (it reads capture's dead letters again); no side uses a
+tool.  Read from the source (every ``import``, also those inside
 functions), so a lazy import cannot slip through, and checked once more on ``sys.modules`` of a fresh
 interpreter."""
 
@@ -41,7 +42,8 @@ def imports(root: Path, path: Path) -> set[str]:
     return {m for m in out if m == root.name or m.startswith(root.name + ".")}
 
 
-TOOLS = {"reconcile": ("apply", "snapshot"), "dlq": ("apply",)}  # a tool over the sides: the sides it may use
+# a tool over the sides: the sides it may use
+TOOLS = {"reconcile": ("apply", "snapshot"), "dlq": ("apply", "capture")}
 
 
 def layer(module: str) -> str:
