@@ -60,7 +60,7 @@ integration: install tools stack-up
 test: install tools stack-up lint
 	CDCPIPE_COMPILED=off $(BIN)/pytest tests/unit -q -p no:cacheprovider  # the pure-Python modules too
 	eval "$$($(STACK) env)"
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30
 
 # Bring up the stack, then the live demo: capture and apply as background processes (logs under .stack/run/),
 # a demo workload with a live view, and a table-by-table comparison of both databases (exit 1 if they differ).

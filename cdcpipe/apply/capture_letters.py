@@ -80,8 +80,12 @@ class CaptureLetters:
                 log.warning("capture dead letters not copied, trying again", error=f"{type(exc).__name__}: {exc}")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), INTERVAL_S)
+        await self.close()
+
+    async def close(self) -> None:
         if self._consumer is not None:
             await asyncio.to_thread(self._consumer.close)
+            self._consumer = None
 
     async def copy(self) -> int:
         """Copy what is new; the number of rows inserted."""
