@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from cdcpipe import __version__
+from cdcpipe import __version__, pgconn
 from cdcpipe.config import Settings, load_settings
 from cdcpipe.errors import CdcpipeError, ConfigError
 
@@ -78,12 +78,10 @@ def _add_migrate_state(sub: argparse._SubParsersAction[argparse.ArgumentParser])
     def run(args: argparse.Namespace, settings: Settings) -> int:
         import asyncio
 
-        import asyncpg
-
         from cdcpipe.apply.migrate import migrate
 
         async def go() -> int:
-            conn = await asyncpg.connect(settings.require("postgres.dsn").get_secret_value())
+            conn = await pgconn.connect(settings)
             try:
                 done = await migrate(conn)
             finally:

@@ -68,6 +68,26 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class TlsSettings(_Section):
+    """TLS to one store (``cassandra.tls``, ``kafka.tls``, ``postgres.tls``): off by default; on, the server's
+    certificate is verified against ``ca_file`` (unset: the system's trust store) and, unless ``verify_hostname`` is
+    turned off, its name against the host connected to.  ``cert_file`` and ``key_file`` (PEM; ``key_password`` if the
+    key is encrypted) present a client certificate to a server that asks for one."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    key_password: SecretStr | None = None
+    verify_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("give both tls.cert_file and tls.key_file (a client certificate and its key), or neither")
+        return self
+
+
 class CassandraSettings(_Section):
     """How to reach the Cassandra cluster (schema reads, snapshots, reconciliation)."""
 
@@ -76,6 +96,7 @@ class CassandraSettings(_Section):
     username: str | None = None
     password: SecretStr | None = None
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
     @field_validator("hosts", mode="before")
     @classmethod
@@ -119,6 +140,14 @@ class KafkaSettings(_Section):
     sasl_password: SecretStr | None = None
     extra: dict[str, str] = Field(default_factory=dict)
     max_message_bytes: int | None = Field(default=None, ge=1_000_000, le=1_000_000_000)
+    tls: TlsSettings = Field(default_factory=TlsSettings)
+
+    @model_validator(mode="after")
+    def _tls_protocol(self) -> KafkaSettings:
+        if self.tls.enabled and self.security_protocol not in ("SSL", "SASL_SSL"):
+            raise ValueError(f"kafka.tls.enabled needs kafka.security_protocol SSL or SASL_SSL, not "
+                             f"{self.security_protocol}")
+        return self
 
     def __repr_args__(self) -> Any:  # repr/str (and so logs) never show a secret of ``extra``
         for name, value in super().__repr_args__():
@@ -148,6 +177,17 @@ class KafkaSettings(_Section):
             conf["sasl.username"] = self.sasl_username
         if self.sasl_password is not None:
             conf["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.tls.enabled:
+            tls = self.tls
+            conf["enable.ssl.certificate.verification"] = True
+            conf["ssl.endpoint.identification.algorithm"] = "https" if tls.verify_hostname else "none"
+            if tls.ca_file is not None:
+                conf["ssl.ca.location"] = str(tls.ca_file)
+            if tls.cert_file is not None and tls.key_file is not None:
+                conf["ssl.certificate.location"] = str(tls.cert_file)
+                conf["ssl.key.location"] = str(tls.key_file)
+            if tls.key_password is not None:
+                conf["ssl.key.password"] = tls.key_password.get_secret_value()
         conf.update(self.extra)
         return conf
 
@@ -166,6 +206,8 @@ class PostgresSettings(_Section):
     schema_prefix: str = ""
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
+    # on: verify-full (the CA, the host name) with an SSL context of cdcpipe's own; off: the DSN's sslmode decides
+    tls: TlsSettings = Field(default_factory=TlsSettings)
 
 
 class CaptureSettings(_Section):

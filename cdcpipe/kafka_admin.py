@@ -1,4 +1,4 @@
-"""Creating the topics capture and the snapshot produce to (blocking).
+"""Creating the topics capture and the snapshot produce to, and reaching Kafka at start (blocking).
 
 Every topic takes messages up to ``kafka.max_message_bytes`` (``KafkaSettings.topic_config``) and is replicated
 ``capture.topic_replication`` times, by default min(3, brokers) (:func:`cdcpipe.config.replication_factor`).
@@ -6,13 +6,15 @@ Every topic takes messages up to ``kafka.max_message_bytes`` (``KafkaSettings.to
 
 from __future__ import annotations
 
+from typing import Any
+
 import structlog
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cdcpipe.config import replication_factor
-from cdcpipe.errors import KafkaProduceError
+from cdcpipe.config import KafkaSettings, replication_factor
+from cdcpipe.errors import ConfigError, KafkaProduceError
 
 log = structlog.get_logger(__name__)
 COMPACTED = {"cleanup.policy": "compact"}
@@ -43,3 +45,26 @@ def create_topic(admin: AdminClient, topic: str, *, partitions: int, replication
         err: KafkaError = exc.args[0]
         if err.code() != KafkaError.TOPIC_ALREADY_EXISTS:
             raise KafkaProduceError(f"create topic: {err.str()}", topic=topic, retriable=err.retriable()) from exc
+
+
+def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
+    """None when the cluster answers a metadata request, otherwise why not (an outage to wait out).  Raises
+    ConfigError when what is configured cannot work: the TLS handshake refused (``kafka.tls``) or the SASL
+    credentials rejected."""
+    errors: list[KafkaError] = []
+    conf: dict[str, Any] = {**kafka.client_config(), "error_cb": errors.append}
+    admin = AdminClient(conf)
+    try:
+        admin.list_topics(timeout=timeout_s)
+        return None
+    except KafkaException as exc:
+        reason = exc.args[0].str() if exc.args else str(exc)
+    admin.poll(0.5)  # serve the error callbacks: they say why
+    for err in errors:
+        if err.code() == KafkaError._SSL:
+            raise ConfigError(f"TLS to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.tls.ca_file, "
+                              "kafka.tls.verify_hostname, the client certificate)")
+        if err.code() == KafkaError._AUTHENTICATION:
+            raise ConfigError(f"SASL to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.sasl_mechanism, "
+                              "kafka.sasl_username, kafka.sasl_password)")
+    return f"{kafka.bootstrap_servers} unreachable: {reason}"

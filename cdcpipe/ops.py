@@ -24,62 +24,62 @@ class Probe:
 
 
 def probe_cassandra(settings: Settings) -> Probe:
-    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import Cluster
 
+    from cdcpipe.schema_source import cassandra_connect_error, cluster_options
+
     started = time.monotonic()
-    cfg = settings.cassandra
-    auth = None
-    if cfg.username and cfg.password is not None:
-        auth = PlainTextAuthProvider(cfg.username, cfg.password.get_secret_value())
-    points = cfg.contact_points()
-    cluster = Cluster(
-        contact_points=[h for h, _ in points], port=points[0][1], auth_provider=auth,
-        connect_timeout=cfg.connect_timeout_s, protocol_version=5,
-    )
+    cluster = None
     try:
+        cluster = Cluster(**cluster_options(settings.cassandra))
         session = cluster.connect()
         row = session.execute("SELECT release_version, cluster_name, data_center FROM system.local").one()
         detail = f"Cassandra {row.release_version}, cluster {row.cluster_name!r}, dc {row.data_center!r}"
         return Probe("cassandra", True, detail, time.monotonic() - started)
     except Exception as exc:  # report, never raise: check lists every failing service
-        return Probe("cassandra", False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
+        err = cassandra_connect_error(settings.cassandra, exc)
+        return Probe("cassandra", False, f"{type(err).__name__}: {err}", time.monotonic() - started)
     finally:
-        cluster.shutdown()
+        if cluster is not None:
+            cluster.shutdown()
 
 
 def probe_kafka(settings: Settings) -> Probe:
     from confluent_kafka.admin import AdminClient
 
+    from cdcpipe.kafka_admin import kafka_reachable
+
     started = time.monotonic()
-    admin = AdminClient(settings.kafka.client_config())
     try:
-        meta = admin.list_topics(timeout=10)
+        reason = kafka_reachable(settings.kafka, 10.0)
+        if reason is not None:
+            return Probe("kafka", False, reason, time.monotonic() - started)
+        meta = AdminClient(settings.kafka.client_config()).list_topics(timeout=10)
         detail = f"cluster {meta.cluster_id}, {len(meta.brokers)} broker(s), {len(meta.topics)} topic(s)"
         return Probe("kafka", True, detail, time.monotonic() - started)
     except Exception as exc:
         return Probe("kafka", False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)
 
 
-async def _probe_postgres(dsn: str) -> str:
-    import asyncpg
+async def _probe_postgres(settings: Settings) -> str:
+    from cdcpipe import pgconn
 
-    conn = await asyncpg.connect(dsn, timeout=10)
+    conn = await pgconn.connect(settings, timeout=10)
     try:
         version = await conn.fetchval("SHOW server_version")
         db = await conn.fetchval("SELECT current_database()")
-        return f"PostgreSQL {version}, database {db!r}"
+        tls = await conn.fetchval("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        return f"PostgreSQL {version}, database {db!r}" + (", TLS" if tls else "")
     finally:
         await conn.close()
 
 
 def probe_postgres(settings: Settings) -> Probe:
     started = time.monotonic()
-    dsn = settings.postgres.dsn
-    if dsn is None:
+    if settings.postgres.dsn is None:
         return Probe("postgres", False, "postgres.dsn is not set (CDCPIPE_POSTGRES__DSN)", 0.0)
     try:
-        detail = asyncio.run(_probe_postgres(dsn.get_secret_value()))
+        detail = asyncio.run(_probe_postgres(settings))
         return Probe("postgres", True, detail, time.monotonic() - started)
     except Exception as exc:
         return Probe("postgres", False, f"{type(exc).__name__}: {exc}", time.monotonic() - started)

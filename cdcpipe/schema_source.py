@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from cdcpipe.cql import CqlType, identifier, parse_cql_type
-from cdcpipe.errors import SchemaError
+from cdcpipe.errors import CdcpipeError, ConfigError, SchemaError
 from cdcpipe.schema import (
     CLUSTERING,
     PARTITION_KEY,
@@ -27,6 +27,7 @@ from cdcpipe.schema import (
     TableSchema,
     system_table_id,
 )
+from cdcpipe.tls import ssl_context, tls_failure
 
 if TYPE_CHECKING:
     from cdcpipe.config import CassandraSettings
@@ -346,13 +347,24 @@ def connect_system_schema(target: str | CassandraSettings) -> SystemSchemaSource
     try:
         session = Cluster(**cluster_options(cfg)).connect()
     except Exception as exc:
-        raise SchemaError(f"cannot connect to Cassandra at {','.join(cfg.hosts)}: {exc}", retriable=True) from exc
+        raise cassandra_connect_error(cfg, exc) from exc
     return SystemSchemaSource(session)
+
+
+def cassandra_connect_error(cfg: CassandraSettings, exc: BaseException) -> CdcpipeError:
+    """The error of a failed connection: a TLS handshake that configuration caused (``cassandra.tls``) is a
+    ConfigError in one line; anything else a retriable SchemaError."""
+    hosts = ",".join(cfg.hosts)
+    tls = tls_failure(exc)
+    if tls is not None:
+        return ConfigError(f"TLS to Cassandra at {hosts}: {tls} (cassandra.tls.ca_file, "
+                           "cassandra.tls.verify_hostname, the client certificate)")
+    return SchemaError(f"cannot connect to Cassandra at {hosts}: {exc}", retriable=True)
 
 
 def cluster_options(cfg: CassandraSettings) -> dict[str, Any]:
     """Keyword arguments of ``cassandra.cluster.Cluster`` for ``cfg`` (contact points, port, credentials,
-    connect timeout, load-balancing policy)."""
+    connect timeout, load-balancing policy, TLS).  Raises ConfigError when a TLS file cannot be loaded."""
     from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy
@@ -366,6 +378,9 @@ def cluster_options(cfg: CassandraSettings) -> dict[str, Any]:
     if cfg.local_dc:
         profile = ExecutionProfile(load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))
         options["execution_profiles"] = {EXEC_PROFILE_DEFAULT: profile}
+    context = ssl_context(cfg.tls, "cassandra.tls")
+    if context is not None:
+        options["ssl_context"] = context  # the driver checks each node's name (its address) when check_hostname
     return options
 
 

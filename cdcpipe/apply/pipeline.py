@@ -29,9 +29,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import asyncpg
 import structlog
 
+from cdcpipe import pgconn
 from cdcpipe.apply import checkpoint, dlqstore, metrics, migrate, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
@@ -44,7 +44,8 @@ from cdcpipe.apply.tables import DDL_LOCK
 from cdcpipe.apply.truncations import TruncationReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
-from cdcpipe.errors import ApplyError, CdcpipeError, OffsetGapError, postgres_error
+from cdcpipe.errors import ApplyError, CdcpipeError, ConfigError, OffsetGapError, postgres_error
+from cdcpipe.kafka_admin import kafka_reachable
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema import TableSchema
 from cdcpipe.topics import apply_dlq_topic, schema_changes_topic, schemas_topic, truncations_topic
@@ -103,12 +104,12 @@ class Apply:
         from confluent_kafka import Producer
         from confluent_kafka.admin import AdminClient
 
-        dsn = settings.require("postgres.dsn").get_secret_value()  # a missing setting fails here, not in a retry
+        pgconn.connect_kwargs(settings)  # a missing setting or an unloadable TLS file fails here, not in a retry
         kafka = settings.kafka.client_config()
         admin = AdminClient(kafka)
         health.fail("kafka", "not reached yet")
         health.fail("postgres", "not reached yet")
-        pool = await _until_up("postgres", lambda: _connect(dsn, settings), health, stop)
+        pool = await _until_up("postgres", lambda: _connect(settings), health, stop)
         if pool is None:
             return None
         dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
@@ -126,6 +127,9 @@ class Apply:
             return True
 
         async def schemas() -> bool:
+            reason = await asyncio.to_thread(kafka_reachable, settings.kafka, PROBE_TIMEOUT_S)  # TLS, SASL
+            if reason is not None:
+                raise ConnectionError(reason)
             await asyncio.to_thread(functools.partial(  # sized and replicated like capture's topics
                 dlq.ensure_topic_blocking, admin, PROBE_TIMEOUT_S, kafka=settings.kafka,
                 replication=settings.capture.topic_replication))
@@ -423,13 +427,15 @@ def _reason(exc: BaseException) -> str:
 
 async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health, stop: asyncio.Event) -> T | None:
     """Run a start-up ``step`` until it succeeds (None if ``stop`` is set first); while it fails, ``name`` is
-    unhealthy with the error.  Backoff 1 s → 30 s."""
+    unhealthy with the error.  Backoff 1 s → 30 s.  A ConfigError is raised at once."""
     delay = 1.0
     while True:
         try:
             result = await step()
             health.ok(name)
             return result
+        except ConfigError:  # what is configured cannot work (a TLS certificate refused): no outage to wait out
+            raise
         except Exception as exc:  # any failure to reach the dependency: report and wait
             health.fail(name, f"unreachable: {_reason(exc)}")
             log.warning("dependency unreachable at start, retrying", dependency=name, error=_reason(exc),
@@ -441,10 +447,10 @@ async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health,
         delay = min(delay * 2, 30.0)
 
 
-async def _connect(dsn: str, settings: Settings) -> Any:
+async def _connect(settings: Settings) -> Any:
     """A PostgreSQL pool with the checkpoint table in place (the pool is closed again if creating it fails)."""
-    pool = await asyncpg.create_pool(dsn, min_size=settings.postgres.pool_min_size,
-                                     max_size=settings.postgres.pool_max_size, timeout=PROBE_TIMEOUT_S)
+    pool = await pgconn.create_pool(settings, min_size=settings.postgres.pool_min_size,
+                                    max_size=settings.postgres.pool_max_size, timeout=PROBE_TIMEOUT_S)
     try:
         await checkpoint.ensure(pool)
     except BaseException:

@@ -28,8 +28,6 @@ import time
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaException
-from confluent_kafka.admin import AdminClient
 
 from cdcpipe.capture import metrics
 from cdcpipe.capture.backdated import BackdatedCheck
@@ -47,8 +45,9 @@ from cdcpipe.capture.schema_watch import SchemaWatcher
 from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.capture.truncation import TruncationWatch
-from cdcpipe.config import KafkaSettings, Settings, env_name, max_message_bytes_for
+from cdcpipe.config import Settings, env_name, max_message_bytes_for
 from cdcpipe.errors import CassandraReadError, ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
+from cdcpipe.kafka_admin import kafka_reachable
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 from cdcpipe.topics import positions_topic
@@ -380,15 +379,6 @@ def _backoff(failures: int, cap: float) -> float:
 async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
     await stop.wait()
     wake.set()
-
-
-def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
-    """None when the cluster answers a metadata request, otherwise why not (blocking)."""
-    try:
-        AdminClient(kafka.client_config()).list_topics(timeout=timeout_s)
-        return None
-    except KafkaException as exc:
-        return f"{kafka.bootstrap_servers} unreachable: {exc.args[0].str() if exc.args else exc}"
 
 
 async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:

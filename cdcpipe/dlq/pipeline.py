@@ -26,6 +26,7 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from cdcpipe import pgconn
 from cdcpipe.apply import dlqstore as store
 from cdcpipe.apply.capture_letters import GROUP as CAPTURE_GROUP
 from cdcpipe.apply.deadletter import ensure_table
@@ -62,10 +63,9 @@ class _Out:
 
 
 async def run(settings: Settings, args: Any, out: IO[str]) -> int:
-    import asyncpg
 
     show = _Out(out, args.output)
-    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=2)
+    pool = await pgconn.create_pool(settings, min_size=1, max_size=2)
     try:
         await ensure_table(pool)
         if args.dlq_command == "list":

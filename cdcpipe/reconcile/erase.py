@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import structlog
 
+from cdcpipe import pgconn
 from cdcpipe.apply.keys import clustering_bytes
 from cdcpipe.apply.state import decode_partition, decode_row
 from cdcpipe.apply.tables import Layout, ident, layout
@@ -312,7 +313,6 @@ def show(out: IO[str], mode: str, outcomes: list[Outcome]) -> None:
 
 
 async def run(settings: Settings, args: Any, out: IO[str]) -> int:
-    import asyncpg
 
     source = connect_system_schema(settings.cassandra)
     try:
@@ -326,7 +326,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
     options = cluster_options(settings.cassandra)
     cluster, session = raw_session(options.pop("contact_points"), options.pop("port"), **options)
     try:
-        conn = await asyncpg.connect(settings.require("postgres.dsn").get_secret_value())
+        conn = await pgconn.connect(settings)
         try:
             outcomes = await erase(Eraser(settings, table, session, conn, consistency), keys, args)
         finally:

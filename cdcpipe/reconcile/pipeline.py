@@ -22,6 +22,7 @@ from typing import IO, Any
 
 import structlog
 
+from cdcpipe import pgconn
 from cdcpipe.apply import migrate
 from cdcpipe.apply.tables import layout
 from cdcpipe.config import Settings
@@ -93,7 +94,6 @@ class _Out:
 
 
 async def run(settings: Settings, args: Any, out: IO[str]) -> int:
-    import asyncpg
 
     show = _Out(out, args.progress)
     source = connect_system_schema(settings.cassandra)
@@ -107,7 +107,7 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
     cluster, session = raw_session(hosts, port, **options)
     fresh = cluster_options(settings.cassandra)  # its own execution profiles: typed_session sets their row factory
     typed_cluster, typed = typed_session(fresh.pop("contact_points"), fresh.pop("port"), **fresh)
-    conn = await asyncpg.connect(settings.require("postgres.dsn").get_secret_value())
+    conn = await pgconn.connect(settings)
     prefix = settings.postgres.schema_prefix
     consistency = consistency_level(args.consistency)
     limit = RateLimit(args.rate)
@@ -162,11 +162,10 @@ async def run(settings: Settings, args: Any, out: IO[str]) -> int:
 async def _review(settings: Settings, table: TableSchema, keys: list[tuple[bytes, bytes | None]]) -> None:
     """Apply's own view of ``keys`` written again from their stored merge state (as its TTL pass does, under the
     table's lock): the normal merge, no value from outside it."""
-    import asyncpg
 
     from cdcpipe.apply.writer import BatchWriter
 
-    pool = await asyncpg.create_pool(settings.require("postgres.dsn").get_secret_value(), min_size=1, max_size=1)
+    pool = await pgconn.create_pool(settings, min_size=1, max_size=1)
     try:
         writer = BatchWriter(pool, grace_s=settings.apply.tombstone_grace_s,
                              schema_prefix=settings.postgres.schema_prefix)
