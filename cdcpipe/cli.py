@@ -66,9 +66,9 @@ def _add_processes(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
         return pipeline.main(settings)
 
     app = sub.add_parser("apply", help="apply change events from Kafka to PostgreSQL (runs until SIGTERM)")
-    app.set_defaults(func=apply)
+    app.set_defaults(func=apply, own_credentials=True)  # it keeps its logins valid itself (cdcpipe.credentials)
     cap = sub.add_parser("capture", help="stream this node's CDC segments to Kafka as Avro change events")
-    cap.set_defaults(func=capture)
+    cap.set_defaults(func=capture, own_credentials=True)
 
 
 def _add_migrate_state(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="print the effective settings (secrets hidden)")
     cfg.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    cfg.set_defaults(func=_cmd_config)
+    cfg.set_defaults(func=_cmd_config, own_credentials=True)  # the settings as given: Vault is not asked
 
     chk = sub.add_parser("check", help="check that Cassandra, Kafka and PostgreSQL are reachable")
     chk.add_argument("services", nargs="*", choices=["cassandra", "kafka", "postgres", []], default=[],
@@ -154,8 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace, Settings], int] = args.func
+    resolved = None
     try:
         settings = load_settings(args.config)
+        if settings.vault.url and not getattr(args, "own_credentials", False):
+            from cdcpipe.credentials import resolve  # a one-shot command: its logins, revoked when it ends
+
+            resolved = resolve(settings)
+            settings = resolved.settings
         return func(args, settings)
     except ConfigError as exc:
         print(f"cdcpipe: {exc}", file=sys.stderr)
@@ -165,3 +171,6 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if resolved is not None:
+            resolved.close()

@@ -203,11 +203,15 @@ class PostgresSettings(_Section):
     """The target database.  The DSN is a secret because it usually carries the password."""
 
     dsn: SecretStr | None = None
+    user: str | None = None  # these two override the DSN's (credentials from Vault fill them)
+    password: SecretStr | None = None
     schema_prefix: str = ""
     pool_min_size: int = Field(default=1, ge=1)
     pool_max_size: int = Field(default=8, ge=1)
     # on: verify-full (the CA, the host name) with an SSL context of cdcpipe's own; off: the DSN's sslmode decides
     tls: TlsSettings = Field(default_factory=TlsSettings)
+    # SET ROLE on every connection: what apply creates is owned by this role, not by a login that rotates (Vault)
+    role: str | None = None
 
 
 class CaptureSettings(_Section):
@@ -329,23 +333,47 @@ class AdminSettings(_Section):
 
 
 class VaultSettings(_Section):
-    """Where credentials would come from in HashiCorp Vault.  This version does not read them from Vault, so
-    ``url`` and ``token`` are refused when set (a process started with them would otherwise run without the
-    credentials they were meant to supply); ``mount`` and ``path`` keep their defaults."""
+    """Credentials from HashiCorp Vault or OpenBao (:mod:`cdcpipe.credentials`), used when ``url`` is set.
+
+    Log in with ``auth_method``: ``token`` (``token``), ``approle`` (``role_id``, ``secret_id``) or ``kubernetes``
+    (``kubernetes_role`` and the pod's service-account token in ``kubernetes_token_file``), at ``auth_mount``
+    (default: the method's name).  Then read, each only when its setting is given: Cassandra's username and password
+    from the KV v2 secret ``mount``/``cassandra_path``, Kafka's SASL username and password from ``mount``/
+    ``kafka_path`` (both re-read every ``kv_refresh_s``), and PostgreSQL's from the database secrets engine
+    (``database_mount``, role ``database_role``: dynamic, leased, renewed at ``renew_at`` of the lease and replaced
+    before it runs out).  TLS to Vault is verified against ``ca_file`` (unset: the system's trust store)."""
 
     url: str | None = None
+    auth_method: Literal["token", "approle", "kubernetes"] = "token"
+    auth_mount: str | None = None
     token: SecretStr | None = None
+    role_id: str | None = None
+    secret_id: SecretStr | None = None
+    kubernetes_role: str | None = None
+    kubernetes_token_file: Path = Path("/var/run/secrets/kubernetes.io/serviceaccount/token")
+    namespace: str | None = None
+    ca_file: Path | None = None
     mount: str = "secret"
-    path: str = "cdcpipe"
+    cassandra_path: str | None = None
+    kafka_path: str | None = None
+    database_mount: str = "database"
+    database_role: str | None = None
+    renew_at: float = Field(default=0.5, gt=0.1, lt=0.9)
+    kv_refresh_s: float = Field(default=30.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)
 
-    @field_validator("url", "token")
-    @classmethod
-    def _not_read_from_vault(cls, value: object) -> object:
-        if value is not None:
-            raise ValueError("credentials are not read from Vault by this version of cdcpipe: give them as "
-                             "settings (postgres.dsn, cassandra.password, kafka.sasl_password), e.g. rendered into "
-                             "the environment by the Vault Agent")
-        return value
+    @model_validator(mode="after")
+    def _login(self) -> VaultSettings:
+        if self.url is None:
+            return self
+        needs = {"token": ("token",), "approle": ("role_id", "secret_id"), "kubernetes": ("kubernetes_role",)}
+        missing = [f"vault.{n}" for n in needs[self.auth_method] if getattr(self, n) is None]
+        if missing:
+            raise ValueError(f"vault.auth_method {self.auth_method} needs {', '.join(missing)}")
+        if not (self.cassandra_path or self.kafka_path or self.database_role):
+            raise ValueError("vault.url is set but nothing is read from it: set vault.cassandra_path, "
+                             "vault.kafka_path or vault.database_role")
+        return self
 
 
 class Settings(BaseSettings):

@@ -112,6 +112,12 @@ class ConfigError(CdcpipeError):
     """Settings are missing or invalid; the message names each setting and how to set it."""
 
 
+class CredentialsError(CdcpipeError):
+    """Credentials could not be had from Vault: retriable when Vault is unreachable or failing (an outage), not when
+    it refused (permission denied, no such path or role: the configuration or Vault's policies must change).  The
+    message names the path or role, never a secret."""
+
+
 class KafkaLocatedError(CdcpipeError):
     """An error located in Kafka: at a record (``topic``, ``partition``, ``offset``), a partition (offset -1) or
     a topic (partition -1); ``reason`` is the message without its coordinates."""

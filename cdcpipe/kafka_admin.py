@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from cdcpipe import kafka_clients
 from cdcpipe.config import KafkaSettings, replication_factor
 from cdcpipe.errors import ConfigError, KafkaProduceError
 
@@ -53,7 +54,7 @@ def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
     credentials rejected."""
     errors: list[KafkaError] = []
     conf: dict[str, Any] = {**kafka.client_config(), "error_cb": errors.append}
-    admin = AdminClient(conf)
+    admin = kafka_clients.admin(conf)
     try:
         admin.list_topics(timeout=timeout_s)
         return None

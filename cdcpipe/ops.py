@@ -12,6 +12,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from cdcpipe import kafka_clients
 from cdcpipe.config import Settings
 
 
@@ -45,7 +46,6 @@ def probe_cassandra(settings: Settings) -> Probe:
 
 
 def probe_kafka(settings: Settings) -> Probe:
-    from confluent_kafka.admin import AdminClient
 
     from cdcpipe.kafka_admin import kafka_reachable
 
@@ -54,7 +54,7 @@ def probe_kafka(settings: Settings) -> Probe:
         reason = kafka_reachable(settings.kafka, 10.0)
         if reason is not None:
             return Probe("kafka", False, reason, time.monotonic() - started)
-        meta = AdminClient(settings.kafka.client_config()).list_topics(timeout=10)
+        meta = kafka_clients.admin(settings.kafka.client_config()).list_topics(timeout=10)
         detail = f"cluster {meta.cluster_id}, {len(meta.brokers)} broker(s), {len(meta.topics)} topic(s)"
         return Probe("kafka", True, detail, time.monotonic() - started)
     except Exception as exc:

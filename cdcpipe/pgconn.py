@@ -1,4 +1,6 @@
-"""Connections to PostgreSQL: every part of cdcpipe opens them here, with ``postgres.dsn`` and, when
+"""Connections to PostgreSQL: every part of cdcpipe opens them here, with ``postgres.dsn`` (its user and password
+overridden by ``postgres.user``/``postgres.password`` when set: Vault's leased logins), ``postgres.role`` (the
+session's role) and, when
 ``postgres.tls.enabled``, an SSL context of cdcpipe's own (:func:`cdcpipe.tls.ssl_context`: the CA, the host name
 — ``sslmode=verify-full`` — and an optional client certificate).  With TLS off, the DSN's own ``sslmode``,
 ``sslrootcert`` … apply as libpq defines them.  A handshake that fails because of what is configured raises a
@@ -16,10 +18,17 @@ from cdcpipe.tls import ssl_context, tls_failure
 
 def connect_kwargs(settings: Settings) -> dict[str, Any]:
     """``asyncpg.connect``/``create_pool`` keyword arguments: the DSN and, with TLS on, ``ssl``."""
+    pg = settings.postgres
     kwargs: dict[str, Any] = {"dsn": settings.require("postgres.dsn").get_secret_value()}
-    context = ssl_context(settings.postgres.tls, "postgres.tls")
+    context = ssl_context(pg.tls, "postgres.tls")
     if context is not None:
         kwargs["ssl"] = context
+    if pg.user is not None:
+        kwargs["user"] = pg.user
+    if pg.password is not None:
+        kwargs["password"] = pg.password.get_secret_value()
+    if pg.role is not None:
+        kwargs["server_settings"] = {"role": pg.role}  # the session's role: survives RESET ALL
     return kwargs
 
 

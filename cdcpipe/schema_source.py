@@ -362,10 +362,33 @@ def cassandra_connect_error(cfg: CassandraSettings, exc: BaseException) -> Cdcpi
     return SchemaError(f"cannot connect to Cassandra at {hosts}: {exc}", retriable=True)
 
 
+_login: tuple[str, str] | None = None  # the process's Cassandra login once Vault replaced it (rotate_login)
+
+
+def rotate_login(username: str, password: str) -> None:
+    """Use this login for every Cassandra connection opened from now on, by every cluster of the process (those
+    already open stay authenticated)."""
+    global _login
+    _login = (username, password)
+
+
+def _auth_provider(username: str, password: str) -> Any:
+    """The configured login, or the one :func:`rotate_login` set since, read at each new connection."""
+    from cassandra.auth import PlainTextAuthenticator, PlainTextAuthProvider
+
+    class RotatingAuth(PlainTextAuthProvider):  # type: ignore[misc]
+        def new_authenticator(self, host: Any) -> Any:
+            login = _login
+            if login is None:
+                return super().new_authenticator(host)
+            return PlainTextAuthenticator(*login)
+
+    return RotatingAuth(username, password)
+
+
 def cluster_options(cfg: CassandraSettings) -> dict[str, Any]:
     """Keyword arguments of ``cassandra.cluster.Cluster`` for ``cfg`` (contact points, port, credentials,
     connect timeout, load-balancing policy, TLS).  Raises ConfigError when a TLS file cannot be loaded."""
-    from cassandra.auth import PlainTextAuthProvider
     from cassandra.cluster import EXEC_PROFILE_DEFAULT, ExecutionProfile
     from cassandra.policies import DCAwareRoundRobinPolicy
 
@@ -374,7 +397,7 @@ def cluster_options(cfg: CassandraSettings) -> dict[str, Any]:
                                "protocol_version": 5, "connect_timeout": cfg.connect_timeout_s}
     if cfg.username:
         password = cfg.password.get_secret_value() if cfg.password is not None else ""
-        options["auth_provider"] = PlainTextAuthProvider(cfg.username, password)
+        options["auth_provider"] = _auth_provider(cfg.username, password)
     if cfg.local_dc:
         profile = ExecutionProfile(load_balancing_policy=DCAwareRoundRobinPolicy(local_dc=cfg.local_dc))
         options["execution_profiles"] = {EXEC_PROFILE_DEFAULT: profile}

@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from cdcpipe import kafka_clients
 from cdcpipe.config import Settings
 from cdcpipe.topics import capture_dlq_topic
 
@@ -110,9 +111,8 @@ class CaptureLetters:
         from confluent_kafka import KafkaError, TopicPartition
 
         if self._consumer is None:
-            from confluent_kafka import Consumer
 
-            self._consumer = Consumer(self._config)
+            self._consumer = kafka_clients.consumer(self._config)
         c = self._consumer
         meta = c.list_topics(self.topic, timeout=10).topics.get(self.topic)
         if meta is None or meta.error is not None:

@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import structlog
 from confluent_kafka import KafkaError
 
+from cdcpipe import kafka_clients
 from cdcpipe.config import Settings
 from cdcpipe.errors import OffsetGapError
 from cdcpipe.topics import events_pattern, table_of
@@ -64,7 +65,6 @@ class EventConsumer:
                  load_checkpoints: Callable[[str, list[int]], Mapping[int, int | OffsetGapError]],
                  on_revoke: Callable[[list[tuple[str, int]]], None] = lambda parts: None,
                  on_gap: Callable[[OffsetGapError], None] = lambda gap: None) -> None:
-        from confluent_kafka import Consumer
 
         conf: dict[str, Any] = {
             **settings.kafka.client_config(),
@@ -78,7 +78,7 @@ class EventConsumer:
             "topic.metadata.refresh.interval.ms": 5000,
             "on_commit": _committed,
         }
-        self._consumer = Consumer(conf)
+        self._consumer = kafka_clients.consumer(conf)
         self._load = load_checkpoints
         self._on_revoke = on_revoke
         self._on_gap = on_gap

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import fastavro
 
+from cdcpipe import kafka_clients
 from cdcpipe.apply import merge
 from cdcpipe.apply.avro_read import compile_reader, key_sizes
 from cdcpipe.apply.merge import UNSET, ComplexState, RowState, Version, expiry, newer
@@ -67,9 +68,8 @@ class SchemaReader:
     def open(cls: type[_R], kafka: dict[str, Any], topic: str) -> _R:
         """A reader of ``topic`` with a consumer of its own (no group offsets: it always starts at the
         beginning)."""
-        from confluent_kafka import Consumer
 
-        return cls(Consumer({**kafka, "group.id": f"cdcpipe-schemas-{uuid.uuid4().hex[:8]}",
+        return cls(kafka_clients.consumer({**kafka, "group.id": f"cdcpipe-schemas-{uuid.uuid4().hex[:8]}",
                              "enable.auto.commit": False, "isolation.level": "read_uncommitted"}), topic)
 
     def catch_up(self, timeout_s: float = 10.0) -> bool:

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from cdcpipe import pgconn
+from cdcpipe import credentials, kafka_clients, pgconn
 from cdcpipe.apply import checkpoint, dlqstore, metrics, migrate, schema_history, truncations
 from cdcpipe.apply.applier import BatchApplier, CircuitBreaker
 from cdcpipe.apply.batcher import Batch, Batcher
@@ -44,11 +44,13 @@ from cdcpipe.apply.tables import DDL_LOCK
 from cdcpipe.apply.truncations import TruncationReader
 from cdcpipe.apply.writer import BatchWriter
 from cdcpipe.config import Settings
-from cdcpipe.errors import ApplyError, CdcpipeError, ConfigError, OffsetGapError, postgres_error
+from cdcpipe.credentials import Keeper
+from cdcpipe.errors import ApplyError, CdcpipeError, ConfigError, CredentialsError, OffsetGapError, postgres_error
 from cdcpipe.kafka_admin import kafka_reachable
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema import TableSchema
 from cdcpipe.topics import apply_dlq_topic, schema_changes_topic, schemas_topic, truncations_topic
+from cdcpipe.vault import Login
 
 T = TypeVar("T")
 
@@ -101,18 +103,16 @@ class Apply:
         the checkpoint table, then the dead-letter table (``/health``: ``postgres``), then create the dead-letter
         topic and read the schemas topic to its end (``kafka``).  None, with the pool closed, if ``stop`` comes
         first."""
-        from confluent_kafka import Producer
-        from confluent_kafka.admin import AdminClient
 
         pgconn.connect_kwargs(settings)  # a missing setting or an unloadable TLS file fails here, not in a retry
         kafka = settings.kafka.client_config()
-        admin = AdminClient(kafka)
+        admin = kafka_clients.admin(kafka)
         health.fail("kafka", "not reached yet")
         health.fail("postgres", "not reached yet")
         pool = await _until_up("postgres", lambda: _connect(settings), health, stop)
         if pool is None:
             return None
-        dlq = DeadLetterer(pool, Producer({**kafka, "enable.idempotence": True}),
+        dlq = DeadLetterer(pool, kafka_clients.producer({**kafka, "enable.idempotence": True}),
                            apply_dlq_topic(settings.kafka.topic_prefix, settings.apply.dlq_topic),
                            settings.apply.group_id)
         reader = SchemaReader.open(kafka, schemas_topic(settings.kafka.topic_prefix))
@@ -144,7 +144,16 @@ class Apply:
             return None
         return cls(settings, health, admin, pool, dlq, reader, truncs, applied, history)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def rotated(self, store: str, login: Login, settings: Settings) -> None:
+        """A login replaced in Vault (:class:`cdcpipe.credentials.Keeper`; Kafka's already reached every client):
+        PostgreSQL's is used by every connection opened from now on, and the pool's connections opened with the old
+        one are closed as they are released (a transaction under way finishes first)."""
+        self.settings = settings
+        if store == "postgres":
+            self.pool.set_connect_args(**pgconn.connect_kwargs(settings))
+            await self.pool.expire_connections()
+
+    async def run(self, stop: asyncio.Event, keeper: Keeper | None = None) -> None:
         """Apply until ``stop``, then apply what was read, commit, and close the consumer and the pool.  Tunes this
         process's garbage collector first (an apply process runs one ``Apply``): see :func:`cdcpipe.runtime.tune_gc`.
         """
@@ -160,6 +169,8 @@ class Apply:
                 tasks.create_task(self._watch(stop), name="watch")
                 tasks.create_task(CaptureLetters(self.settings, self.pool).run(stop), name="capture-letters")
                 tasks.create_task(self._deadline(stop, draining), name="deadline")
+                if keeper is not None:
+                    tasks.create_task(keeper.run(stop), name="credentials")
                 if self.settings.admin.enabled:
                     from cdcpipe.apply.admin import serve
 
@@ -434,8 +445,12 @@ async def _until_up(name: str, step: Callable[[], Awaitable[T]], health: Health,
             result = await step()
             health.ok(name)
             return result
-        except ConfigError:  # what is configured cannot work (a TLS certificate refused): no outage to wait out
-            raise
+        except (ConfigError, CredentialsError) as exc:  # what is configured cannot work: no outage to wait out
+            if not exc.retriable:
+                raise
+            health.fail(name, f"unreachable: {_reason(exc)}")
+            log.warning("dependency unreachable at start, retrying", dependency=name, error=_reason(exc),
+                        retry_in_s=delay)
         except Exception as exc:  # any failure to reach the dependency: report and wait
             health.fail(name, f"unreachable: {_reason(exc)}")
             log.warning("dependency unreachable at start, retrying", dependency=name, error=_reason(exc),
@@ -462,10 +477,17 @@ async def _connect(settings: Settings) -> Any:
 async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
     """Run apply until ``stop`` is set, then return 0; raises the first stage error.  While PostgreSQL or Kafka is
     unreachable at start it waits (``/health`` 503 says which); ``stop`` during that wait returns 0 at once."""
+    resolved = None
+    if settings.vault.url:
+        resolved = await _until_up("credentials", lambda: asyncio.to_thread(credentials.resolve, settings), health,
+                                   stop)
+        if resolved is None:
+            return 0
+        settings = resolved.settings
     apply = await Apply.open(settings, health, stop)
     if apply is None:
         return 0
-    await apply.run(stop)
+    await apply.run(stop, None if resolved is None else Keeper(resolved, apply.rotated, health))
     return 0
 
 

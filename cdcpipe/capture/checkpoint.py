@@ -13,8 +13,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
+from cdcpipe import kafka_clients
 from cdcpipe.capture.segment import Position
 from cdcpipe.config import KafkaSettings
 from cdcpipe.errors import CheckpointError
@@ -30,7 +31,7 @@ def read_to_end(config: dict[str, Any], topic: str, timeout_s: float = 30.0) -> 
     ``isolation.level=read_committed`` (blocking; nothing when the topic does not exist).  Raises
     :class:`CheckpointError`: retriable when the end is not reached within ``timeout_s`` or the broker fails
     retriably."""
-    consumer = Consumer({
+    consumer = kafka_clients.consumer({
         **config, "group.id": f"cdcpipe-read-{uuid.uuid4()}", "enable.auto.commit": False,
         "isolation.level": "read_committed", "enable.partition.eof": True, "auto.offset.reset": "earliest",
     })

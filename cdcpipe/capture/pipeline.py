@@ -29,6 +29,7 @@ from typing import Any
 
 import structlog
 
+from cdcpipe import credentials
 from cdcpipe.capture import metrics
 from cdcpipe.capture.backdated import BackdatedCheck
 from cdcpipe.capture.batches import Batch, BatchBuilder, TableFilter
@@ -46,11 +47,20 @@ from cdcpipe.capture.segment import KeyProvider, Position, StaticKeyProvider
 from cdcpipe.capture.segment_gc import SegmentCollector
 from cdcpipe.capture.truncation import TruncationWatch
 from cdcpipe.config import Settings, env_name, max_message_bytes_for
-from cdcpipe.errors import CassandraReadError, ConfigError, KafkaProduceError, SchemaError, SegmentQuarantineError
+from cdcpipe.credentials import Keeper
+from cdcpipe.errors import (
+    CassandraReadError,
+    ConfigError,
+    CredentialsError,
+    KafkaProduceError,
+    SchemaError,
+    SegmentQuarantineError,
+)
 from cdcpipe.kafka_admin import kafka_reachable
 from cdcpipe.runtime import Health, serve, tune_gc
 from cdcpipe.schema_source import SystemSchemaSource, connect_system_schema
 from cdcpipe.topics import positions_topic
+from cdcpipe.vault import Login
 
 log = structlog.get_logger(__name__)
 _QUEUE_BATCHES = 4
@@ -386,6 +396,20 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
     unreachable at start it waits (``/health`` answers 503 with the reason) instead of exiting; ``stop`` during
     that wait returns 0."""
     health.fail("reading", "starting")
+    resolved = None
+    while settings.vault.url and resolved is None:  # its logins from Vault first (cdcpipe.credentials)
+        try:
+            resolved = await asyncio.to_thread(credentials.resolve, settings)
+            settings = resolved.settings
+        except CredentialsError as exc:
+            if not exc.retriable:
+                raise
+            health.fail("credentials", str(exc))
+            log.warning("credentials not read from Vault, waiting", reason=str(exc))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 2.0)
+            if stop.is_set():
+                return 0
     health.fail("kafka", f"connecting to {settings.kafka.bootstrap_servers}")
     while (reason := await asyncio.to_thread(kafka_reachable, settings.kafka)) is not None:
         health.fail("kafka", reason)
@@ -408,7 +432,20 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
             if stop.is_set():
                 return 0
     health.ok("cassandra")
-    await capture.run(stop)
+    if resolved is None:
+        await capture.run(stop)
+        return 0
+
+    async def rotated(store: str, login: Login, settings: Settings) -> None:
+        capture.settings = settings  # Kafka's and Cassandra's logins already reached every client
+
+    keeper = asyncio.create_task(Keeper(resolved, rotated, health).run(stop), name="credentials")
+    try:
+        await capture.run(stop)
+    finally:
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
     return 0
 
 

@@ -25,9 +25,9 @@ import time
 from typing import Any, NamedTuple
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
 
+from cdcpipe import kafka_clients
 from cdcpipe.avro import EventSchema
 from cdcpipe.capture import metrics
 from cdcpipe.capture.segment import Position
@@ -66,13 +66,13 @@ class EventProducer:
         self._topic_config = kafka.topic_config()
         self.timeout_s = timeout_s
         base = kafka.client_config()
-        self._admin = AdminClient(base)
+        self._admin = kafka_clients.admin(base)
         conf: dict[str, Any] = {
             **base, "transactional.id": f"cdcpipe-capture.{self.prefix}.{node}", "enable.idempotence": True,
             "linger.ms": 5, "compression.type": "lz4", "transaction.timeout.ms": 60000,
             "partitioner": "murmur2_random",
         }
-        self._producer = Producer(conf)
+        self._producer = kafka_clients.producer(conf)
         self._topics: set[str] = set()
         self._published: set[bytes] = set()
         self._delivery_error: KafkaProduceError | None = None

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError
 
+from cdcpipe import kafka_clients
 from cdcpipe.avro import EventSchema
 from cdcpipe.capture.batches import BatchBuilder, TableFilter
 from cdcpipe.capture.cdc_index import Chunk, Item, read_index
@@ -96,9 +96,10 @@ class Rereader:
         row = next(iter(self._source.session.execute("SELECT cluster_name, data_center, host_id FROM system.local")))
         self._here = Origin(row.cluster_name, row.data_center, str(row.host_id))
         base = settings.kafka.client_config()
-        self._admin = AdminClient(base)
-        self._producer = Producer({**base, "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
-                                   "partitioner": "murmur2_random"})  # capture's: a key keeps its partition
+        self._admin = kafka_clients.admin(base)
+        self._producer = kafka_clients.producer({  # capture's partitioner: a key keeps its partition
+            **base, "enable.idempotence": True, "linger.ms": 5, "compression.type": "lz4",
+            "partitioner": "murmur2_random"})
         self._replication: int | None = None
 
     def close(self) -> None:

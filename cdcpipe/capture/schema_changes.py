@@ -18,9 +18,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Producer
 
-from cdcpipe import avro
+from cdcpipe import avro, kafka_clients
 from cdcpipe.capture import metrics
 from cdcpipe.capture.batches import TableFilter
 from cdcpipe.capture.checkpoint import read_to_end
@@ -42,7 +41,7 @@ class SchemaChangeWatch:
                  ensure_topic: Callable[..., None]) -> None:
         self._session = session
         self._kafka = kafka
-        self._producer = Producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
+        self._producer = kafka_clients.producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
         self._topic = schema_changes_topic(prefix)
         self._schemas = schemas_topic(prefix)
         self._node = node

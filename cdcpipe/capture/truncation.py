@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
-from confluent_kafka import Producer
 
+from cdcpipe import kafka_clients
 from cdcpipe.errors import CassandraReadError, KafkaProduceError
 from cdcpipe.kafka_admin import COMPACTED
 from cdcpipe.schema import TableSchema
@@ -46,7 +46,7 @@ class TruncationWatch:
                  on_truncation: Callable[[TableSchema, int], None] | None = None) -> None:
         self._session = session
         self._on_truncation = on_truncation  # (table, truncated at ms), after the record is published
-        self._producer = Producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
+        self._producer = kafka_clients.producer({**kafka, "enable.idempotence": True, "linger.ms": 5})
         self._topic = truncations_topic(prefix)
         self._node = node
         self._tables = tables

@@ -17,9 +17,9 @@ import threading
 import time
 from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException
 
+from cdcpipe import kafka_clients
 from cdcpipe.avro import EventSchema
 from cdcpipe.config import CaptureSettings, KafkaSettings
 from cdcpipe.errors import KafkaProduceError
@@ -54,8 +54,8 @@ class Emitter:
         self.capture = capture
         self.timeout_s = timeout_s
         base = kafka.client_config()
-        self._admin = AdminClient(base)
-        self._producer = Producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
+        self._admin = kafka_clients.admin(base)
+        self._producer = kafka_clients.producer({**base, "enable.idempotence": True, "acks": "all", "linger.ms": 20,
                                    "compression.type": "lz4", "partitioner": "murmur2_random",
                                    "queue.buffering.max.kbytes": 65536})
         self._topics: set[str] = set()

@@ -22,8 +22,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
 
+from cdcpipe import kafka_clients
 from cdcpipe.config import KafkaSettings
 from cdcpipe.errors import KafkaConsumeError
 from cdcpipe.kafka_admin import COMPACTED
@@ -55,8 +56,9 @@ class ProgressStore:
     def load(self) -> dict[str, TableProgress]:
         """Every table's latest run with its finished ranges (blocking: reads the topic to its end)."""
         self.ensure()
-        consumer = Consumer({**self.kafka.client_config(), "group.id": f"cdcpipe-snapshot-{uuid.uuid4().hex}",
-                             "enable.auto.commit": False, "isolation.level": "read_committed"})
+        consumer = kafka_clients.consumer({
+            **self.kafka.client_config(), "group.id": f"cdcpipe-snapshot-{uuid.uuid4().hex}",
+            "enable.auto.commit": False, "isolation.level": "read_committed"})
         try:
             tp = TopicPartition(self.topic, 0)
             _, high = consumer.get_watermark_offsets(tp, timeout=self.timeout_s)

@@ -98,18 +98,29 @@ def test_secrets_are_never_printed(monkeypatch: pytest.MonkeyPatch, capsys: pyte
     assert "hunter2" not in out and "s3cret-kafka" not in out and "**********" in out
 
 
-@pytest.mark.parametrize("name", ["CDCPIPE_VAULT__URL", "CDCPIPE_VAULT__TOKEN"])
-def test_vault_settings_are_refused_not_ignored(
-    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """Credentials are not read from Vault: a Vault setting must stop the process with a clear message, not be
-    silently ignored while the credentials it was meant to supply are missing."""
-    monkeypatch.setenv(name, "https://vault.example:8200" if name.endswith("URL") else "hvs.token")
-    with pytest.raises(ConfigError, match=r"vault\.(url|token) .*not read from Vault.*Vault Agent"):
+def test_vault_settings_that_cannot_work_are_refused(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """A Vault URL without the login its method needs, or with nothing to read, stops the process with one clear
+    line (never silently running without the credentials it was meant to supply); the token is never shown."""
+    monkeypatch.setenv("CDCPIPE_VAULT__URL", "https://vault.example:8200")
+    monkeypatch.setenv("CDCPIPE_VAULT__DATABASE_ROLE", "apply")
+    with pytest.raises(ConfigError, match=r"vault.auth_method token needs vault.token"):
+        load_settings()
+    monkeypatch.setenv("CDCPIPE_VAULT__AUTH_METHOD", "approle")
+    with pytest.raises(ConfigError, match=r"vault.auth_method approle needs vault.role_id, vault.secret_id"):
+        load_settings()
+    monkeypatch.setenv("CDCPIPE_VAULT__AUTH_METHOD", "token")
+    monkeypatch.setenv("CDCPIPE_VAULT__TOKEN", "hvs.planted-token")
+    monkeypatch.delenv("CDCPIPE_VAULT__DATABASE_ROLE")
+    with pytest.raises(ConfigError, match=r"nothing is read from it"):
         load_settings()
     assert main(["config"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "hvs.token" not in err
+    assert err.count("\n") == 1 and "planted-token" not in err
+    monkeypatch.setenv("CDCPIPE_VAULT__KAFKA_PATH", "cdcpipe/kafka")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "planted-token" not in out and "cdcpipe/kafka" in out
 
 
 def test_cli_reports_bad_settings_in_one_line_with_status_2(
