@@ -227,16 +227,10 @@ def database_mount(vault: hvac.Client) -> Iterator[str]:
 
 async def test_vault_issues_postgres_roles_through_its_admin_role(
         tls: dict[str, str], vault: hvac.Client, database_mount: str) -> None:
-    """The role the stack made for Vault is no superuser, yet enough for the database engine over verified TLS."""
-    dsn = tls["CDCPIPE_POSTGRES__DSN"]
+    """The role the stack made for Vault is no superuser, yet enough for the database engine over verified TLS:
+    it creates a role that inherits cdcpipe's rights, and drops it when the lease is revoked."""
     admin, password = tls["CDCPIPE_STACK_VAULT_PG_USER"], tls["CDCPIPE_STACK_VAULT_PG_PASSWORD"]
-    host_port, database = dsn.rsplit("@", 1)[1].split("/", 1)
-    conn = await asyncpg.connect(f"postgresql://{admin}:{password}@{host_port}/{database}", timeout=10)
-    try:
-        assert tuple(await conn.fetchrow("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user")) \
-            == (False, True)
-    finally:
-        await conn.close()
+    host_port, database = tls["CDCPIPE_POSTGRES__DSN"].rsplit("@", 1)[1].split("/", 1)
     vault.secrets.database.configure(
         name="cdcpipe", plugin_name="postgresql-database-plugin", mount_point=database_mount, allowed_roles=["*"],
         connection_url=(f"postgresql://{{{{username}}}}:{{{{password}}}}@{host_port}/{database}"
@@ -245,11 +239,21 @@ async def test_vault_issues_postgres_roles_through_its_admin_role(
     vault.secrets.database.create_role(
         name="apply", db_name="cdcpipe", mount_point=database_mount, default_ttl="5m", max_ttl="10m",
         creation_statements=[f"CREATE ROLE \"{{{{name}}}}\" LOGIN PASSWORD '{{{{password}}}}' "
-                             f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {database}"])
-    creds = vault.secrets.database.generate_credentials("apply", mount_point=database_mount)["data"]
-    issued = await asyncpg.connect(f"postgresql://{creds['username']}:{creds['password']}@{host_port}/{database}",
-                                   ssl=verifying(tls["CDCPIPE_STACK_TLS_CA"]), timeout=10)
+                             f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {database}"],
+        revocation_statements=['DROP ROLE IF EXISTS "{{name}}"'])
+    lease = vault.secrets.database.generate_credentials("apply", mount_point=database_mount)
+    issued = lease["data"]
+    conn = await asyncpg.connect(f"postgresql://{issued['username']}:{issued['password']}@{host_port}/{database}",
+                                 ssl=verifying(tls["CDCPIPE_STACK_TLS_CA"]), timeout=10)
     try:
-        assert await issued.fetchval("SELECT pg_has_role(current_user, $1, 'USAGE')", database) is True
+        assert await conn.fetchval("SELECT pg_has_role(current_user, $1, 'USAGE')", database) is True
+        row = await conn.fetchrow("SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = $1", admin)
+        assert tuple(row) == (False, True)
     finally:
-        await issued.close()
+        await conn.close()
+    vault.sys.revoke_lease(lease["lease_id"])
+    conn = await asyncpg.connect(tls["CDCPIPE_POSTGRES__DSN"], timeout=10)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1", issued["username"]) == 0
+    finally:
+        await conn.close()
