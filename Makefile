@@ -36,8 +36,9 @@ tools:
 		fi
 	fi
 
+# TLS beside plaintext on all three stores (the tests use both), and Vault when the dev extra's bao is installed.
 stack-up:
-	$(STACK) up
+	$(STACK) up --tls
 
 stack-down:
 	$(STACK) down

@@ -26,7 +26,7 @@ def knobs() -> dict[str, str]:
     base = stack_dir()
     return {"CDCPIPE_STACK_DIR": str(base / "aux" / "e2e-faults"), "CDCPIPE_STACK_CACHE": str(base / "cache"),
             "CDCPIPE_STACK_CASSANDRA_FIRST": "31", "CDCPIPE_STACK_KAFKA_PORT": "19092",
-            "CDCPIPE_STACK_PG_PORT": "55440"}
+            "CDCPIPE_STACK_PG_PORT": "55440", "CDCPIPE_STACK_SERVICES": "cassandra,kafka,postgres"}
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
 """Every shared fixture of the suite, registered once by ``tests/conftest.py`` (``pytest_plugins``).
 
-Stack fixtures (tests against the real local stack: Cassandra, Kafka, PostgreSQL on loopback): the stack is started
-with ``deploy/local/stack up`` when it is not already healthy (that call is idempotent); its ``env`` output
-configures both cdcpipe and the tests.  Nothing here is ever skipped: a stack that cannot start fails the session
+Stack fixtures (tests against the real local stack: Cassandra, Kafka, PostgreSQL on loopback, and Vault): the stack
+is started with ``deploy/local/stack up --tls`` when it is not already healthy (that call is idempotent); its ``env``
+output configures both cdcpipe and the tests.  Nothing here is ever skipped: a stack that cannot start fails the session
 with the stack's own message.
 
 Unit fixtures: Cassandra's commit-log test segments and the segment builder (:mod:`tests.support.segments`).
@@ -37,7 +37,7 @@ def stack_env() -> Iterator[dict[str, str]]:
     from tests.support.stack import parse_env, stack
     from tests.support.topics import TEST_TOPIC_PREFIXES, delete_topics, topics_with_prefix
 
-    up = stack("up")
+    up = stack("up", "--tls")
     if up.returncode != 0:
         pytest.fail(f"deploy/local/stack up failed:\n{up.stderr}", pytrace=False)
     out = stack("env")

@@ -82,10 +82,12 @@ def stack_dir() -> Path:
 
 
 @contextlib.contextmanager
-def private_stack(knobs: Mapping[str, str], nodes: int = 1) -> Iterator[StackEnv]:
-    """A stack of its own (state folder and addresses from ``knobs``), purged afterwards."""
+def private_stack(knobs: Mapping[str, str], nodes: int = 1, *, tls: bool = False) -> Iterator[StackEnv]:
+    """A stack of its own (state folder and addresses from ``knobs``; in TLS mode with ``tls``), purged
+    afterwards."""
     try:
-        up = stack_cmd(knobs, "up", *(["--nodes", str(nodes)] if nodes > 1 else []), timeout=900)
+        up = stack_cmd(knobs, "up", *(["--nodes", str(nodes)] if nodes > 1 else []), *(["--tls"] if tls else []),
+                       timeout=900)
         assert up.returncode == 0, f"private stack did not start:\n{up.stderr[-3000:]}"
         yield stack_env_of(knobs)
     finally:
