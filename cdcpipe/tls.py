@@ -78,4 +78,11 @@ def tls_failure(exc: BaseException) -> str | None:
             return f"TLS handshake refused: {e.reason}"
         if isinstance(e, ssl.SSLError) and "certificate" in str(e).lower():
             return f"TLS handshake refused: {e.reason or e}"
+        text = str(e)  # the Cassandra driver keeps only the text of the SSL error ("... Last error: [SSL: ...")
+        if isinstance(e, OSError) and "[SSL: " in text:
+            reason = text[text.index("[SSL: "):]
+            if "CERTIFICATE_VERIFY_FAILED" in reason:
+                return f"the server's certificate was not accepted: {reason.split('] ', 1)[-1].split(' (_ssl', 1)[0]}"
+            if any(r in reason for r in _CONFIG_REASONS):
+                return f"TLS handshake refused: {reason.split(' (_ssl', 1)[0]}"
     return None

@@ -100,7 +100,7 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
         CDCPIPE_POSTGRES__TLS__ENABLED="true", CDCPIPE_POSTGRES__TLS__CA_FILE=ca,
         CDCPIPE_ADMIN__ENABLED="true", CDCPIPE_ADMIN__TOKEN=token, CDCPIPE_OBSERVABILITY__LOG_LEVEL="debug")
     pipeline = Pipeline(stack, ks, tmp_path, partitions=2, extra=env)
-    mirror = f"{vault.dsn.rsplit('/', 1)[0]}/{vault.database}"
+    mirror = vault.reader_dsn
     try:
         create_keyspace(session, ks)
         session.execute(f"CREATE TABLE {ks}.t (k int PRIMARY KEY, v text, n int, tags set<text>) WITH cdc = true")

@@ -70,7 +70,7 @@ async def test_the_postgres_login_rotates_under_writes(vault: Provisioned, monke
         stop.set()
         await keeper
         await pool.close()
-    conn = await asyncpg.connect(vault.dsn.rsplit("/", 1)[0] + f"/{vault.database}")
+    conn = await asyncpg.connect(vault.reader_dsn)
     try:
         deadline = time.monotonic() + 20  # replaced logins are revoked (Vault drops their role)
         while (left := await conn.fetchval("SELECT count(*) FROM pg_roles WHERE rolname = $1",

@@ -38,10 +38,12 @@ path "auth/token/lookup-self" {{ capabilities = ["read"] }}
 
 class Provisioned:
     """What :func:`provision` made; :meth:`env` gives cdcpipe's settings for it; :meth:`drop` removes it (``dsn``:
-    the Vault admin role's, which made the database and the owner role)."""
+    the Vault admin role's, which made the owner role; ``stack_dsn``: the stack's own login, which made the
+    database and is a member of the owner role)."""
 
     def __init__(self, client: hvac.Client, tag: str, dsn: str, database: str, owner: str, mount: str,
-                 role_id: str, secret_id: str) -> None:
+                 role_id: str, secret_id: str, stack_dsn: str) -> None:
+        self.stack_dsn = stack_dsn
         self.client, self.tag, self.dsn, self.database = client, tag, dsn, database
         self.owner, self.mount, self.role_id, self.secret_id = owner, mount, role_id, secret_id
 
@@ -62,6 +64,11 @@ class Provisioned:
         self.client.secrets.kv.v2.create_or_update_secret(path=f"{self.tag}/{name}", mount_point="secret",
                                                           secret={"username": username, "password": password})
 
+    @property
+    def reader_dsn(self) -> str:
+        """The stack's own login on the test's database (a member of the owner role: it reads the mirror)."""
+        return f"{self.stack_dsn.rsplit('/', 1)[0]}/{self.database}"
+
     def drop(self) -> None:
         self.client.sys.disable_secrets_engine(self.mount)  # revokes its leases: drops the logins it made
         self.client.auth.approle.delete_role(self.tag)
@@ -69,8 +76,8 @@ class Provisioned:
         self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{self.tag}/kafka", mount_point="secret")
         self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{self.tag}/cassandra",
                                                                    mount_point="secret")
-        asyncio.run(_sql(self.dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)',
-                         f"DROP OWNED BY {self.owner} CASCADE", f"DROP ROLE IF EXISTS {self.owner}"))
+        asyncio.run(_sql(self.stack_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
+        asyncio.run(_sql(self.dsn, f"DROP ROLE IF EXISTS {self.owner}"))
 
 
 async def _sql(dsn: str, *statements: str) -> None:
@@ -92,8 +99,10 @@ def provision(dsn: str, *, ttl: str = "6s", max_ttl: str = "14s") -> Provisioned
         pytest.fail(f"the stack exports no Vault PostgreSQL role ({ADMIN_ENV})", pytrace=False)
     host = dsn.rsplit("/", 1)[0].split("@", 1)[-1]
     admin_dsn = f"postgresql://{admin}:{admin_password}@{host}/{dsn.rsplit('/', 1)[1]}"
-    asyncio.run(_sql(admin_dsn, f"CREATE ROLE {owner} NOLOGIN", f"GRANT {owner} TO {admin}",
-                     f'CREATE DATABASE "{database}" OWNER {owner}'))
+    login = dsn.split("//", 1)[1].split(":", 1)[0]  # the stack's own login (CREATEDB), the database's maker
+    asyncio.run(_sql(admin_dsn, f"CREATE ROLE {owner} NOLOGIN", f"GRANT {owner} TO {login}"))
+    asyncio.run(_sql(dsn, f'CREATE DATABASE "{database}" OWNER {owner}'))
+    asyncio.run(_sql(admin_dsn, f"GRANT {owner} TO {admin} WITH ADMIN OPTION"))
     client.sys.enable_secrets_engine("database", path=mount)
     client.secrets.database.configure(
         name="pg", plugin_name="postgresql-database-plugin", allowed_roles=["apply"], mount_point=mount,
@@ -102,14 +111,15 @@ def provision(dsn: str, *, ttl: str = "6s", max_ttl: str = "14s") -> Provisioned
     client.secrets.database.create_role(
         name="apply", db_name="pg", mount_point=mount, default_ttl=ttl, max_ttl=max_ttl,
         creation_statements=[f"CREATE ROLE \"{{{{name}}}}\" WITH LOGIN PASSWORD '{{{{password}}}}' "
-                             f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {owner};"])
+                             f"VALID UNTIL '{{{{expiration}}}}' IN ROLE {owner};"],
+        revocation_statements=['DROP ROLE IF EXISTS "{{name}}";'])  # it owns nothing: postgres.role does
     if "approle/" not in client.sys.list_auth_methods():
         client.sys.enable_auth_method("approle")
     client.sys.create_or_update_policy(name=tag, policy=policy(tag, mount))
     client.auth.approle.create_or_update_approle(role_name=tag, token_policies=[tag], token_ttl="1h")
     role_id = client.auth.approle.read_role_id(role_name=tag)["data"]["role_id"]
     secret_id = client.auth.approle.generate_secret_id(role_name=tag)["data"]["secret_id"]
-    out = Provisioned(client, tag, admin_dsn, database, owner, mount, role_id, secret_id)
+    out = Provisioned(client, tag, admin_dsn, database, owner, mount, role_id, secret_id, dsn)
     out.put_kv("kafka", "kafka-user", f"kafka-{uuid.uuid4().hex}")
     out.put_kv("cassandra", "cassandra-user", f"cassandra-{uuid.uuid4().hex}")
     return out

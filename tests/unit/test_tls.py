@@ -82,5 +82,10 @@ def test_a_refused_handshake_is_told_apart_from_an_outage() -> None:
             self.errors = errors
 
     assert tls_failure(NoHostAvailable({"127.0.0.1:9042": verify})) is not None
+    text = PermissionError(1, "Tried connecting to [('127.0.0.1', 9042)]. Last error: [SSL: CERTIFICATE_VERIFY_FAILED] "
+                              "certificate verify failed: self-signed certificate in certificate chain (_ssl.c:1006)")
+    assert tls_failure(NoHostAvailable({"127.0.0.1:9042": text})) == (
+        "the server's certificate was not accepted: certificate verify failed: self-signed certificate in "
+        "certificate chain")
     assert tls_failure(NoHostAvailable({"127.0.0.1:9042": ConnectionRefusedError(111, "refused")})) is None
     assert tls_failure(TimeoutError("timed out")) is None
