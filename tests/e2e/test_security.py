@@ -78,7 +78,7 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
     stack = StackEnv(stack_env)
     assert os.environ.get("CDCPIPE_STACK_TLS") == "on", "the stack runs without TLS: deploy/local/stack up --tls"
     ca = os.environ["CDCPIPE_STACK_TLS_CA"]
-    vault = provision(stack.dsn, ttl="8s", max_ttl="20s")
+    vault = provision(stack.dsn, ttl="6s", max_ttl="12s")
     ks = unique("e2esec", 8)
     token = f"planted-admin-{uuid.uuid4().hex}"
     users = [(f"{vault.tag}-k1", f"planted-scram-{uuid.uuid4().hex}"),
@@ -111,7 +111,7 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
         update = session.prepare(f"UPDATE {ks}.t SET n = ?, tags = tags + ? WHERE k = ?")
         delete = session.prepare(f"DELETE FROM {ks}.t WHERE k = ?")
         started, rotated_kafka, ops = time.monotonic(), False, 0
-        while time.monotonic() - started < 75:  # ~40 writes a second for 75 s: several PostgreSQL leases
+        while time.monotonic() - started < 45:  # ~40 writes a second for 45 s: several PostgreSQL leases
             k = rng.randrange(400)
             roll = rng.random()
             if roll < 0.6:
@@ -122,7 +122,7 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
                 session.execute(delete, (k,))
             ops += 1
             time.sleep(0.02)
-            if not rotated_kafka and time.monotonic() - started > 30:
+            if not rotated_kafka and time.monotonic() - started > 20:
                 vault.put_kv("kafka", *users[1])  # the operator rotates Kafka's login ...
                 rotated_kafka = True
             pipeline.check_alive()

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.timeout(180)
 
 @pytest.fixture
 def vault(settings: Settings) -> Any:
-    made = provision(settings.require("postgres.dsn").get_secret_value())
+    made = provision(settings.require("postgres.dsn").get_secret_value(), ttl="4s", max_ttl="8s")
     yield made
     made.drop()
 
