@@ -6,6 +6,7 @@ Every topic takes messages up to ``kafka.max_message_bytes`` (``KafkaSettings.to
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import structlog
@@ -13,7 +14,6 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from cdcpipe import kafka_clients
 from cdcpipe.config import KafkaSettings, replication_factor
 from cdcpipe.errors import ConfigError, KafkaProduceError
 
@@ -50,22 +50,25 @@ def create_topic(admin: AdminClient, topic: str, *, partitions: int, replication
 
 def kafka_reachable(kafka: KafkaSettings, timeout_s: float = 5.0) -> str | None:
     """None when the cluster answers a metadata request, otherwise why not (an outage to wait out).  Raises
-    ConfigError when what is configured cannot work: the TLS handshake refused (``kafka.tls``) or the SASL
-    credentials rejected."""
+    ConfigError as soon as what is configured shows it cannot work: the TLS handshake refused (``kafka.tls``) or the
+    SASL credentials rejected."""
     errors: list[KafkaError] = []
     conf: dict[str, Any] = {**kafka.client_config(), "error_cb": errors.append}
-    admin = kafka_clients.admin(conf)
-    try:
-        admin.list_topics(timeout=timeout_s)
-        return None
-    except KafkaException as exc:
-        reason = exc.args[0].str() if exc.args else str(exc)
-    admin.poll(0.5)  # serve the error callbacks: they say why
-    for err in errors:
-        if err.code() == KafkaError._SSL:
-            raise ConfigError(f"TLS to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.tls.ca_file, "
-                              "kafka.tls.verify_hostname, the client certificate)")
-        if err.code() == KafkaError._AUTHENTICATION:
-            raise ConfigError(f"SASL to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.sasl_mechanism, "
-                              "kafka.sasl_username, kafka.sasl_password)")
-    return f"{kafka.bootstrap_servers} unreachable: {reason}"
+    admin = AdminClient(conf)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            return None
+        except KafkaException as exc:
+            reason = exc.args[0].str() if exc.args else str(exc)
+        admin.poll(0.1)  # serve the error callbacks: they say why
+        for err in errors:
+            if err.code() == KafkaError._SSL:
+                raise ConfigError(f"TLS to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.tls.ca_file, "
+                                  "kafka.tls.verify_hostname, the client certificate)")
+            if err.code() == KafkaError._AUTHENTICATION:
+                raise ConfigError(f"SASL to Kafka at {kafka.bootstrap_servers}: {err.str()} (kafka.sasl_mechanism, "
+                                  "kafka.sasl_username, kafka.sasl_password)")
+        if time.monotonic() >= deadline:
+            return f"{kafka.bootstrap_servers} unreachable: {reason}"

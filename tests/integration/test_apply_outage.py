@@ -5,9 +5,9 @@ during and after the outage; per partition the committed checkpoints step up to 
 
 The PostgreSQL is a private one (``deploy/local/stack`` with its own state folder and port, ``down`` for the outage,
 ``up`` again, ``down --purge`` at the end) so other tests keep the shared one; Kafka is the shared one, and the live
-stream goes on during the outage.  The outage lasts ``CDCPIPE_TEST_PG_OUTAGE_S`` seconds: the issue's 120 by default
-(retries back off up to ``apply.retry_max_wait_s``, 60 s, so the drain may start up to ~60 s after PostgreSQL is
-back: about four minutes in all); e.g. ``CDCPIPE_TEST_PG_OUTAGE_S=20`` for a quick run."""
+stream goes on during the outage.  The outage lasts ``CDCPIPE_TEST_PG_OUTAGE_S`` seconds: by default 45 (CI size), the
+issue's 120 with ``--long`` (retries back off up to ``apply.retry_max_wait_s``, 60 s, so the drain may start up to
+~60 s after PostgreSQL is back: about four minutes in all); e.g. ``CDCPIPE_TEST_PG_OUTAGE_S=20`` for a quick run."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ from tests.support.processes import free_port, metric
 from tests.support.stack import ROOT
 from tests.support.stack import stack as stack_script
 
-OUTAGE_S = float(os.environ.get("CDCPIPE_TEST_PG_OUTAGE_S", "120"))
+OUTAGE_S = float(os.environ.get("CDCPIPE_TEST_PG_OUTAGE_S", "120" if os.environ.get("CDCPIPE_TEST_LONG") else "45"))
 pytestmark = pytest.mark.timeout(120 + 2 * OUTAGE_S)
 
 

@@ -59,14 +59,14 @@ def test_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
                  CDCPIPE_KAFKA__SASL_USERNAME=stack("KAFKA_SCRAM_USER"),
                  CDCPIPE_KAFKA__SASL_PASSWORD=stack("KAFKA_SCRAM_PASSWORD"),
                  CDCPIPE_KAFKA__TLS__ENABLED="true", CDCPIPE_KAFKA__TLS__CA_FILE=stack("TLS_CA"))
-    assert kafka_reachable(s.kafka, 15) is None
+    assert kafka_reachable(s.kafka, 10) is None
     s = with_env(monkeypatch, CDCPIPE_KAFKA__SASL_PASSWORD="not-the-password")
     with pytest.raises(ConfigError, match=r"^SASL to Kafka at .*kafka.sasl_password"):
-        kafka_reachable(s.kafka, 15)
+        kafka_reachable(s.kafka, 10)
     s = with_env(monkeypatch, CDCPIPE_KAFKA__SASL_PASSWORD=stack("KAFKA_SCRAM_PASSWORD"),
                  CDCPIPE_KAFKA__TLS__CA_FILE=stack("TLS_OTHER_CA"))
     with pytest.raises(ConfigError, match=r"^TLS to Kafka at .*kafka.tls.ca_file"):
-        kafka_reachable(s.kafka, 15)
+        kafka_reachable(s.kafka, 10)
     monkeypatch.delenv("CDCPIPE_KAFKA__SASL_MECHANISM")
     monkeypatch.delenv("CDCPIPE_KAFKA__SASL_USERNAME")
     monkeypatch.delenv("CDCPIPE_KAFKA__SASL_PASSWORD")
@@ -74,7 +74,7 @@ def test_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
                  CDCPIPE_KAFKA__SECURITY_PROTOCOL="SSL", CDCPIPE_KAFKA__TLS__CA_FILE=stack("TLS_CA"),
                  CDCPIPE_KAFKA__TLS__CERT_FILE=stack("TLS_CLIENT_CERT"),
                  CDCPIPE_KAFKA__TLS__KEY_FILE=stack("TLS_CLIENT_KEY"))
-    assert kafka_reachable(s.kafka, 15) is None
+    assert kafka_reachable(s.kafka, 10) is None
 
 
 async def test_postgres(monkeypatch: pytest.MonkeyPatch) -> None:
