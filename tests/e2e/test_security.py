@@ -1,10 +1,10 @@
-"""Issue 19's acceptance on the real stack: capture and apply run with TLS to all three stores (Kafka over SASL_SSL
-with SCRAM) and every login from Vault (an AppRole; PostgreSQL's leased from the database secrets engine with a
-short TTL, Kafka's and Cassandra's from KV v2), under a steady write load.  PostgreSQL's login is replaced at least
-three times and Kafka's KV secret changes once (to a second SCRAM user) while they run: PostgreSQL ends equal to
-Cassandra, no dead letter, neither process restarted.  Then every file the run wrote and every message of its
-topics is searched for the planted secrets (the secret id, both SCRAM passwords, Cassandra's KV password, the
-admin token): none is there."""
+"""Issue 19's acceptance on the real stack: capture and apply run with TLS to all three stores and every login from
+Vault (an AppRole; PostgreSQL's leased from the database secrets engine with a short TTL; Kafka's and Cassandra's
+from KV v2), Kafka over SASL_SSL with SCRAM, each process its own user with only the ACLs docs/security.md lists,
+under a steady write load.  PostgreSQL's login is replaced at least three times and the Kafka logins change once in
+KV (to second SCRAM users, the first ones then deleted) while they run: PostgreSQL ends equal to Cassandra, no dead
+letter, neither process restarted.  Then every file the run wrote and every message of its topics is searched for
+the planted secrets (the secret id, the SCRAM passwords, Cassandra's KV password, the admin token): none is there."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from confluent_kafka.admin import (
 
 from tests.support.capturekit import get
 from tests.support.harness import Pipeline, connect, create_keyspace, drop_keyspace, wait_until_equal
+from tests.support.kafkaacl import apply_acls, capture_acls, grant
 from tests.support.processes import metric_value, unique
 from tests.support.stack import StackEnv
 from tests.support.vaultkit import provision
@@ -81,17 +82,13 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
     vault = provision(stack.dsn, ttl="6s", max_ttl="12s")
     ks = unique("e2esec", 8)
     token = f"planted-admin-{uuid.uuid4().hex}"
-    users = [(f"{vault.tag}-k1", f"planted-scram-{uuid.uuid4().hex}"),
-             (f"{vault.tag}-k2", f"planted-scram-{uuid.uuid4().hex}")]
+    # one Kafka login per process, each with only its ACLs (docs/security.md), and a second one to rotate to
+    users = {side: [(f"{vault.tag}-{side}-{n}", f"planted-scram-{uuid.uuid4().hex}") for n in (1, 2)]
+             for side in ("capture", "apply")}
     cassandra_password = f"planted-cassandra-{uuid.uuid4().hex}"
-    for user, password in users:
-        scram_user(stack.bootstrap, user, password)
-    vault.put_kv("kafka", *users[0])
-    vault.put_kv("cassandra", "cdcpipe", cassandra_password)
-    planted = [vault.secret_id, token, cassandra_password, *(p for _, p in users)]
     cluster, session = connect(stack)
     env = vault.env(
-        CDCPIPE_VAULT__KAFKA_PATH=f"{vault.tag}/kafka", CDCPIPE_VAULT__CASSANDRA_PATH=f"{vault.tag}/cassandra",
+        CDCPIPE_VAULT__KAFKA_PATH=f"{vault.tag}/kafka-apply", CDCPIPE_VAULT__CASSANDRA_PATH=f"{vault.tag}/cassandra",
         CDCPIPE_VAULT__KV_REFRESH_S="2",
         CDCPIPE_KAFKA__BOOTSTRAP_SERVERS=os.environ["CDCPIPE_STACK_KAFKA_SASL_SSL"],
         CDCPIPE_KAFKA__SECURITY_PROTOCOL="SASL_SSL", CDCPIPE_KAFKA__SASL_MECHANISM="SCRAM-SHA-512",
@@ -100,6 +97,16 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
         CDCPIPE_POSTGRES__TLS__ENABLED="true", CDCPIPE_POSTGRES__TLS__CA_FILE=ca,
         CDCPIPE_ADMIN__ENABLED="true", CDCPIPE_ADMIN__TOKEN=token, CDCPIPE_OBSERVABILITY__LOG_LEVEL="DEBUG")
     pipeline = Pipeline(stack, ks, tmp_path, partitions=2, extra=env)
+    for c in pipeline.captures:
+        c.env["CDCPIPE_VAULT__KAFKA_PATH"] = f"{vault.tag}/kafka-capture"
+    for side, acls in (("capture", capture_acls(pipeline.prefix)),
+                       ("apply", apply_acls(pipeline.prefix, pipeline.group))):
+        for user, password in users[side]:
+            scram_user(stack.bootstrap, user, password)
+            grant(stack.bootstrap, user, acls)
+        vault.put_kv(f"kafka-{side}", *users[side][0])
+    vault.put_kv("cassandra", "cdcpipe", cassandra_password)
+    planted = [vault.secret_id, token, cassandra_password, *(p for side in users.values() for _, p in side)]
     mirror = vault.reader_dsn
     try:
         create_keyspace(session, ks)
@@ -123,11 +130,13 @@ def test_tls_and_vault_credentials_rotating_under_load(stack_env: dict[str, str]
             ops += 1
             time.sleep(0.02)
             if not rotated_kafka and time.monotonic() - started > 20:
-                vault.put_kv("kafka", *users[1])  # the operator rotates Kafka's login ...
+                for side in users:  # the operator rotates Kafka's logins ...
+                    vault.put_kv(f"kafka-{side}", *users[side][1])
                 rotated_kafka = True
             pipeline.check_alive()
         time.sleep(8)
-        scram_user(stack.bootstrap, users[0][0], None)  # ... and removes the old one once read
+        for side in users:  # ... and removes the old ones once read
+            scram_user(stack.bootstrap, users[side][0][0], None)
         wait_until_equal(session, ks, stack.hosts, mirror, pipeline.procs, 120)
         for p in pipeline.procs:
             _, text = get(p.port, "/metrics")

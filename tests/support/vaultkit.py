@@ -44,6 +44,7 @@ class Provisioned:
     def __init__(self, client: hvac.Client, tag: str, dsn: str, database: str, owner: str, mount: str,
                  role_id: str, secret_id: str, stack_dsn: str) -> None:
         self.stack_dsn = stack_dsn
+        self.kv_names: set[str] = set()
         self.client, self.tag, self.dsn, self.database = client, tag, dsn, database
         self.owner, self.mount, self.role_id, self.secret_id = owner, mount, role_id, secret_id
 
@@ -63,6 +64,7 @@ class Provisioned:
     def put_kv(self, name: str, username: str, password: str) -> None:
         self.client.secrets.kv.v2.create_or_update_secret(path=f"{self.tag}/{name}", mount_point="secret",
                                                           secret={"username": username, "password": password})
+        self.kv_names.add(name)
 
     @property
     def reader_dsn(self) -> str:
@@ -73,9 +75,9 @@ class Provisioned:
         self.client.sys.disable_secrets_engine(self.mount)  # revokes its leases: drops the logins it made
         self.client.auth.approle.delete_role(self.tag)
         self.client.sys.delete_policy(self.tag)
-        self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{self.tag}/kafka", mount_point="secret")
-        self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{self.tag}/cassandra",
-                                                                   mount_point="secret")
+        for name in self.kv_names:
+            self.client.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{self.tag}/{name}",
+                                                                       mount_point="secret")
         asyncio.run(_sql(self.stack_dsn, f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)'))
         asyncio.run(_sql(self.dsn, f"DROP ROLE IF EXISTS {self.owner}"))
 
