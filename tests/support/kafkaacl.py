@@ -22,6 +22,7 @@ def capture_acls(prefix: str) -> list[tuple[ResourceType, str, ResourcePatternTy
         *((ResourceType.TRANSACTIONAL_ID, f"cdcpipe-capture.{prefix}.", PREFIXED, op) for op in (Op.WRITE,
                                                                                                Op.DESCRIBE)),
         (ResourceType.BROKER, "kafka-cluster", LITERAL, Op.IDEMPOTENT_WRITE),
+        (ResourceType.GROUP, "cdcpipe-read-", PREFIXED, Op.READ),  # reads its position back (no offsets kept)
     ]
 
 
