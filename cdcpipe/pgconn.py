@@ -44,21 +44,19 @@ async def connect(settings: Settings, **kwargs: Any) -> Any:
     """One connection (``kwargs`` as ``asyncpg.connect``'s, e.g. ``timeout``)."""
     import asyncpg
 
-    try:
-        return await asyncpg.connect(**connect_kwargs(settings), **kwargs)
-    except Exception as exc:
-        err = _config_error(exc)
-        if err is None:
-            raise
-        raise err from exc
+    return await _open(asyncpg.connect, settings, kwargs)
 
 
 async def create_pool(settings: Settings, **kwargs: Any) -> Any:
     """A pool (``kwargs`` as ``asyncpg.create_pool``'s: ``min_size``, ``max_size``, ``timeout`` …)."""
     import asyncpg
 
+    return await _open(asyncpg.create_pool, settings, kwargs)
+
+
+async def _open(factory: Any, settings: Settings, kwargs: dict[str, Any]) -> Any:
     try:
-        return await asyncpg.create_pool(**connect_kwargs(settings), **kwargs)
+        return await factory(**connect_kwargs(settings), **kwargs)
     except Exception as exc:
         err = _config_error(exc)
         if err is None:

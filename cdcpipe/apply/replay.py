@@ -7,6 +7,7 @@ its retry count increased — a failing event stays where it is and is never sen
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,27 @@ class Outcome:
     result: str
     table: str | None
     error: str | None = None
+
+
+async def settled(pool: Any, letter: Letter, note: str | None, actor: str,
+                  attempt: Callable[[Letter], Awaitable[tuple[str, str]]]) -> Outcome:
+    """Replay ``letter`` with ``attempt`` (which returns the outcome's result and the result text to record) unless
+    it is replayed already (a no-op) or resolved, and record what happened on it: ``replayed``, or ``failed`` with
+    the error and its retry count increased — a failing one stays and is never sent round again by itself."""
+    if letter.status == store.REPLAYED:
+        return Outcome(letter.id, ALREADY, letter.table)
+    if letter.status not in store.OPEN:
+        return Outcome(letter.id, NOT_OPEN, letter.table, f"status {letter.status}")
+    try:
+        result, recorded = await attempt(letter)
+    except Exception as exc:  # it fails again: it stays, with its retry counted
+        error = f"{type(exc).__name__}: {exc}"
+        async with pool.acquire() as conn:
+            await store.settle(conn, letter.id, store.FAILED, actor, note, error[:2000])
+        return Outcome(letter.id, FAILED, letter.table, error)
+    async with pool.acquire() as conn:
+        await store.settle(conn, letter.id, store.REPLAYED, actor, note, recorded[:2000])
+    return Outcome(letter.id, result, letter.table)
 
 
 class Replayer:
@@ -69,23 +91,15 @@ class Replayer:
         return outcome
 
     async def _replay(self, letter: Letter, note: str | None, actor: str) -> Outcome:
-        if letter.status == store.REPLAYED:
-            return Outcome(letter.id, ALREADY, letter.table)
-        if letter.status not in store.OPEN:
-            return Outcome(letter.id, NOT_OPEN, letter.table, f"status {letter.status}")
-        if letter.group_id == CAPTURE_GROUP:
+        if letter.group_id == CAPTURE_GROUP and letter.status in store.OPEN:
             return Outcome(letter.id, ELSEWHERE, letter.table, "a capture dead letter: replay it with `cdcpipe dlq "
                            "replay`, which reads the entry again with capture's code")
-        try:
+
+        async def attempt(letter: Letter) -> tuple[str, str]:
             await self._apply(letter)
-        except Exception as exc:  # the event fails again: it stays, with its retry counted
-            error = f"{type(exc).__name__}: {exc}"
-            async with self._pool.acquire() as conn:
-                await store.settle(conn, letter.id, store.FAILED, actor, note, error[:2000])
-            return Outcome(letter.id, FAILED, letter.table, error)
-        async with self._pool.acquire() as conn:
-            await store.settle(conn, letter.id, store.REPLAYED, actor, note, APPLIED)
-        return Outcome(letter.id, APPLIED, letter.table)
+            return APPLIED, APPLIED
+
+        return await settled(self._pool, letter, note, actor, attempt)
 
     async def _apply(self, letter: Letter) -> None:
         if letter.value is None:

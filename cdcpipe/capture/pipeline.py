@@ -391,6 +391,15 @@ async def _relay(stop: asyncio.Event, wake: asyncio.Event) -> None:
     wake.set()
 
 
+async def _waited(stop: asyncio.Event, health: Health, dependency: str, reason: str) -> bool:
+    """``dependency`` is not there yet: say so in ``/health`` and the log, wait 2 s; True when ``stop`` came."""
+    health.fail(dependency, reason)
+    log.warning("dependency not ready at start, waiting", dependency=dependency, reason=reason)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), 2.0)
+    return stop.is_set()
+
+
 async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
     """Run capture until ``stop`` is set, then return 0; raises the first stage error.  While Kafka or Cassandra is
     unreachable at start it waits (``/health`` answers 503 with the reason) instead of exiting; ``stop`` during
@@ -404,19 +413,11 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
         except CredentialsError as exc:
             if not exc.retriable:
                 raise
-            health.fail("credentials", str(exc))
-            log.warning("credentials not read from Vault, waiting", reason=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-            if stop.is_set():
+            if await _waited(stop, health, "credentials", str(exc)):
                 return 0
     health.fail("kafka", f"connecting to {settings.kafka.bootstrap_servers}")
     while (reason := await asyncio.to_thread(kafka_reachable, settings.kafka)) is not None:
-        health.fail("kafka", reason)
-        log.warning("kafka unreachable, waiting", reason=reason)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 2.0)
-        if stop.is_set():
+        if await _waited(stop, health, "kafka", reason):
             return 0
     while True:  # Cassandra (its system_schema) must be reachable too; wait for it the same way
         try:
@@ -425,11 +426,7 @@ async def run(settings: Settings, health: Health, stop: asyncio.Event) -> int:
         except SchemaError as exc:
             if not exc.retriable:
                 raise
-            health.fail("cassandra", str(exc))
-            log.warning("cassandra unreachable, waiting", reason=str(exc))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), 2.0)
-            if stop.is_set():
+            if await _waited(stop, health, "cassandra", str(exc)):
                 return 0
     health.ok("cassandra")
     if resolved is None:

@@ -14,10 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cdcpipe.apply import dlqstore as store
 from cdcpipe.apply import metrics
 from cdcpipe.apply.dlqstore import Letter
-from cdcpipe.apply.replay import ALREADY, FAILED, NOT_OPEN, Outcome
+from cdcpipe.apply.replay import Outcome, settled
 from cdcpipe.capture.reread import Rereader
 from cdcpipe.config import Settings
 
@@ -43,26 +42,16 @@ class CaptureReplayer:
         return outcome
 
     async def _replay(self, letter: Letter, note: str | None, actor: str) -> Outcome:
-        if letter.status == store.REPLAYED:
-            return Outcome(letter.id, ALREADY, letter.table)
-        if letter.status not in store.OPEN:
-            return Outcome(letter.id, NOT_OPEN, letter.table, f"status {letter.status}")
-        try:
-            body = json.loads(letter.value or b"")
-            if not isinstance(body, dict):
-                raise ValueError("its record is not a JSON object")
-            if self._rereader is None:
-                self._rereader = await asyncio.to_thread(Rereader, self.settings, self.segment_dirs)
-            reread = await asyncio.to_thread(self._rereader.read, body)
-            if reread.failures:
-                raise ValueError("still unreadable: " + "; ".join(reread.failures))
-            await asyncio.to_thread(self._rereader.produce, reread)
-        except Exception as exc:  # it fails again: it stays, with its retry counted
-            error = f"{type(exc).__name__}: {exc}"
-            async with self.pool.acquire() as conn:
-                await store.settle(conn, letter.id, store.FAILED, actor, note, error[:2000])
-            return Outcome(letter.id, FAILED, letter.table, error)
-        result = f"{PRODUCED} {len(reread.records)} events to {', '.join(reread.topics)}"
-        async with self.pool.acquire() as conn:
-            await store.settle(conn, letter.id, store.REPLAYED, actor, note, result[:2000])
-        return Outcome(letter.id, PRODUCED, letter.table)
+        return await settled(self.pool, letter, note, actor, self._reread)
+
+    async def _reread(self, letter: Letter) -> tuple[str, str]:
+        body = json.loads(letter.value or b"")
+        if not isinstance(body, dict):
+            raise ValueError("its record is not a JSON object")
+        if self._rereader is None:
+            self._rereader = await asyncio.to_thread(Rereader, self.settings, self.segment_dirs)
+        reread = await asyncio.to_thread(self._rereader.read, body)
+        if reread.failures:
+            raise ValueError("still unreadable: " + "; ".join(reread.failures))
+        await asyncio.to_thread(self._rereader.produce, reread)
+        return PRODUCED, f"{PRODUCED} {len(reread.records)} events to {', '.join(reread.topics)}"
